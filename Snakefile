@@ -1,0 +1,15 @@
+# difflens: look inside diffusion models (Revelio layer/timestep probes + information decomposition).
+# The workflow is assembled from one rule file per stage; the config is validated in rules/common.smk.
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

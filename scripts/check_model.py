@@ -1,0 +1,27 @@
+"""Rule check_model: reload a model through the model layer and run the science checks on held-out data."""
+import json
+from pathlib import Path
+
+from difflens.runlog import start_log
+
+log = start_log(snakemake.log[0])
+
+import torch  # noqa: E402
+
+from difflens.data.common import Dataset  # noqa: E402
+from difflens.infodecomp import LogSNRSampler  # noqa: E402
+from difflens.model_check import check_text_model  # noqa: E402
+from difflens.models import load_model  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+p = snakemake.params
+model = load_model(p.kind, p.source, dtype=p.dtype)
+log.info("loaded %s model from %s on %s (%s); layers: %s", p.kind, p.source, model.device, model.dtype,
+         model.layers())
+info = p.infodecomp
+result = check_text_model(model, Dataset.load(Path(snakemake.input.data).parent), n_images=p.check["n_images"],
+                          n_draws=p.check["n_draws"], batch_size=p.check["batch_size"], seed=p.seed,
+                          sampler=LogSNRSampler(info["loc"], info["scale"], info["clip"]),
+                          grid_path=snakemake.output.grid)
+result["layers"] = model.layers()
+Path(snakemake.output.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -1,0 +1,118 @@
+"""Config validation: the JSON schema (with defaults filled in) and the checks a schema cannot express.
+
+``validate_config(cfg)`` raises one ``ConfigError`` whose message names the offending key, the bad value and the
+allowed values, before any job runs. It imports no torch and reads no weights: model layers and timestep ranges
+come from ``difflens.models.catalog``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .models.catalog import LAYER_ALIASES, ModelConfigError, resolve_layer, static_num_timesteps
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+MODEL_KINDS = tuple(LAYER_ALIASES)
+#: loaders that need no download; the others are registered in difflens.data.sources
+LOCAL_SOURCES = ("shapes", "imagefolder")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the allowed values."""
+
+
+def dataset_sources() -> list[str]:
+    from .data.sources import SOURCES
+
+    return list(LOCAL_SOURCES) + sorted(SOURCES)
+
+
+def _with_defaults(validator_class):
+    """A validator class that fills in ``default`` values of object properties while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = _copy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_schema(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Validate against the schema in place, filling defaults; one ConfigError naming the key on failure."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"config key {_key(err.absolute_path)}: {err.message}")
+    return cfg
+
+
+def check_config(cfg: dict) -> None:
+    """Semantic checks on a schema-valid config (model kinds, layers, timesteps, SAE k, loaders, references)."""
+    sources = dataset_sources()
+    for name, ds in cfg["datasets"].items():
+        if ds["source"] not in sources:
+            raise ConfigError(f"config key datasets.{name}.source: data set {name!r} has no loader "
+                              f"{ds['source']!r}; allowed: {sources}")
+        if ds["source"] == "imagefolder" and "path" not in ds["params"]:
+            raise ConfigError(f"config key datasets.{name}.params.path: an imagefolder data set needs the folder path")
+    for name, m in cfg["models"].items():
+        key = f"models.{name}"
+        if m["kind"] not in MODEL_KINDS:
+            raise ConfigError(f"config key {key}.kind: unknown model kind {m['kind']!r}; allowed: {list(MODEL_KINDS)}")
+        for layer in m["layers"]:
+            try:
+                resolve_layer(m["kind"], m["source"], layer)
+            except ModelConfigError as exc:
+                raise ConfigError(f"config key {key}.layers: {exc}") from None
+        n_t = static_num_timesteps(m["source"])
+        for t in m["timesteps"]:
+            if not 0 <= t < n_t:
+                raise ConfigError(f"config key {key}.timesteps: timestep {t} is outside the scheduler's range; "
+                                  f"allowed: 0..{n_t - 1}")
+        if m["kind"] == "shapes" and m["retrain"] and m["train"]["dataset"] not in cfg["datasets"]:
+            raise ConfigError(f"config key {key}.train.dataset: {m['train']['dataset']!r} is not a configured data "
+                              f"set; allowed: {list(cfg['datasets'])}")
+        if m["kind"] != "shapes" and m["retrain"]:
+            raise ConfigError(f"config key {key}.retrain: only models of kind 'shapes' can be trained by difflens")
+    ex = cfg["extraction"]
+    for key, pool in (("datasets", cfg["datasets"]), ("models", cfg["models"])):
+        for name in ex[key]:
+            if name not in pool:
+                raise ConfigError(f"config key extraction.{key}: {name!r} is not configured; allowed: {list(pool)}")
+    sae = cfg["sae"]
+    if sae["k"] > sae["n_latents"]:
+        raise ConfigError(f"config key sae.k: k = {sae['k']} is larger than the number of latents "
+                          f"sae.n_latents = {sae['n_latents']}; allowed: 1..{sae['n_latents']}")
+
+
+def validate_config(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Schema validation with defaults, then the semantic checks. Returns the (filled-in) config."""
+    validate_schema(cfg, schema_path)
+    check_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate a config file (for notebooks and tests)."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_config(cfg)

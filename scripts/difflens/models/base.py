@@ -1,0 +1,237 @@
+"""One interface for every diffusion backbone difflens looks into.
+
+A ``DiffusionModel`` wraps a denoiser, its noise schedule, its image encoder (VAE, or a fixed reshape for pixel
+models) and its condition encoder (text, or class labels). Shapes in docstrings: B batch, C channels, H/W spatial.
+
+Noise conventions (used by extraction and by the information estimators alike):
+``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` and, by log-SNR ``a = log(abar / (1 - abar))``,
+``x_a = sqrt(sigmoid(a)) x_0 + sqrt(sigmoid(-a)) eps``; a continuous ``a`` is denoised at the discrete timestep
+whose log-SNR is nearest.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import catalog
+from .catalog import ModelConfigError
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once every requested layer has been seen."""
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA, fp32 on CPU; or one of float32/float16/bfloat16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in allowed:
+        raise ModelConfigError(f"dtype {dtype!r} is not one of {['auto', *allowed]}")
+    if device.type == "cpu" and dtype == "float16":
+        return torch.float32  # half matmuls are unsupported or very slow on CPUs
+    return allowed[dtype]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DiffusionModel(ABC):
+    """Base class of the model adapters. Subclasses set ``kind`` and implement the abstract methods."""
+
+    kind: ClassVar[str]
+    def __init__(self, *, scheduler, device: torch.device, dtype: torch.dtype, resolution: int,
+                 classes: list[str] | None = None, source: str = ""):
+        self.scheduler = scheduler
+        self.device = device
+        self.dtype = dtype
+        self.resolution = resolution
+        self.classes = classes or []
+        self.source = source
+        abar = scheduler.alphas_cumprod.to(torch.float64)
+        self.alphas_cumprod = abar
+        self.log_snr = torch.log(abar / (1 - abar))
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, source: str, *, dtype: str | torch.dtype = "auto",
+                        device: str | torch.device | None = None, **kwargs) -> "DiffusionModel":
+        """Load from a hub id or a local diffusers-style folder."""
+
+    @classmethod
+    def static_layers(cls, source: str) -> list[str]:
+        """Layer names of the model at ``source`` without loading weights (see ``catalog``)."""
+        return catalog.static_layers(cls.kind, source)
+
+    # ---- encoders -----------------------------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, R, R) float32 in [-1, 1]: shorter side resized to R (bicubic), centre crop."""
+        out = []
+        r = self.resolution
+        for im in images:
+            im = im.convert("RGB")
+            w, h = im.size
+            if (w, h) != (r, r):
+                scale = r / min(w, h)
+                im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BICUBIC)
+                w, h = im.size
+                left, top = (w - r) // 2, (h - r) // 2
+                im = im.crop((left, top, left + r, top + r))
+            out.append(np.asarray(im, dtype=np.float32))
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) in [-1, 1] -> latents (B, C, h, w), float32 (VAE mode x scaling factor, or a reshape)."""
+
+    @abstractmethod
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Uncached condition encoding of a batch of prompts (text models) or class names (class models)."""
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Condition tensor for each prompt, batched; each distinct prompt is encoded once and cached."""
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if todo:
+            with torch.no_grad():
+                enc = self._encode_prompts(todo)
+            for p, e in zip(todo, enc):
+                self._text_cache[p] = e
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    # ---- noise --------------------------------------------------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t a (B,) integer tensor."""
+        abar = self.alphas_cumprod.to(x0.device)[t.long()].to(torch.float32).view(-1, *[1] * (x0.dim() - 1))
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    @staticmethod
+    def add_noise_logsnr(x0: torch.Tensor, noise: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+        """x_a = sqrt(sigmoid(a)) x0 + sqrt(sigmoid(-a)) noise, a a (B,) float tensor."""
+        a = logsnr.to(x0.device, torch.float32).view(-1, *[1] * (x0.dim() - 1))
+        return torch.sigmoid(a).sqrt() * x0 + torch.sigmoid(-a).sqrt() * noise
+
+    def timestep_for_logsnr(self, logsnr: torch.Tensor) -> torch.Tensor:
+        """Discrete timestep whose log-SNR is nearest to each ``a``."""
+        table = self.log_snr.to(logsnr.device)
+        return (logsnr.to(torch.float64)[:, None] - table[None, :]).abs().argmin(dim=1)
+
+    def check_timestep(self, t: int) -> None:
+        if not 0 <= int(t) < self.num_train_timesteps:
+            raise ModelConfigError(f"timestep {t} is outside [0, {self.num_train_timesteps - 1}] of {self.source}")
+
+    # ---- denoiser -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def _forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Raw denoiser call in the model's dtype; returns predicted noise (B, C, h, w)."""
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """Predicted noise eps_hat(x_t, t | cond) as float32; ``t`` an int or a (B,) tensor."""
+        if not torch.is_tensor(t) or t.dim() == 0:
+            t = torch.full((x_t.shape[0],), int(t), dtype=torch.long)
+        with torch.no_grad():
+            out = self._forward(x_t.to(self.device, self.dtype), t.to(self.device), cond.to(self.device))
+        return out.float()
+
+    # ---- layers and hooks ---------------------------------------------------------------------------------
+    @abstractmethod
+    def layer_modules(self) -> "OrderedDict[str, torch.nn.Module]":
+        """Every hookable block, keyed by module path, in the order the forward pass runs them."""
+
+    def layer_output_to_map(self, name: str, output) -> torch.Tensor:
+        """A block's raw output -> (B, C, H, W) map. UNet blocks return it as is (or first of a tuple)."""
+        return output[0] if isinstance(output, tuple) else output
+
+    def layers(self) -> list[str]:
+        return list(self.layer_modules())
+
+    def canonical_layer(self, name: str) -> str:
+        """Module path of a layer given by path or alias; raises ModelConfigError listing the choices."""
+        return catalog.resolve_layer(self.kind, self.source, name, available=list(self.layer_modules()))
+
+    def capture(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor, layers: list[str],
+                stop_early: bool = True) -> dict[str, torch.Tensor]:
+        """One forward pass with hooks on ``layers``; returns {requested name: (B, C, H, W) map}.
+
+        With ``stop_early`` the pass ends right after the deepest requested layer has run.
+        """
+        modules = self.layer_modules()
+        order = list(modules)
+        paths = {name: self.canonical_layer(name) for name in layers}
+        wanted = set(paths.values())
+        last = max(wanted, key=order.index)
+        got: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def make_hook(path):
+            def hook(_module, _inputs, output):
+                got[path] = self.layer_output_to_map(path, output)
+                if stop_early and path == last:
+                    raise _StopForward
+            return hook
+
+        for path in wanted:
+            handles.append(modules[path].register_forward_hook(make_hook(path)))
+        try:
+            self.denoise(x_t, t, cond)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return {name: got[path] for name, path in paths.items()}
+
+
+class VAELatentsMixin:
+    """``encode_images`` / ``decode_latents`` through an ``AutoencoderKL`` at ``self.vae`` (latent diffusion models).
+
+    latents = (posterior MODE - shift) x scaling factor: the deterministic encoding, never a sample.
+    """
+
+    vae: torch.nn.Module
+    #: images per VAE call (the VAE encoder costs more than a UNet pass at 512 px)
+    vae_batch_size: int = 16
+
+    @staticmethod
+    def vae_scale_factor(vae) -> int:
+        """Pixels per latent cell: 2 ** (number of VAE blocks - 1)."""
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def _vae_shift_scale(self) -> tuple[float, float]:
+        cfg = self.vae.config
+        return float(getattr(cfg, "shift_factor", None) or 0.0), float(cfg.scaling_factor)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, R, R) in [-1, 1] -> (B, C, R/f, R/f) float32 latents, in chunks of ``vae_batch_size``."""
+        shift, scale = self._vae_shift_scale()
+        vae_dtype = next(self.vae.parameters()).dtype
+        out = []
+        with torch.no_grad():
+            for chunk in pixels.split(self.vae_batch_size):
+                mode = self.vae.encode(chunk.to(self.device, vae_dtype)).latent_dist.mode()
+                out.append((mode.float() - shift) * scale)
+        return torch.cat(out)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``encode_images`` (up to the VAE's reconstruction error): float32 images in [-1, 1]."""
+        shift, scale = self._vae_shift_scale()
+        vae_dtype = next(self.vae.parameters()).dtype
+        out = []
+        with torch.no_grad():
+            for chunk in latents.split(self.vae_batch_size):
+                z = chunk.to(self.device, torch.float32) / scale + shift
+                out.append(self.vae.decode(z.to(vae_dtype)).sample.float().clamp(-1, 1))
+        return torch.cat(out)

@@ -1,0 +1,19 @@
+"""Rule train_shapes_model: train the shapes-world diffusion model (GPU if present, else CPU; resumable)."""
+import json
+from pathlib import Path
+
+from difflens.runlog import start_log
+
+log = start_log(snakemake.log[0])
+
+from difflens.shapes_model import ShapesArch, TrainConfig, train  # noqa: E402
+
+t = dict(snakemake.params.train)
+image_size = json.loads(Path(snakemake.input[0]).read_text())["image_size"]
+arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_channels"]),
+                  text_width=t["text_width"])
+cfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], p_uncond=t["p_uncond"],
+                  seed=snakemake.params.seed, arch=arch)
+summary = train(Path(snakemake.input[0]).parent, Path(snakemake.output[0]).parent, cfg,
+                work_dir=snakemake.params.work, threads=snakemake.threads)
+log.info("trained: %s", {k: v for k, v in summary.items() if k != "loss_every_50"})
