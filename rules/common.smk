@@ -16,6 +16,7 @@ R = config["results"]
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_\-]+",
+    raw=r"[A-Za-z0-9_\-]+",
     model=r"[A-Za-z0-9_\-]+",
 
 
@@ -28,8 +29,23 @@ def is_downloaded(name):
     return config["datasets"][name]["source"] not in LOCAL_SOURCES
 
 
+def raw_name_of(name):
+    """Raw download folder of a data set (data sets built from one download share it, e.g. coco2017)."""
+    from difflens.data.sources import raw_name
+
+    return raw_name(config["datasets"][name]["source"])
+
+
 def get_raw_marker(wildcards):
-    return [f"{R}/raw/{wildcards.dataset}/.done"] if is_downloaded(wildcards.dataset) else []
+    return [f"{R}/raw/{raw_name_of(wildcards.dataset)}/.done"] if is_downloaded(wildcards.dataset) else []
+
+
+def download_options(raw):
+    """Download options of the (first) configured data set that uses this raw download."""
+    for name, ds in config["datasets"].items():
+        if is_downloaded(name) and raw_name_of(name) == raw:
+            return ds["download"]
+    raise WorkflowError(f"no configured data set downloads into raw folder {raw!r}")
 
 
 def model_dir(name):

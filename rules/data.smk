@@ -7,14 +7,13 @@ localrules:
 
 rule download_dataset:
     output:
-        touch(f"{R}/raw/{{dataset}}/.done"),
+        f"{R}/raw/{{raw}}/.done",
     params:
-        source=lambda w: config["datasets"][w.dataset]["source"],
-        params=lambda w: config["datasets"][w.dataset]["params"],
+        options=lambda w: download_options(w.raw),
     log:
-        f"{R}/logs/download_dataset/{{dataset}}.log",
+        f"{R}/logs/download_dataset/{{raw}}.log",
     benchmark:
-        f"{R}/benchmarks/download_dataset/{{dataset}}.tsv"
+        f"{R}/benchmarks/download_dataset/{{raw}}.tsv"
     conda:
         "../envs/data.yaml"
     script:
@@ -29,7 +28,7 @@ rule prepare_dataset:
     params:
         source=lambda w: config["datasets"][w.dataset]["source"],
         params=lambda w: config["datasets"][w.dataset]["params"],
-        raw=lambda w: f"{R}/raw/{w.dataset}",
+        raw=lambda w: f"{R}/raw/{raw_name_of(w.dataset)}" if is_downloaded(w.dataset) else None,
         seed=config["seed"],
     log:
         f"{R}/logs/prepare_dataset/{{dataset}}.log",

@@ -1,0 +1,187 @@
+"""Cross-attention probes for UNet text models (DAAM-style word heat maps).
+
+``record_cross_attention(model)`` swaps a recording processor into every cross-attention module (``...attn2``) of
+the model's UNet. The processor computes the attention probabilities explicitly, softmax(Q K^T * scale) with
+scale = 1/sqrt(head_dim), and returns exactly what the default processor returns; each call's probabilities,
+averaged over heads, are reshaped to (B, n_tokens, h, w) and summed per layer over calls (timesteps)::
+
+    with record_cross_attention(model, tokens_of_interest=idx) as rec:
+        for t in timesteps:
+            model.denoise(x_t, t, cond)
+    heat = aggregate_maps(rec.maps, size=x_t.shape[-2:])      # (B, len(idx), H, W)
+
+Token indices of a word come from ``word_token_indices(tokenizer, prompt, word)``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+
+def _grid(n: int, size: tuple[int, int] | None) -> tuple[int, int]:
+    """Spatial grid (h, w) with h * w = n queries of a feature map downsampled from the latent ``size``."""
+    if size is not None:
+        f = 1
+        while f <= max(size):
+            h, w = math.ceil(size[0] / f), math.ceil(size[1] / f)
+            if h * w == n:
+                return h, w
+            f *= 2
+    s = math.isqrt(n)
+    if s * s != n:
+        raise ValueError(f"cannot place {n} attention queries on a grid of latent size {size}")
+    return s, s
+
+
+class CrossAttentionRecorder:
+    """Holds per-layer attention maps: ``maps[layer]`` (B, n_tokens, h, w), summed over ``calls[layer]`` calls."""
+
+    def __init__(self, tokens_of_interest: list[int] | None = None):
+        self.tokens = list(tokens_of_interest) if tokens_of_interest is not None else None
+        self.maps: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+        self.latent_size: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        """Forget every map (e.g. before the next batch of images)."""
+        self.maps.clear()
+        self.calls.clear()
+
+    def add(self, layer: str, probs: torch.Tensor) -> None:
+        """Store head-averaged probabilities (B, heads, N, T) of one call of ``layer``."""
+        p = probs.float().mean(dim=1)  # (B, N, T)
+        if self.tokens is not None:
+            p = p[..., self.tokens]
+        h, w = _grid(p.shape[1], self.latent_size)
+        m = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], h, w)
+        if layer in self.maps:
+            if self.maps[layer].shape != m.shape:
+                raise ValueError(f"cross-attention map of {layer} changed shape from {tuple(self.maps[layer].shape)} "
+                                 f"to {tuple(m.shape)}: call reset() between batches")
+            self.maps[layer] += m
+        else:
+            self.maps[layer] = m
+        self.calls[layer] = self.calls.get(layer, 0) + 1
+
+    def processor(self, layer: str) -> "RecordingAttnProcessor":
+        return RecordingAttnProcessor(self, layer)
+
+
+class RecordingAttnProcessor:
+    """A diffusers attention processor equal in output to ``AttnProcessor2_0`` that records the probabilities."""
+
+    def __init__(self, recorder: CrossAttentionRecorder, layer: str):
+        self.recorder = recorder
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        b, seq_len, _ = context.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, b)
+            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+
+        def heads(x):  # (B, L, heads * d) -> (B, heads, L, d)
+            return x.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+
+        query, key, value = heads(query), heads(key), heads(value)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        scores = (query.float() @ key.float().transpose(-1, -2)) / math.sqrt(head_dim)
+        if attention_mask is not None:
+            scores = scores + attention_mask.float()
+        probs = scores.softmax(dim=-1)
+        self.recorder.add(self.layer, probs.detach())
+        out = (probs.to(value.dtype) @ value).transpose(1, 2).reshape(b, -1, attn.heads * head_dim)
+        out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def cross_attention_modules(unet) -> dict[str, torch.nn.Module]:
+    """Every cross-attention module (``attn2`` of the transformer blocks) of a UNet, by module path."""
+    from diffusers.models.attention_processor import Attention
+
+    return {name: m for name, m in unet.named_modules()
+            if isinstance(m, Attention) and m.is_cross_attention and name.endswith("attn2")}
+
+
+@contextmanager
+def record_cross_attention(model, tokens_of_interest: list[int] | None = None):
+    """Record cross-attention maps of every forward pass inside the block; yields a ``CrossAttentionRecorder``.
+
+    ``model``: a UNet text model adapter (anything with ``.unet``) or a ``UNet2DConditionModel``.
+    ``tokens_of_interest``: token positions to keep (default: all). The original processors come back on exit.
+    """
+    unet = getattr(model, "unet", model)
+    modules = cross_attention_modules(unet)
+    if not modules:
+        raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) modules to record")
+    rec = CrossAttentionRecorder(tokens_of_interest)
+
+    def note_size(_module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        rec.latent_size = tuple(sample.shape[-2:])
+
+    originals = {name: m.processor for name, m in modules.items()}
+    handle = unet.register_forward_pre_hook(note_size, with_kwargs=True)
+    try:
+        for name, m in modules.items():
+            m.set_processor(rec.processor(name))
+        yield rec
+    finally:
+        handle.remove()
+        for name, m in modules.items():
+            m.set_processor(originals[name])
+
+
+def aggregate_maps(maps: dict[str, torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+    """DAAM aggregation: upsample every layer's (B, T, h, w) map bilinearly to ``size`` (default: the largest
+    layer's), then average over layers -> (B, T, H, W). Maps are already summed over calls/timesteps."""
+    if not maps:
+        raise ValueError("no cross-attention maps recorded (did a forward pass run inside record_cross_attention?)")
+    if size is None:
+        size = max((tuple(m.shape[-2:]) for m in maps.values()), key=lambda s: s[0] * s[1])
+    size = tuple(int(s) for s in size)
+    ups = [F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for m in maps.values()]
+    return torch.stack(ups).mean(dim=0)
+
+
+def word_token_indices(tokenizer, prompt: str, word: str, max_length: int | None = None) -> list[int]:
+    """Positions of ``word``'s tokens in ``prompt`` as the model sees it ([BOS] at 0), every whole-word occurrence.
+
+    Works for CLIP BPE (a word may span several tokens) and word-level tokenizers; case-insensitive. Positions past
+    ``max_length`` (default: the tokenizer's model_max_length) are dropped by truncation and not returned.
+    """
+    max_length = max_length or tokenizer.model_max_length
+    spans = [(m.start(), m.end()) for m in re.finditer(rf"(?<!\w){re.escape(word.strip())}(?!\w)", prompt,
+                                                         flags=re.IGNORECASE)]
+    if not spans or not word.strip():
+        return []
+    enc = tokenizer(prompt, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    return [i for i, (s, e) in enumerate(enc["offset_mapping"])
+            if e > s and any(s < b and e > a for a, b in spans)]

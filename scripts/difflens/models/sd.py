@@ -1,0 +1,84 @@
+"""Adapter of Stable Diffusion 1.x / 2.x (``UNet2DConditionModel`` + ``AutoencoderKL`` + ``CLIPTextModel``).
+
+Components are loaded one by one from a hub id or a local ``StableDiffusionPipeline`` folder (no safety checker, no
+pipeline object). The noise schedule is read from the folder's scheduler config whatever its class (PNDM, DDIM, ...)
+into a ``DDPMScheduler``; its ``prediction_type`` is kept, and ``denoise`` always returns epsilon: the 768 px SD 2.x
+models predict v, converted by ``eps = sqrt(abar) v + sqrt(1 - abar) x_t``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import ModelConfigError, VAELatentsMixin, default_device, resolve_dtype
+from .unet import TextUNetModel
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def epsilon_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor,
+                            prediction_type: str) -> torch.Tensor:
+    """Turn a denoiser output into predicted noise, in float32.
+
+    ``abar`` holds alphas_cumprod[t] per sample (B,). With ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps``:
+    v = sqrt(abar) eps - sqrt(1-abar) x0, so eps = sqrt(abar) v + sqrt(1-abar) x_t; and a predicted x0 gives
+    eps = (x_t - sqrt(abar) x0) / sqrt(1-abar).
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelConfigError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+    pred = pred.float()
+    if prediction_type == "epsilon":
+        return pred
+    a = abar.to(pred.device, torch.float32).view(-1, *[1] * (pred.dim() - 1))
+    x_t = x_t.to(pred.device, torch.float32)
+    if prediction_type == "v_prediction":
+        return a.sqrt() * pred + (1 - a).sqrt() * x_t
+    return (x_t - a.sqrt() * pred) / (1 - a).sqrt()
+
+
+class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
+    """Stable Diffusion; ``kind: sd``. Layers: down_blocks.i, mid_block (alias bottleneck), up_blocks.i (up_fti)."""
+
+    kind = "sd"
+    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes")
+
+    def __init__(self, *, vae, prediction_type: str = "epsilon", **kwargs):
+        super().__init__(**kwargs)
+        self.vae = vae.to(self.device, self.dtype).eval()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ModelConfigError(f"{self.source}: scheduler prediction_type {prediction_type!r} is not one of "
+                                   f"{list(PREDICTION_TYPES)}")
+        self.prediction_type = prediction_type
+
+    @classmethod
+    def from_pretrained(cls, source, *, dtype="auto", device=None, local_files_only: bool = False,
+                        resolution: int | None = None, classes: list[str] | None = None,
+                        **unknown) -> "StableDiffusionModel":
+        """Load from a hub id (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a pipeline folder.
+
+        ``resolution`` defaults to the UNet's sample_size x the VAE's scale factor (512 for SD 1.5 and
+        SD 2.1-base, 768 for SD 2.1).
+        """
+        if unknown:
+            raise ModelConfigError(f"sd model {source!r}: unknown option(s) {sorted(unknown)}; allowed: "
+                                   f"{list(cls.OPTIONS)}")
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        src = str(source)
+        load = {"local_files_only": local_files_only}
+        device = torch.device(device) if device else default_device()
+        dtype = resolve_dtype(dtype, device)
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype, **load)
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **load)
+        scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **load)
+        res = int(resolution) if resolution else unet.config.sample_size * cls.vae_scale_factor(vae)
+        return cls(unet=unet, vae=vae,
+                   text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype, **load),
+                   tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **load),
+                   scheduler=scheduler, prediction_type=scheduler.config.prediction_type,
+                   device=device, dtype=dtype, resolution=res, classes=classes, source=src)
+
+    def _forward(self, x_t, t, cond):
+        out = super()._forward(x_t, t, cond)
+        abar = self.alphas_cumprod.to(t.device)[t.long()]
+        return epsilon_from_prediction(out, x_t, abar, self.prediction_type)
