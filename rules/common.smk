@@ -68,4 +68,5 @@ def all_targets():
     targets = [dataset_json(name) for name in config["datasets"]]
     for name in shapes_models():
         targets += [f"{R}/models/{name}/check.json", f"{R}/models/{name}/samples.png"]
+    targets += extraction_targets()
     return targets

@@ -19,9 +19,11 @@ model = load_model(p.kind, p.source, dtype=p.dtype)
 log.info("loaded %s model from %s on %s (%s); layers: %s", p.kind, p.source, model.device, model.dtype,
          model.layers())
 info = p.infodecomp
-result = check_text_model(model, Dataset.load(Path(snakemake.input.data).parent), n_images=p.check["n_images"],
-                          n_draws=p.check["n_draws"], batch_size=p.check["batch_size"], seed=p.seed,
+c = p.check
+result = check_text_model(model, Dataset.load(Path(snakemake.input.data).parent), n_images=c["n_images"],
+                          n_draws=c["n_draws"], batch_size=c["batch_size"], seed=p.seed,
                           sampler=LogSNRSampler(info["loc"], info["scale"], info["clip"]),
-                          grid_path=snakemake.output.grid)
+                          grid_path=snakemake.output.grid, n_samples=c["n_samples"],
+                          sample_steps=c["sample_steps"], guidance=c["guidance"])
 result["layers"] = model.layers()
 Path(snakemake.output.json).write_text(json.dumps(result, indent=1) + "\n")

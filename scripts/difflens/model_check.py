@@ -65,10 +65,11 @@ def caption_choice(model, ds: Dataset, latents_of: dict, kind: str, n_images: in
             "i_s_true_mean": float(sc.i_s[:, 0].mean()), "i_s_negative_mean": float(sc.i_s[:, 1].mean())}
 
 
-def sample_grid(model, captions: list[str], seed: int, guidance: float = 3.0) -> tuple[np.ndarray, float]:
+def sample_grid(model, captions: list[str], seed: int, guidance: float, steps: int) -> tuple[np.ndarray, float]:
     """Generated images (N, R, R, 3) uint8 for the captions and the share that follows its caption."""
     c, r = model.space_to_depth, model.resolution
-    lat = ddim_sample(model, captions, (3 * c * c, r // c, r // c), seed=seed, guidance=guidance, progress=True)
+    lat = ddim_sample(model, captions, (3 * c * c, r // c, r // c), seed=seed, guidance=guidance, steps=steps,
+                      progress=True)
     images = ((model.decode_latents(lat) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     follows = [follows_caption(im, cap) for im, cap in zip(images, captions)]
     return images, float(np.mean(follows))
@@ -85,7 +86,8 @@ def save_grid(images: np.ndarray, path, cols: int = 8, scale: int = 4) -> None:
 
 
 def check_text_model(model, ds: Dataset, *, n_images: int, n_draws: int, sampler: LogSNRSampler, seed: int,
-                     batch_size: int, grid_path=None, n_samples: int = 32) -> dict:
+                     batch_size: int, grid_path=None, n_samples: int = 32, sample_steps: int = 50,
+                     guidance: float = 3.0) -> dict:
     """All checks on the test split; returns a JSON-able dict (and writes the sample grid if asked)."""
     test = ds.split("test").head(n_images)
     ids = list(test["sample_id"])
@@ -101,8 +103,9 @@ def check_text_model(model, ds: Dataset, *, n_images: int, n_draws: int, sampler
         log.info("caption choice vs %s swap: %s", kind, result[f"choice_{kind}"])
     if grid_path is not None:
         captions = list(ds.split("test")["caption"].drop_duplicates().head(n_samples))
-        images, share = sample_grid(model, captions, seed)
+        images, share = sample_grid(model, captions, seed, guidance, sample_steps)
         save_grid(images, grid_path)
-        result["samples"] = {"n": len(captions), "follow_caption": share, "captions": captions}
+        result["samples"] = {"n": len(captions), "follow_caption": share, "steps": sample_steps,
+                             "guidance": guidance, "captions": captions}
         log.info("samples following their caption: %.3f", share)
     return result

@@ -1,0 +1,323 @@
+"""Benchmark: difflens activation extraction against a Revelio-style reference, in one run, no download.
+
+Builds the SD 1.5 architecture (and DiT-XL/2) from their public config values with random weights, writes a small
+synthetic data set of JPEGs (5:4, so both paths resize and crop), and extracts 4 layers at 1 and at 4 timesteps:
+
+* reference, written the way the Revelio code does it: fp32, for every layer and timestep one full denoiser pass
+  with a hook on that layer, the VAE and the text encoder re-run before every pass;
+* difflens: ``encode_latents`` (the VAE once, HDF5) + ``extract_activations`` (every layer and timestep of a batch
+  from one denoiser batch stopped after the deepest layer; bf16 on a GPU), the library functions the rules call,
+  file writing included.
+
+Prints images/s of both, their ratio, and the achieved fraction of the FLOP ceiling: (VAE + T x denoiser up to the
+deepest layer) FLOPs per image, counted with torch's FlopCounterMode, x images/s / peak. The peak is the GPU's
+dense bf16 figure (table below, or --peak-tflops); on a CPU it is a measured fp32 matmul rate.
+
+    python bench/extract.py                       # GPU: 512 px, 64 images; CPU: 64 px, 2 images
+    python bench/extract.py --arch both --size 256 --images 32
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from difflens.data.common import Dataset, write_dataset  # noqa: E402
+from difflens.extraction import encode_latents, extract_activations  # noqa: E402
+
+TOKENIZER = ROOT / "tests" / "fixtures" / "tiny_clip_tokenizer"  # any CLIP tokenizer: only "" is encoded
+SD_LAYERS = {"bottleneck": "mid_block", "up_ft0": "up_blocks.0", "up_ft1": "up_blocks.1", "up_ft2": "up_blocks.2"}
+DIT_LAYERS = {f"block{i}": f"transformer_blocks.{i}" for i in (6, 13, 20, 27)}
+TIMESTEPS = {1: [25], 4: [25, 100, 250, 500]}
+# dense bf16 tensor-core peaks, TFLOP/s (H100 as in docs/reference.md; override with --peak-tflops)
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 790.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+TARGETS = {1: 10.0, 4: 20.0}  # ratio targets on an H100; ceiling fraction >= 0.35
+
+
+# ---- models from public config values, random weights -----------------------------------------------------------
+def sd15_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512,
+                         scaling_factor=0.18215)
+
+
+def sd15_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def build_sd15(size: int) -> dict:
+    """runwayml/stable-diffusion-v1-5 unet/vae/text_encoder configs (860M + 84M + 123M parameters)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=size // 8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77)
+    return {"denoiser": unet.eval(), "vae": sd15_vae().eval(), "text_encoder": text_encoder.eval(),
+            "tokenizer": tokenizer, "scheduler": sd15_scheduler(), "layers": SD_LAYERS}
+
+
+def build_dit(size: int) -> dict:
+    """facebook/DiT-XL-2-512 transformer (675M parameters, 28 blocks, hidden 1152, patch 2) + the SD VAE."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                                num_layers=28, sample_size=size // 8, patch_size=2, num_embeds_ada_norm=1000)
+    from diffusers import DDPMScheduler
+
+    return {"denoiser": dit.eval(), "vae": sd15_vae().eval(), "text_encoder": None, "tokenizer": None,
+            "scheduler": DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear"), "layers": DIT_LAYERS}
+
+
+def difflens_model(arch: str, parts: dict, device: torch.device, dtype: torch.dtype, size: int):
+    """The project's adapter around the same modules (moved to ``dtype`` in place)."""
+    if arch == "sd15":
+        from difflens.models.sd import StableDiffusionModel
+
+        return StableDiffusionModel(unet=parts["denoiser"], vae=parts["vae"], text_encoder=parts["text_encoder"],
+                                    tokenizer=parts["tokenizer"], scheduler=parts["scheduler"], device=device,
+                                    dtype=dtype, resolution=size, source="sd15-architecture-random-weights")
+    from difflens.models.dit import DiTModel
+
+    return DiTModel(transformer=parts["denoiser"], vae=parts["vae"], scheduler=parts["scheduler"], device=device,
+                    dtype=dtype, resolution=size, source="dit-xl-2-architecture-random-weights")
+
+
+# ---- the Revelio-style reference ----------------------------------------------------------------------------------
+def reference_preprocess(path: Path, size: int) -> torch.Tensor:
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) / 127.5 - 1
+
+
+def reference_extract(arch: str, parts: dict, paths: list[Path], size: int, timesteps: list[int],
+                      batch_size: int, device: torch.device) -> dict:
+    """fp32; per layer and timestep: text encoder, VAE, noise, one full denoiser pass with one hook."""
+    den, vae, te, tok, sched = (parts[k] for k in ("denoiser", "vae", "text_encoder", "tokenizer", "scheduler"))
+    modules = dict(den.named_modules())
+    out = {}
+    for a in range(0, len(paths), batch_size):
+        pixels = torch.stack([reference_preprocess(p, size) for p in paths[a:a + batch_size]]).to(device)
+        b = len(pixels)
+        for t in timesteps:
+            for name, path in parts["layers"].items():
+                got = {}
+                handle = modules[path].register_forward_hook(
+                    lambda _m, _i, o: got.setdefault("x", o[0] if isinstance(o, tuple) else o))
+                with torch.no_grad():
+                    if arch == "sd15":
+                        ids = tok([""] * b, padding="max_length", max_length=77, return_tensors="pt").input_ids
+                        cond = te(ids.to(device))[0]
+                    latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+                    noise = torch.randn_like(latents)
+                    tt = torch.full((b,), t, device=device, dtype=torch.long)
+                    x_t = sched.add_noise(latents, noise, tt)
+                    if arch == "sd15":
+                        den(x_t, tt, encoder_hidden_states=cond)
+                    else:
+                        den(x_t, timestep=tt, class_labels=torch.full((b,), 1000, device=device))
+                handle.remove()
+                x = got["x"]
+                if x.dim() == 3:  # DiT tokens (B, N, D) -> (B, D, h, w)
+                    n = int(x.shape[1] ** 0.5)
+                    x = x.transpose(1, 2).reshape(b, -1, n, n)
+                out.setdefault((t, name), []).append(x.mean((-2, -1)).float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+# ---- the project's path -------------------------------------------------------------------------------------------
+def difflens_extract(model, dataset: Dataset, work: Path, layers: list[str], timesteps: list[int], batch_size: int,
+                     workers: int) -> None:
+    model._text_cache.clear()  # a job encodes its prompt once: count it
+    lat = work / "latents.h5"
+    encode_latents(model, dataset, lat, batch_size=batch_size, workers=workers, progress=False)
+    outs = {(t, layer): work / f"t{t}-{layer}.h5" for t in timesteps for layer in layers}
+    extract_activations(model, lat, outs, batch_size=batch_size, progress=False)
+
+
+# ---- FLOPs and peaks ----------------------------------------------------------------------------------------------
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        fn()
+    return float(counter.get_total_flops())
+
+
+def flops_per_image(model, layers: list[str], size: int) -> tuple[float, float]:
+    """(VAE encoder FLOPs, denoiser-up-to-the-deepest-layer FLOPs) for one image at one timestep."""
+    px = torch.zeros(1, 3, size, size, device=model.device)
+    vae = count_flops(lambda: model.encode_images(px))
+    lat = model.encode_images(px)
+    cond = model.encode_text([""])
+    den = count_flops(lambda: model.capture(lat, 25, cond, layers))
+    return vae, den
+
+
+def peak_flops(device: torch.device, override: float | None) -> tuple[float, str]:
+    if override:
+        return override * 1e12, f"{override:g} TFLOP/s (--peak-tflops)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tf in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tf * 1e12, f"{tf:g} TFLOP/s dense bf16 ({key} table)"
+        raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops")
+    a = torch.randn(1024, 1024)
+    a @ a
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        a @ a
+        reps += 1
+    rate = 2 * 1024 ** 3 * reps / (time.perf_counter() - t0)
+    return rate, f"{rate / 1e9:.1f} GFLOP/s (measured CPU fp32 matmul, {torch.get_num_threads()} threads)"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- driver -------------------------------------------------------------------------------------------------------
+def make_dataset(root: Path, n: int, size: int) -> Dataset:
+    rng = np.random.default_rng(0)
+    rows = []
+    (root / "images").mkdir(parents=True)
+    for i in range(n):
+        low = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)  # smooth content, like a photo after JPEG
+        Image.fromarray(low).resize((size * 5 // 4, size), Image.BILINEAR).save(root / "images" / f"{i}.jpg",
+                                                                                quality=90)
+        rows.append({"sample_id": f"img{i:05d}", "split": "test", "label": 0, "label_name": "thing",
+                     "image": f"images/{i}.jpg", "caption": ""})
+    write_dataset(root, name="bench", source="bench", samples=pd.DataFrame(rows), classes=["thing"])
+    return Dataset.load(root)
+
+
+def run_arch(arch: str, args, device: torch.device, peak: float, work: Path) -> list[dict]:
+    t0 = time.perf_counter()
+    parts = (build_sd15 if arch == "sd15" else build_dit)(args.size)
+    for k in ("denoiser", "vae", "text_encoder"):
+        if parts[k] is not None:
+            parts[k].to(device)
+    print(f"[{arch}] built from config values in {time.perf_counter() - t0:.1f} s", flush=True)
+    dataset = make_dataset(work / f"{arch}-data", args.images, args.size)
+    paths = [dataset.root / p for p in dataset.samples["image"]]
+    rows = []
+    # reference first, in fp32 (the adapter below converts the same modules to bf16 in place on a GPU)
+    ref_time = {}
+    reference_extract(arch, parts, paths[:1], args.size, [25], 1, device)  # warm-up
+    for n_t in args.timesteps:
+        sync(device)
+        t0 = time.perf_counter()
+        reference_extract(arch, parts, paths, args.size, TIMESTEPS[n_t], args.batch_size, device)
+        sync(device)
+        ref_time[n_t] = (time.perf_counter() - t0) / len(paths)
+        print(f"[{arch}] reference, {n_t} timestep(s): {ref_time[n_t]:.4f} s/image", flush=True)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = difflens_model(arch, parts, device, dtype, args.size)
+    if args.channels_last:
+        for mod in (parts["denoiser"], parts["vae"]):
+            mod.to(memory_format=torch.channels_last)
+    layers = list(parts["layers"].values())
+    vae_flops, den_flops = flops_per_image(model, layers, args.size)
+    warm = Dataset.load(dataset.root)
+    warm.samples = warm.samples.iloc[:1]
+    difflens_extract(model, warm, work / f"{arch}-warm", layers, [25], 1, args.workers)  # warm-up
+    for n_t in args.timesteps:
+        out = work / f"{arch}-t{n_t}"
+        out.mkdir()
+        sync(device)
+        t0 = time.perf_counter()
+        difflens_extract(model, dataset, out, layers, TIMESTEPS[n_t], args.batch_size, args.workers)
+        sync(device)
+        ours = (time.perf_counter() - t0) / len(paths)
+        flops = vae_flops + n_t * den_flops
+        rows.append({"arch": arch, "timesteps": n_t, "ref_s": ref_time[n_t], "ours_s": ours,
+                     "ratio": ref_time[n_t] / ours, "tflop_per_img": flops / 1e12,
+                     "ceiling": flops / ours / peak, "dtype": str(dtype).replace("torch.", "")})
+        print(f"[{arch}] difflens, {n_t} timestep(s): {ours:.4f} s/image", flush=True)
+    print(f"[{arch}] FLOPs per image: VAE encoder {vae_flops / 1e9:.2f} GFLOP, denoiser up to "
+          f"{layers[-1]} {den_flops / 1e9:.2f} GFLOP per timestep", flush=True)
+    del model, parts
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", choices=["sd15", "dit", "both"], default="sd15")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--size", type=int, help="image side in px (default 512 on a GPU, 64 on the CPU)")
+    ap.add_argument("--images", type=int, help="images per measurement (default 64 on a GPU, 2 on the CPU)")
+    ap.add_argument("--batch-size", type=int, help="images per batch, both paths (default 16 GPU, 2 CPU)")
+    ap.add_argument("--timesteps", type=int, nargs="+", choices=[1, 4], default=[1, 4])
+    ap.add_argument("--workers", type=int, default=4, help="image-reading threads of the difflens path")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last memory format (difflens path)")
+    ap.add_argument("--peak-tflops", type=float, help="peak of the device in TFLOP/s (default: table / measured)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    args.size = args.size or (512 if gpu else 64)
+    args.images = args.images or (64 if gpu else 2)
+    args.batch_size = args.batch_size or (16 if gpu else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.size % 64:
+        raise SystemExit(f"--size must be a multiple of 64 (SD's latent must halve 3 times), got {args.size}")
+    peak, peak_text = peak_flops(device, args.peak_tflops)
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"difflens extraction benchmark: {name}, torch {torch.__version__}, {args.size} px, {args.images} images, "
+          f"batch {args.batch_size}, 4 layers; peak {peak_text}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="difflens-bench-") as tmp:
+        for arch in (["sd15", "dit"] if args.arch == "both" else [args.arch]):
+            rows += run_arch(arch, args, device, peak, Path(tmp))
+    print()
+    print(f"{'arch':<5} {'T':>2} {'reference s/img':>15} {'img/s':>7} {'difflens s/img':>14} {'img/s':>7} "
+          f"{'ratio':>6} {'TFLOP/img':>9} {'of ceiling':>10}")
+    for r in rows:
+        print(f"{r['arch']:<5} {r['timesteps']:>2} {r['ref_s']:>15.4f} {1 / r['ref_s']:>7.2f} {r['ours_s']:>14.4f} "
+              f"{1 / r['ours_s']:>7.2f} {r['ratio']:>5.1f}x {r['tflop_per_img']:>9.4f} {r['ceiling']:>9.1%}")
+    if gpu and "H100" in name:
+        for r in rows:
+            if r["arch"] == "sd15":
+                ok = r["ratio"] >= TARGETS[r["timesteps"]] and r["ceiling"] >= 0.35
+                print(f"target sd15 T={r['timesteps']}: ratio >= {TARGETS[r['timesteps']]:g} and >= 35% of the "
+                      f"ceiling: {'PASS' if ok else 'FAIL'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+# Extraction: each data set's images are encoded once per model (latents), then one job per (model, data set,
+# timestep, shard) runs the denoiser once per batch with hooks on every configured layer and writes one HDF5 file
+# per layer. Layout and reader: scripts/difflens/features.py.
+#
+# Shard counts: the checkpoint plan_shards reads the built data set's sample count and writes
+# latents/{model}/{dataset}/shards.json (n_shards = ceil(n_samples / extraction.shard_size); shard k = rows
+# k * shard_size .. (k + 1) * shard_size - 1 of samples.csv, all splits). Snakemake re-evaluates the DAG after it,
+# so a dry run before the data set exists stops at plan_shards. Every shard is its own output: an interrupted run
+# resumes at the missing shards.
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+from difflens.features import (activation_shard_paths, extraction_index_paths, latent_shard_paths, skipped_table,
+                               write_index, write_shard_plan)
+
+EX = config["extraction"]
+EXTRACT_MODELS = EX["models"] or list(config["models"])
+# load_model options beyond kind/source/dtype: the configured resolution, when set
+MODEL_OPTIONS = {n: {"resolution": m["resolution"]} if m["resolution"] else {} for n, m in config["models"].items()}
+# the targets of rule all: one index per (model, data set), which needs every shard and the skipped table
+extraction_targets = partial(extraction_index_paths, R, config)
+
+
+localrules:
+    plan_shards,
+    collect_skipped,
+    index_activations,
+
+
+checkpoint plan_shards:
+    input:
+        lambda w: dataset_json(w.dataset),
+    output:
+        f"{R}/latents/{{model}}/{{dataset}}/shards.json",
+    params:
+        shard_size=EX["shard_size"],
+    log:
+        f"{R}/logs/plan_shards/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/plan_shards/{{model}}/{{dataset}}.tsv"
+    run:
+        plan = write_shard_plan(input[0], output[0], params.shard_size)
+        Path(log[0]).write_text(f"{plan.to_json()}\n")
+
+
+rule encode_latents:
+    input:
+        data=lambda w: dataset_json(w.dataset),
+        plan=f"{R}/latents/{{model}}/{{dataset}}/shards.json",
+        model=get_model_marker,
+    output:
+        f"{R}/latents/{{model}}/{{dataset}}/shard-{{shard}}.h5",
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        kind=lambda w: config["models"][w.model]["kind"],
+        source=lambda w: model_dir(w.model),
+        dtype=lambda w: config["models"][w.model]["dtype"],
+        options=lambda w: MODEL_OPTIONS[w.model],
+        shard_size=EX["shard_size"],
+        batch_size=EX["batch_size"],
+    threads: 4
+    resources:
+        gpu=1,
+        runtime=120,
+        mem_mb=16000,
+    log:
+        f"{R}/logs/encode_latents/{{model}}/{{dataset}}/shard-{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/encode_latents/{{model}}/{{dataset}}/shard-{{shard}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/encode_latents.py"
+
+
+# One activation rule per model: its outputs are that model's configured layers, one file each.
+for _name in EXTRACT_MODELS:
+    _m = config["models"][_name]
+
+    rule:
+        name:
+            f"extract_activations_{_name}"
+        input:
+            latents=f"{R}/latents/{_name}/{{dataset}}/shard-{{shard}}.h5",
+            model=get_model_marker(SimpleNamespace(model=_name)),
+        output:
+            [f"{R}/activations/{_name}/{{dataset}}/t{{timestep}}/{layer}/shard-{{shard}}.h5" for layer in _m["layers"]],
+        wildcard_constraints:
+            timestep=r"\d+",
+            shard=r"\d+",
+        params:
+            model=_name,
+            kind=_m["kind"],
+            source=model_dir(_name),
+            dtype=_m["dtype"],
+            options=MODEL_OPTIONS[_name],
+            layers=_m["layers"],
+            seed=config["seed"],
+            noise_draws=EX["noise_draws"],
+            prompt=EX["prompt"],
+            batch_size=EX["batch_size"],
+            save_maps=EX["save_maps"],
+            compression=EX["map_compression"],
+        threads: 2
+        resources:
+            gpu=1,
+            runtime=240,
+            mem_mb=16000,
+        log:
+            f"{R}/logs/extract_activations/{_name}/{{dataset}}/t{{timestep}}/shard-{{shard}}.log",
+        benchmark:
+            f"{R}/benchmarks/extract_activations/{_name}/{{dataset}}/t{{timestep}}/shard-{{shard}}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/extract_activations.py"
+
+
+rule collect_skipped:
+    input:
+        lambda w: latent_shard_paths(
+            R, w.model, w.dataset, checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0]
+        ),
+    output:
+        f"{R}/latents/{{model}}/{{dataset}}/skipped.csv",
+    log:
+        f"{R}/logs/collect_skipped/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/collect_skipped/{{model}}/{{dataset}}.tsv"
+    run:
+        table = skipped_table(input)
+        table.to_csv(output[0], index=False, lineterminator="\n")
+        Path(log[0]).write_text(f"{len(table)} skipped sample(s)\n")
+
+
+rule index_activations:
+    input:
+        shards=lambda w: activation_shard_paths(
+            R,
+            w.model,
+            w.dataset,
+            config["models"][w.model]["timesteps"],
+            config["models"][w.model]["layers"],
+            checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0],
+        ),
+        skipped=f"{R}/latents/{{model}}/{{dataset}}/skipped.csv",
+    output:
+        f"{R}/activations/{{model}}/{{dataset}}/index.json",
+    log:
+        f"{R}/logs/index_activations/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/index_activations/{{model}}/{{dataset}}.tsv"
+    run:
+        index = write_index(input.shards, output[0])
+        Path(log[0]).write_text(f"{len(index['entries'])} (timestep, layer) entries\n")
