@@ -22,6 +22,16 @@ test: $(STAMP)
 	@$(VENV)/bin/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
+# The real-SLURM test (needs root): installs Debian's slurm-wlm and munge, starts a one-node cluster on this host,
+# runs tests/test_slurm.py on it, and stops every daemon it started, also when the test fails or is interrupted.
+.PHONY: test-slurm
+test-slurm: $(STAMP)
+	tests/slurm/install_slurm.sh
+	@trap 'tests/slurm/stop_slurm.sh' EXIT; trap 'exit 130' INT TERM; \
+	tests/slurm/start_slurm.sh && \
+	DIFFLENS_SLURM=1 SLURM_CONF=$${DIFFLENS_SLURM_DIR:-/tmp/difflens-slurm}/slurm.conf \
+	$(VENV)/bin/python -m pytest -q -rs -s --durations=5 tests/test_slurm.py
+
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 

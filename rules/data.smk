@@ -10,6 +10,7 @@ rule download_dataset:
         f"{R}/raw/{{raw}}/.done",
     params:
         options=lambda w: download_options(w.raw),
+    retries: 3
     log:
         f"{R}/logs/download_dataset/{{raw}}.log",
     benchmark:
@@ -30,6 +31,9 @@ rule prepare_dataset:
         params=lambda w: config["datasets"][w.dataset]["params"],
         raw=lambda w: f"{R}/raw/{raw_name_of(w.dataset)}" if is_downloaded(w.dataset) else None,
         seed=config["seed"],
+    resources:
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=lambda w, attempt: 60 * attempt,
     log:
         f"{R}/logs/prepare_dataset/{{dataset}}.log",
     benchmark:

@@ -63,8 +63,8 @@ rule encode_latents:
     threads: 4
     resources:
         gpu=1,
-        runtime=120,
-        mem_mb=16000,
+        runtime=lambda w, attempt: 120 * attempt,
+        mem_mb=lambda w, attempt: 16000 * attempt,
     log:
         f"{R}/logs/encode_latents/{{model}}/{{dataset}}/shard-{{shard}}.log",
     benchmark:
@@ -106,8 +106,8 @@ for _name in EXTRACT_MODELS:
         threads: 2
         resources:
             gpu=1,
-            runtime=240,
-            mem_mb=16000,
+            runtime=lambda w, attempt: 240 * attempt,
+            mem_mb=lambda w, attempt: 16000 * attempt,
         log:
             f"{R}/logs/extract_activations/{_name}/{{dataset}}/t{{timestep}}/shard-{{shard}}.log",
         benchmark:

@@ -14,8 +14,8 @@ rule train_shapes_model:
     threads: 4
     resources:
         gpu=1,
-        runtime=240,
-        mem_mb=8000,
+        runtime=lambda w, attempt: 240 * attempt,
+        mem_mb=lambda w, attempt: 8000 * attempt,
     log:
         f"{R}/logs/train_shapes_model/{{model}}.log",
     benchmark:
@@ -43,8 +43,8 @@ rule check_model:
     threads: 2
     resources:
         gpu=1,
-        runtime=60,
-        mem_mb=4000,
+        runtime=lambda w, attempt: 60 * attempt,
+        mem_mb=lambda w, attempt: 4000 * attempt,
     log:
         f"{R}/logs/check_model/{{model}}.log",
     benchmark:

@@ -40,6 +40,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return allowed[dtype]
 
 
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a module to the device, cast it only if its dtype differs (diffusers warns on every cast), eval mode."""
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.eval()
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -72,6 +80,15 @@ class DiffusionModel(ABC):
     def static_layers(cls, source: str) -> list[str]:
         """Layer names of the model at ``source`` without loading weights (see ``catalog``)."""
         return catalog.static_layers(cls.kind, source)
+
+    @classmethod
+    def _load_settings(cls, source, device, dtype, unknown: dict) -> tuple[torch.device, torch.dtype]:
+        """Reject unknown loader options (naming the allowed ``OPTIONS``); resolve device and dtype."""
+        if unknown:
+            raise ModelConfigError(f"{cls.kind} model {source!r}: unknown option(s) {sorted(unknown)}; allowed: "
+                                   f"{list(getattr(cls, 'OPTIONS', ()))}")
+        device = torch.device(device) if device else default_device()
+        return device, resolve_dtype(dtype, device)
 
     # ---- encoders -----------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:

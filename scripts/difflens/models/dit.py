@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..shapes_model import MODEL_CARD
-from .base import DiffusionModel, ModelConfigError, VAELatentsMixin, default_device, resolve_dtype
+from .base import DiffusionModel, ModelConfigError, VAELatentsMixin, place
 
 
 def read_json(path: Path) -> dict | None:
@@ -67,8 +67,8 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
 
     def __init__(self, *, transformer, vae, **kwargs):
         super().__init__(**kwargs)
-        self.transformer = transformer.to(self.device, self.dtype).eval()
-        self.vae = vae.to(self.device, self.dtype).eval()
+        self.transformer = place(transformer, self.device, self.dtype)
+        self.vae = place(vae, self.device, self.dtype)
         self.null_class = int(transformer.config.num_embeds_ada_norm)
         self.patch_size = int(transformer.config.patch_size)
         self._grid: tuple[int, int] | None = None  # token grid (h, w) of the latest forward pass
@@ -85,15 +85,11 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
     def from_pretrained(cls, source, *, dtype="auto", device=None, local_files_only: bool = False,
                         resolution: int | None = None, classes=None, **unknown) -> "DiTModel":
         """Load from a hub id (``facebook/DiT-XL-2-256``) or a DiTPipeline folder; see the module doc for names."""
-        if unknown:
-            raise ModelConfigError(f"dit model {source!r}: unknown option(s) {sorted(unknown)}; allowed: "
-                                   f"{list(cls.OPTIONS)}")
+        device, dtype = cls._load_settings(source, device, dtype, unknown)
         from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
 
         src = str(source)
         load = {"local_files_only": local_files_only}
-        device = torch.device(device) if device else default_device()
-        dtype = resolve_dtype(dtype, device)
         transformer = DiTTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=dtype, **load)
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **load)
         if classes is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ModelConfigError, VAELatentsMixin, default_device, resolve_dtype
+from .base import ModelConfigError, VAELatentsMixin, place
 from .unet import TextUNetModel
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -43,7 +43,7 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
 
     def __init__(self, *, vae, prediction_type: str = "epsilon", **kwargs):
         super().__init__(**kwargs)
-        self.vae = vae.to(self.device, self.dtype).eval()
+        self.vae = place(vae, self.device, self.dtype)
         if prediction_type not in PREDICTION_TYPES:
             raise ModelConfigError(f"{self.source}: scheduler prediction_type {prediction_type!r} is not one of "
                                    f"{list(PREDICTION_TYPES)}")
@@ -58,16 +58,12 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
         ``resolution`` defaults to the UNet's sample_size x the VAE's scale factor (512 for SD 1.5 and
         SD 2.1-base, 768 for SD 2.1).
         """
-        if unknown:
-            raise ModelConfigError(f"sd model {source!r}: unknown option(s) {sorted(unknown)}; allowed: "
-                                   f"{list(cls.OPTIONS)}")
+        device, dtype = cls._load_settings(source, device, dtype, unknown)
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         src = str(source)
         load = {"local_files_only": local_files_only}
-        device = torch.device(device) if device else default_device()
-        dtype = resolve_dtype(dtype, device)
         unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype, **load)
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **load)
         scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **load)

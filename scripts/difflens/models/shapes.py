@@ -7,19 +7,20 @@ from pathlib import Path
 import torch
 
 from ..shapes_model import MODEL_CARD, images_to_latents, latents_to_images
-from .base import ModelConfigError, default_device, resolve_dtype
+from .base import ModelConfigError
 from .unet import TextUNetModel
 
 
 class ShapesModel(TextUNetModel):
     kind = "shapes"
+    OPTIONS = ("dtype", "device")
 
     def __init__(self, *, space_to_depth: int, **kwargs):
         super().__init__(**kwargs)
         self.space_to_depth = space_to_depth
 
     @classmethod
-    def from_pretrained(cls, source, *, dtype="auto", device=None, **kwargs) -> "ShapesModel":
+    def from_pretrained(cls, source, *, dtype="auto", device=None, **unknown) -> "ShapesModel":
         from diffusers import DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -29,13 +30,13 @@ class ShapesModel(TextUNetModel):
             raise ModelConfigError(f"shapes model {source!r}: no {MODEL_CARD} (train it with the train_shapes_model "
                                    f"rule, or point models.<name>.source at a trained model folder)")
         card = json.loads(card_path.read_text())
-        device = torch.device(device) if device else default_device()
+        device, dtype = cls._load_settings(source, device, dtype, unknown)
         arch = card["train_config"]["arch"]
         return cls(unet=UNet2DConditionModel.from_pretrained(root / "unet"),
                    text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
                    tokenizer=PreTrainedTokenizerFast.from_pretrained(root / "tokenizer"),
                    scheduler=DDPMScheduler.from_pretrained(root / "scheduler"),
-                   device=device, dtype=resolve_dtype(dtype, device), resolution=arch["image_size"],
+                   device=device, dtype=dtype, resolution=arch["image_size"],
                    classes=card.get("classes"), source=str(source), space_to_depth=arch["space_to_depth"])
 
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 import torch
 
-from .base import DiffusionModel
+from .base import DiffusionModel, place
 
 
 class TextUNetModel(DiffusionModel):
@@ -13,8 +13,8 @@ class TextUNetModel(DiffusionModel):
 
     def __init__(self, *, unet, text_encoder, tokenizer, **kwargs):
         super().__init__(**kwargs)
-        self.unet = unet.to(self.device, self.dtype).eval()
-        self.text_encoder = text_encoder.to(self.device, self.dtype).eval()
+        self.unet = place(unet, self.device, self.dtype)
+        self.text_encoder = place(text_encoder, self.device, self.dtype)
         self.tokenizer = tokenizer
 
     def layer_modules(self) -> "OrderedDict[str, torch.nn.Module]":
