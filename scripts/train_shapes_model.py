@@ -11,7 +11,7 @@ from difflens.shapes_model import ShapesArch, TrainConfig, train  # noqa: E402
 t = dict(snakemake.params.train)
 image_size = json.loads(Path(snakemake.input[0]).read_text())["image_size"]
 arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_channels"]),
-                  text_width=t["text_width"])
+                  text_width=t["text_width"], space_to_depth=t["space_to_depth"])
 cfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], p_uncond=t["p_uncond"],
                   seed=snakemake.params.seed, arch=arch)
 summary = train(Path(snakemake.input[0]).parent, Path(snakemake.output[0]).parent, cfg,
