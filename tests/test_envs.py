@@ -41,9 +41,9 @@ def _module_file(module: str) -> Path | None:
 
 def third_party_imports(script: Path) -> set[str]:
     """Top-level third-party modules imported by a script and, transitively, by the difflens modules it uses."""
-    seen, todo, out = set(), [script], set()
-    while todo:
-        path = todo.pop()
+    seen, pending, out = set(), [script], set()
+    while pending:
+        path = pending.pop()
         if path in seen:
             continue
         seen.add(path)
@@ -66,7 +66,7 @@ def third_party_imports(script: Path) -> set[str]:
                 if top == "difflens":
                     f = _module_file(name)
                     if f:
-                        todo.append(f)
+                        pending.append(f)
                 elif top and top not in sys.stdlib_module_names and top not in PROVIDED:
                     out.add(top)
     return out

@@ -117,11 +117,11 @@ class DiffusionModel(ABC):
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Condition tensor for each prompt, batched; each distinct prompt is encoded once and cached."""
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if todo:
+        pending = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if pending:
             with torch.no_grad():
-                enc = self._encode_prompts(todo)
-            for p, e in zip(todo, enc):
+                enc = self._encode_prompts(pending)
+            for p, e in zip(pending, enc):
                 self._text_cache[p] = e
         return torch.stack([self._text_cache[p] for p in prompts])
 
