@@ -7,9 +7,9 @@ import pytest
 from workflow_utils import ROOT, run_snakemake, tiny_overlay
 
 
-def test_default_config_dry_run():
-    out = run_snakemake(["-n", "--quiet", "rules"])
-    assert "prepare_dataset" in out.stdout + out.stderr
+def test_default_config_dry_run(tmp_path):
+    out = run_snakemake(["-n", "--quiet", "rules"], {"results": str(tmp_path / "results")}, tmp_path)
+    assert "prepare_dataset" in out.stdout + out.stderr and "check_model" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("config_file", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
