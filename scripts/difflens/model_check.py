@@ -54,7 +54,7 @@ def caption_choice(model, ds: Dataset, latents_of: dict, kind: str, n_images: in
     if not len(rows):
         raise ValueError(f"{ds.name}: no held-out aro.csv rows of kind {kind!r} to score")
     prompts = [[r.caption, json.loads(r.negatives)[0]] for r in rows.itertuples()]
-    keys = [ds._index[s] for s in rows["sample_id"]]
+    keys = [ds.position(s) for s in rows["sample_id"]]
     lat = torch.stack([latents_of[s] for s in rows["sample_id"]])
     sc = information_scores(model, lat, prompts, n_draws=n_draws, sampler=sampler, seed=seed, sample_keys=keys,
                             batch_size=batch_size, progress=True)

@@ -213,7 +213,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, work_d
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        history.append(float(loss))
+        history.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(history[-50:]):.4f}")
         if ckpt and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -144,11 +144,15 @@ class Dataset:
             raise DatasetError(f"{self.name}: unknown split {split!r}; allowed: {list(SPLITS)}")
         return self.samples[self.samples["split"] == split]
 
-    def row(self, sample_id: str) -> pd.Series:
+    def position(self, sample_id: str) -> int:
+        """Row number of a sample in samples.csv (a stable per-sample key, e.g. for seeding)."""
         try:
-            return self.samples.iloc[self._index[sample_id]]
+            return self._index[sample_id]
         except KeyError:
             raise DatasetError(f"{self.name}: unknown sample_id {sample_id!r}") from None
+
+    def row(self, sample_id: str) -> pd.Series:
+        return self.samples.iloc[self.position(sample_id)]
 
     def image_path(self, sample_id: str) -> Path:
         return self.root / self.row(sample_id)["image"]
