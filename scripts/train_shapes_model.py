@@ -6,12 +6,14 @@ from difflens.runlog import start_log
 
 log = start_log(snakemake.log[0])
 
-from difflens.shapes_model import ShapesArch, TrainConfig, train  # noqa: E402
+from difflens.shapes_model import ShapesArch, TrainConfig, block_types, train  # noqa: E402
 
 t = dict(snakemake.params.train)
 image_size = json.loads(Path(snakemake.input[0]).read_text())["image_size"]
-arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_channels"]),
-                  text_width=t["text_width"], space_to_depth=t["space_to_depth"])
+down, up = block_types(t["cross_attention"])
+arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_channels"]), down_block_types=down,
+                  up_block_types=up, text_width=t["text_width"], space_to_depth=t["space_to_depth"],
+                  text_time_embedding=t["text_time_embedding"], embedding_std=t["embedding_std"])
 cfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], p_uncond=t["p_uncond"],
                   seed=snakemake.params.seed, arch=arch)
 summary = train(Path(snakemake.input[0]).parent, Path(snakemake.output[0]).parent, cfg,

@@ -83,6 +83,11 @@ def test_references_between_sections(cfg):
     assert "models.sd.retrain" in msg
 
 
+def test_shapes_model_needs_one_attention_flag_per_level(cfg):
+    msg = _error(cfg, lambda c: c["models"]["shapes"].update(train={"cross_attention": [True, False]}))
+    assert "models.shapes.train.cross_attention" in msg and "3" in msg and "got 2" in msg
+
+
 def test_bad_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [unclosed\n")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from difflens.data.common import Dataset, seeded_splits
-from difflens.data.shapes import ShapesConfig, caption_of, generate, negatives_of, render, sample_scene, vocabulary
+from difflens.data.shapes import (ShapesConfig, caption_of, generate, heldout_scenes, negatives_of, render,
+                                  vocabulary)
 from difflens.infodecomp import LogSNRSampler, information_scores
 from difflens.models import load_model
-from difflens.shapes_model import ShapesArch, TrainConfig, build_model, build_tokenizer, tokenize, train
+from difflens.shapes_model import (ShapesArch, TrainConfig, block_types, build_model, build_tokenizer, tokenize,
+                                   train)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "resources" / "shapes_model"
@@ -32,7 +33,22 @@ def test_default_architecture_size():
     _, text, unet, sched = build_model(vocabulary(), ShapesArch(), 0)
     n = sum(p.numel() for p in unet.parameters())
     assert 1.5e6 < n < 2.0e6 and unet.config.in_channels == 12 and unet.config.sample_size == 16
+    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2
+    assert unet.config.addition_embed_type is None and not hasattr(unet, "add_embedding")
+    _, _, pooled, _ = build_model(vocabulary(), ShapesArch(text_time_embedding=True), 0)
+    assert pooled.config.addition_embed_type == "text" and hasattr(pooled, "add_embedding")
     assert sched.config.num_train_timesteps == 1000 and sched.config.prediction_type == "epsilon"
+
+
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_embedding_std_sets_the_text_tables(std):
+    tok, text, _, _ = build_model(vocabulary(), ShapesArch(embedding_std=std), 0)
+    for table in (text.embeddings.token_embedding, text.embeddings.position_embedding):
+        assert float(table.weight.std()) == pytest.approx(std, rel=0.1)
+    with torch.no_grad():
+        states = text(tokenize(tok, ["a red circle above a blue square", "a green circle above a blue square"]))[0]
+    moved = (states[0] - states[1]).abs().mean(-1)
+    assert moved[:2].max() == 0 and moved[2] > 0  # causal: [BOS] and "a" are unchanged, "red" -> "green" is not
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +70,10 @@ def test_training_is_seeded_and_resumes_exactly(tiny_world, tmp_path):
     # interrupted after 2 steps (checkpoint), then resumed to 4
     train(tiny_world, tmp_path / "half", TrainConfig(**{**asdict(cfg), "steps": 2, "arch": TINY}),
           work_dir=tmp_path / "work")
+    other = TrainConfig(**{**asdict(cfg), "arch": ShapesArch(block_out_channels=(16, 32, 32), text_width=32,
+                                                                   text_time_embedding=True)})
+    with pytest.raises(ValueError, match="another architecture"):
+        train(tiny_world, tmp_path / "other", other, work_dir=tmp_path / "work")
     summary = train(tiny_world, tmp_path / "resumed", cfg, work_dir=tmp_path / "work")
     assert summary["train_seconds_this_run"] >= 0 and len(summary["loss_every_50"]) == 1
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
@@ -66,26 +86,18 @@ def test_training_is_seeded_and_resumes_exactly(tiny_world, tmp_path):
                               "up_blocks.1", "up_blocks.2"]
 
 
+def test_block_types_follow_the_attention_flags():
+    down, up = block_types([False, True, True])
+    assert down == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert up == ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+
+
 def test_training_rejects_mismatched_image_size(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="images are 32 px but the model's image_size is 64"):
         train(tiny_world, tmp_path / "m", TrainConfig(steps=1, arch=ShapesArch(image_size=64)))
 
 
 # ---- the shipped checkpoint --------------------------------------------------------------------------------
-
-
-def heldout_scenes(n: int):
-    """The first n test-split scenes with two objects of the default world (seed 0, 10000 images)."""
-    cfg = ShapesConfig()
-    splits = seeded_splits(cfg.n_images, cfg.seed, cfg.split_fractions)
-    out = []
-    for i, split in enumerate(splits):
-        if split == "test":
-            scene = sample_scene(cfg.seed, i, cfg)
-            if scene["relation"]:
-                out.append((i, scene))
-        if len(out) == n:
-            return out
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +143,22 @@ def test_shipped_model_uses_its_caption(shipped):
 
 
 def test_shipped_model_card_records_its_training():
+    """The shipped checkpoint is what the train_shapes_model rule makes from the default config."""
+    import yaml
+
+    from difflens.config import validate_config
+
     card = json.loads((SHIPPED / "difflens_model.json").read_text())
-    assert card["train_config"]["steps"] == 2000 and card["training"]["n_train_images"] == 8000
+    train_cfg = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))["models"]["shapes"]["train"]
+    recorded, arch = card["train_config"], card["train_config"]["arch"]
+    for key in ("steps", "batch_size", "lr", "p_uncond"):
+        assert recorded[key] == pytest.approx(train_cfg[key]), key
+    assert arch["block_out_channels"] == train_cfg["block_out_channels"]
+    assert arch["space_to_depth"] == train_cfg["space_to_depth"] and arch["text_width"] == train_cfg["text_width"]
+    assert arch["text_time_embedding"] == train_cfg["text_time_embedding"]
+    assert arch["embedding_std"] == pytest.approx(train_cfg["embedding_std"])
+    assert [arch["down_block_types"], arch["up_block_types"]] == list(map(list, block_types(
+        train_cfg["cross_attention"])))
+    assert card["training"]["n_train_images"] == 8000
     losses = card["training"]["loss_every_50"]
-    assert losses[-1] < 0.5 * losses[0]
+    assert len(losses) == -(-train_cfg["steps"] // 50) and losses[-1] < 0.5 * losses[0]

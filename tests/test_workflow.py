@@ -39,6 +39,9 @@ def test_tiny_run_trains_reloads_and_checks_the_model(tmp_path):
     run_snakemake(targets, tiny_overlay(results), tmp_path)
     card = json.loads((results / "models/shapes/trained/difflens_model.json").read_text())
     assert card["training"]["steps"] == 3 and card["train_config"]["arch"]["block_out_channels"] == [16, 32, 32]
+    arch = card["train_config"]["arch"]
+    assert arch["down_block_types"] == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert arch["text_time_embedding"] and arch["embedding_std"] == 1.0
     check = json.loads((results / "models/shapes/check.json").read_text())
     assert check["model"].endswith("models/shapes/trained") and check["n_test_images"] == 4
     assert {"loss_conditional", "loss_unconditional", "choice_relation", "choice_attribute", "samples"} <= set(check)

@@ -88,6 +88,11 @@ def check_config(cfg: dict) -> None:
         if m["kind"] == "shapes" and m["retrain"] and m["train"]["dataset"] not in cfg["datasets"]:
             raise ConfigError(f"config key {key}.train.dataset: {m['train']['dataset']!r} is not a configured data "
                               f"set; allowed: {list(cfg['datasets'])}")
+        train = m.get("train", {})
+        widths, attention = train.get("block_out_channels", []), train.get("cross_attention", [])
+        if m["kind"] == "shapes" and len(attention) != len(widths):
+            raise ConfigError(f"config key {key}.train.cross_attention: one flag per resolution level is needed, "
+                              f"{len(widths)} (as many as train.block_out_channels), got {len(attention)}")
         if m["kind"] != "shapes" and m["retrain"]:
             raise ConfigError(f"config key {key}.retrain: only models of kind 'shapes' can be trained by difflens")
     ex = cfg["extraction"]

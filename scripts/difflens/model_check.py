@@ -68,8 +68,9 @@ def caption_choice(model, ds: Dataset, latents_of: dict, kind: str, n_images: in
 def sample_grid(model, captions: list[str], seed: int, guidance: float, steps: int) -> tuple[np.ndarray, float]:
     """Generated images (N, R, R, 3) uint8 for the captions and the share that follows its caption."""
     c, r = model.space_to_depth, model.resolution
+    # the shapes model's latents are rearranged pixels in [-1, 1]: DDIM clips its x0 estimates to that range
     lat = ddim_sample(model, captions, (3 * c * c, r // c, r // c), seed=seed, guidance=guidance, steps=steps,
-                      progress=True)
+                      clip_x0=1.0, progress=True)
     images = ((model.decode_latents(lat) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     follows = [follows_caption(im, cap) for im, cap in zip(images, captions)]
     return images, float(np.mean(follows))

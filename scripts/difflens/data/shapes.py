@@ -106,6 +106,20 @@ def sample_scene(seed: int, index: int, cfg: ShapesConfig) -> dict:
     return {"objects": objs, "relation": relation}
 
 
+def heldout_scenes(n: int, cfg: ShapesConfig | None = None) -> list[tuple[int, dict]]:
+    """(index, scene) of the first ``n`` test-split scenes with two objects of a world (the default one if no cfg)."""
+    cfg = cfg or ShapesConfig()
+    splits = seeded_splits(cfg.n_images, cfg.seed, cfg.split_fractions)
+    out = []
+    for i, split in enumerate(splits):
+        scene = sample_scene(cfg.seed, i, cfg) if split == "test" else None
+        if scene and scene["relation"]:
+            out.append((i, scene))
+            if len(out) == n:
+                break
+    return out
+
+
 def caption_of(scene: dict) -> str:
     objs = scene["objects"]
     if scene["relation"] is None:
