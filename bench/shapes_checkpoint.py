@@ -20,17 +20,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.data.shapes import caption_of, heldout_scenes, negatives_of, render, vocabulary  # noqa: E402
+from difflens.data.shapes import caption_of, heldout_scenes, negatives_of, render  # noqa: E402
 from difflens.infodecomp import LogSNRSampler, information_scores  # noqa: E402
 from difflens.models import load_model  # noqa: E402
-from difflens.shapes_model import ShapesArch, build_model, save_model  # noqa: E402
+from difflens.shapes_model import ShapesArch, build_model, save_model, training_words  # noqa: E402
 
 
 def checkpoint_model(state: dict, dataset_dir: Path, arch: ShapesArch, out_dir: Path):
     """The checkpoint's weights saved as a model folder and loaded through the model layer."""
     ds = Dataset.load(dataset_dir)
-    words = set(vocabulary()) | {w for c in ds.split("train")["caption"] for w in c.lower().split()}
-    tok, text, unet, sched = build_model(sorted(words), arch, 0)
+    tok, text, unet, sched = build_model(training_words(list(ds.split("train")["caption"])), arch, 0)
     unet.load_state_dict(state["unet"])
     text.load_state_dict(state["text_encoder"])
     card = {"kind": "shapes", "classes": ds.classes, "train_config": {"arch": {
