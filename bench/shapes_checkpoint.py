@@ -5,8 +5,8 @@
 Pause the trainer first (``kill -STOP``; ``kill -CONT`` after): two torch processes on a small CPU slow both a lot.
 Prints one JSON line: the step, the last 50 training losses' mean, the share of held-out two-object scenes where i^s
 prefers the true caption over its relation swap and over its attribute swap (truncated-logistic log-SNR draws, loc 0,
-scale 2, clip 3, as the check_model rule), and the held-out denoising error with the caption and with the empty
-prompt at three timesteps.
+scale 2, clip 3, as the check_model rule), the held-out denoising error with the caption, the empty prompt and the
+relation swap at three timesteps, and how far the swap moves the prediction relative to how far the caption does.
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.data.shapes import caption_of, heldout_scenes, negatives_of, render  # noqa: E402
+from difflens.data.shapes import caption_of, choice_prompts, heldout_scenes, render  # noqa: E402
 from difflens.infodecomp import LogSNRSampler, information_scores  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 from difflens.shapes_model import ShapesArch, build_model, save_model, training_words  # noqa: E402
@@ -44,20 +44,21 @@ def score(model, n_scenes: int, n_draws: int) -> dict:
     latents = model.encode_images(pixels.permute(0, 3, 1, 2) / 127.5 - 1)
     out = {}
     for kind in ("relation", "attribute"):
-        prompts = []
-        for i, scene in scenes:
-            row = next(r for r in negatives_of(scene, np.random.default_rng([0, i, 1])) if r["kind"] == kind)
-            prompts.append([caption_of(scene), json.loads(row["negatives"])[0]])
-        sc = information_scores(model, latents, prompts, n_draws=n_draws, sampler=LogSNRSampler(0.0, 2.0, 3.0),
-                                sample_keys=[i for i, _ in scenes])
+        sc = information_scores(model, latents, choice_prompts(scenes, kind), n_draws=n_draws,
+                                sampler=LogSNRSampler(0.0, 2.0, 3.0), sample_keys=[i for i, _ in scenes])
         out[kind] = round(float(np.mean(sc.i_s[:, 0] > sc.i_s[:, 1])), 3)
-    captions = [caption_of(s) for _, s in scenes]
+    prompts = {"caption": [caption_of(s) for _, s in scenes], "empty": [""] * len(scenes),
+               "relation_swap": [negative for _, negative in choice_prompts(scenes, "relation")]}
     gen = torch.Generator().manual_seed(0)
     for t in (100, 400, 800):
         eps = torch.randn(latents.shape, generator=gen)
         x_t = model.add_noise(latents, eps, torch.full((len(latents),), t))
-        out[f"error_t{t}"] = {name: round(float(((model.denoise(x_t, t, model.encode_text(p)) - eps) ** 2).mean()), 5)
-                              for name, p in (("caption", captions), ("empty", [""] * len(captions)))}
+        pred = {name: model.denoise(x_t, t, model.encode_text(p)) for name, p in prompts.items()}
+        out[f"error_t{t}"] = {name: round(float(((p - eps) ** 2).mean()), 5) for name, p in pred.items()}
+        # how far the relation swap moves the prediction, relative to how far the caption moves it from the empty
+        # prompt: ~0 means the denoiser reads its caption as a bag of words
+        out[f"swap_vs_caption_t{t}"] = round(float(((pred["caption"] - pred["relation_swap"]) ** 2).mean()
+                                                   / ((pred["caption"] - pred["empty"]) ** 2).mean()), 4)
     return out
 
 

@@ -15,7 +15,7 @@ arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_c
                   up_block_types=up, text_width=t["text_width"], space_to_depth=t["space_to_depth"],
                   text_time_embedding=t["text_time_embedding"], embedding_std=t["embedding_std"])
 cfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], p_uncond=t["p_uncond"],
-                  seed=snakemake.params.seed, arch=arch)
+                  noise_levels=dict(t["noise_levels"]), seed=snakemake.params.seed, arch=arch)
 summary = train(Path(snakemake.input[0]).parent, Path(snakemake.output[0]).parent, cfg,
                 work_dir=snakemake.params.work, threads=snakemake.threads)
 log.info("trained: %s", {k: v for k, v in summary.items() if k != "loss_every_50"})

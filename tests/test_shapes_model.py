@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from difflens.data.shapes import (ShapesConfig, caption_of, generate, heldout_scenes, negatives_of, render,
+from difflens.data.shapes import (ShapesConfig, caption_of, choice_prompts, generate, heldout_scenes, render,
                                   vocabulary)
 from difflens.infodecomp import LogSNRSampler, information_scores
 from difflens.models import load_model
-from difflens.shapes_model import (ShapesArch, TrainConfig, block_types, build_model, build_tokenizer, tokenize,
-                                   train)
+from difflens.shapes_model import (ShapesArch, TrainConfig, block_types, build_model, build_tokenizer,
+                                   draw_timesteps, tokenize, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "resources" / "shapes_model"
@@ -51,11 +51,49 @@ def test_embedding_std_sets_the_text_tables(std):
     assert moved[:2].max() == 0 and moved[2] > 0  # causal: [BOS] and "a" are unchanged, "red" -> "green" is not
 
 
+def test_uniform_noise_levels_are_uniform_timesteps():
+    _, _, _, sched = build_model(vocabulary(), TINY, 0)
+    drawn = draw_timesteps(sched, 500, torch.Generator().manual_seed(3), {"distribution": "uniform"})
+    assert torch.equal(drawn, torch.randint(0, 1000, (500,), generator=torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("loc,scale", [(0.0, 2.0), (1.0, 1.0)])
+def test_logistic_noise_levels_follow_their_log_snr(loc, scale):
+    """The timesteps' log-SNRs have the logistic's median (loc) and quartiles (loc -+ scale ln 3)."""
+    _, _, _, sched = build_model(vocabulary(), TINY, 0)
+    t = draw_timesteps(sched, 20000, torch.Generator().manual_seed(0),
+                       {"distribution": "logistic", "loc": loc, "scale": scale})
+    abar = sched.alphas_cumprod[t].double()
+    q = torch.quantile(torch.log(abar / (1 - abar)), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    expected = torch.tensor([loc - scale * np.log(3), loc, loc + scale * np.log(3)], dtype=torch.float64)
+    assert torch.allclose(q, expected, atol=0.1), (q, expected)
+    assert t.min() >= 0 and t.max() <= 999
+
+
+@pytest.mark.parametrize("levels,message", [({"distribution": "beta"}, "distribution"),
+                                            ({"distribution": "logistic", "scale": 0}, "scale")])
+def test_bad_noise_levels_are_refused(levels, message):
+    with pytest.raises(ValueError, match=f"noise_levels.{message}"):
+        TrainConfig(noise_levels=levels)
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     generate(root, ShapesConfig(n_images=40), progress=False)
     return root
+
+
+@pytest.mark.parametrize("kind", ["relation", "attribute"])
+def test_choice_prompts_are_the_aro_rows_of_held_out_scenes(tiny_world, kind):
+    from difflens.data.common import Dataset
+
+    scenes = heldout_scenes(3, ShapesConfig(n_images=40))
+    aro = Dataset.load(tiny_world).aro.set_index(["sample_id", "kind"])
+    expected = [[aro.loc[(f"shapes-{i:06d}", kind), "caption"],
+                 json.loads(aro.loc[(f"shapes-{i:06d}", kind), "negatives"])[0]] for i, _ in scenes]
+    assert len(scenes) == 3 and choice_prompts(scenes, kind) == expected
+    assert all(true != negative for true, negative in expected)
 
 
 def _weights(folder):
@@ -65,7 +103,8 @@ def _weights(folder):
 
 
 def test_training_is_seeded_and_resumes_exactly(tiny_world, tmp_path):
-    cfg = TrainConfig(steps=4, batch_size=4, checkpoint_every=2, arch=TINY, seed=7)
+    cfg = TrainConfig(steps=4, batch_size=4, checkpoint_every=2, arch=TINY, seed=7,
+                      noise_levels={"distribution": "logistic", "loc": 0.0, "scale": 2.0})
     train(tiny_world, tmp_path / "straight", cfg)
     # interrupted after 2 steps (checkpoint), then resumed to 4
     train(tiny_world, tmp_path / "half", TrainConfig(**{**asdict(cfg), "steps": 2, "arch": TINY}),
@@ -115,11 +154,7 @@ def test_shipped_model_prefers_the_true_caption(shipped, kind):
     scenes = heldout_scenes(24)
     pixels = torch.from_numpy(np.stack([render(s, 32)[0] for _, s in scenes])).permute(0, 3, 1, 2) / 127.5 - 1
     latents = shipped.encode_images(pixels)
-    prompts = []
-    for i, scene in scenes:
-        row = next(r for r in negatives_of(scene, np.random.default_rng([0, i, 1])) if r["kind"] == kind)
-        prompts.append([caption_of(scene), json.loads(row["negatives"])[0]])
-    sc = information_scores(shipped, latents, prompts, n_draws=16, sampler=LogSNRSampler(0.0, 2.0, 3.0),
+    sc = information_scores(shipped, latents, choice_prompts(scenes, kind), n_draws=16, sampler=LogSNRSampler(0.0, 2.0, 3.0),
                             sample_keys=[i for i, _ in scenes])
     accuracy = float(np.mean(sc.i_s[:, 0] > sc.i_s[:, 1]))
     assert accuracy >= 0.9, f"i^s picked the true caption over the {kind} swap on only {accuracy:.2f}"
@@ -153,6 +188,11 @@ def test_shipped_model_card_records_its_training():
     recorded, arch = card["train_config"], card["train_config"]["arch"]
     for key in ("steps", "batch_size", "lr", "p_uncond"):
         assert recorded[key] == pytest.approx(train_cfg[key]), key
+    # cards written before the noise_levels key trained on uniform timesteps; loc and scale only shape the logistic
+    levels, wanted = recorded.get("noise_levels", {"distribution": "uniform"}), train_cfg["noise_levels"]
+    assert levels["distribution"] == wanted["distribution"]
+    if wanted["distribution"] == "logistic":
+        assert (levels["loc"], levels["scale"]) == pytest.approx((wanted["loc"], wanted["scale"]))
     assert arch["block_out_channels"] == train_cfg["block_out_channels"]
     assert arch["space_to_depth"] == train_cfg["space_to_depth"] and arch["text_width"] == train_cfg["text_width"]
     assert arch["text_time_embedding"] == train_cfg["text_time_embedding"]

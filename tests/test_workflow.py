@@ -42,6 +42,7 @@ def test_tiny_run_trains_reloads_and_checks_the_model(tmp_path):
     arch = card["train_config"]["arch"]
     assert arch["down_block_types"] == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
     assert arch["text_time_embedding"] and arch["embedding_std"] == 1.0
+    assert card["train_config"]["noise_levels"] == {"distribution": "logistic", "loc": 1.0, "scale": 2.0}
     check = json.loads((results / "models/shapes/check.json").read_text())
     assert check["model"].endswith("models/shapes/trained") and check["n_test_images"] == 4
     assert {"loss_conditional", "loss_unconditional", "choice_relation", "choice_attribute", "samples"} <= set(check)

@@ -9,7 +9,10 @@ Architecture (all diffusers / transformers classes, so the model loads like a hu
   path into the timestep embedding (``text_time_embedding``);
 * a word-level tokenizer built with ``tokenizers`` (wrapped as ``PreTrainedTokenizerFast``);
 * a linear-beta ``DDPMScheduler`` (1000 steps), epsilon prediction, captions dropped ``p_uncond`` of the time so the
-  unconditional denoiser (empty prompt) exists.
+  unconditional denoiser (empty prompt) exists;
+* training timesteps drawn uniformly, or (``noise_levels`` logistic) as the timestep nearest to a logistic log-SNR
+  draw: the distribution the information estimators integrate over, as in Kong et al.'s information-theoretic
+  diffusion training.
 """
 from __future__ import annotations
 
@@ -80,7 +83,15 @@ class TrainConfig:
     p_uncond: float = 0.1
     seed: int = 0
     checkpoint_every: int = 250
+    noise_levels: dict = field(default_factory=lambda: {"distribution": "uniform"})
     arch: ShapesArch = field(default_factory=ShapesArch)
+
+    def __post_init__(self):
+        kind = self.noise_levels.get("distribution")
+        if kind not in ("uniform", "logistic"):
+            raise ValueError(f"shapes model: noise_levels.distribution must be uniform or logistic, got {kind!r}")
+        if kind == "logistic" and not self.noise_levels.get("scale", 0) > 0:
+            raise ValueError(f"shapes model: noise_levels.scale must be > 0, got {self.noise_levels.get('scale')!r}")
 
 
 def build_tokenizer(words: list[str], max_tokens: int):
@@ -176,10 +187,21 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def diffusion_loss(unet, text_encoder, scheduler, latents, ids, generator) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn timesteps."""
+def draw_timesteps(scheduler, n: int, generator: torch.Generator, noise_levels: dict | None = None) -> torch.Tensor:
+    """``n`` training timesteps: uniform, or nearest to log-SNR draws from logistic(loc, scale)."""
+    if (noise_levels or {}).get("distribution", "uniform") == "uniform":
+        return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
+    abar = scheduler.alphas_cumprod.to(torch.float64)
+    table = torch.log(abar) - torch.log1p(-abar)
+    u = torch.rand(n, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    a = noise_levels.get("loc", 0.0) + noise_levels["scale"] * (torch.log(u) - torch.log1p(-u))
+    return (a[:, None] - table[None, :]).abs().argmin(dim=1)
+
+
+def diffusion_loss(unet, text_encoder, scheduler, latents, ids, generator, noise_levels: dict | None = None):
+    """Epsilon-prediction MSE at timesteps drawn by ``draw_timesteps``."""
     b = latents.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
+    t = draw_timesteps(scheduler, b, generator, noise_levels)
     noise = torch.randn(latents.shape, generator=generator)
     x_t = scheduler.add_noise(latents, noise, t)
     cond = text_encoder(ids)[0]
@@ -232,7 +254,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, work_d
         ids = all_ids[idx].clone()
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.p_uncond
         ids[drop] = empty_ids
-        loss = diffusion_loss(unet, text_encoder, scheduler, latents[idx].to(device), ids.to(device), gen)
+        loss = diffusion_loss(unet, text_encoder, scheduler, latents[idx].to(device), ids.to(device), gen,
+                              cfg.noise_levels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -196,6 +196,15 @@ def generate(root: str | Path, cfg: ShapesConfig, progress: bool = True) -> Path
                          words=pd.DataFrame(words), aro=pd.DataFrame(aro))
 
 
+def choice_prompts(scenes: list[tuple[int, dict]], kind: str, seed: int = 0) -> list[list[str]]:
+    """[true caption, its ``kind`` negative, as aro.csv holds it] for each (index, scene) of ``heldout_scenes``."""
+    out = []
+    for i, scene in scenes:
+        row = next(r for r in negatives_of(scene, np.random.default_rng([seed, i, 1])) if r["kind"] == kind)
+        out.append([row["caption"], json.loads(row["negatives"])[0]])
+    return out
+
+
 def find_colours(image: np.ndarray, min_pixels: int = 6) -> dict[str, tuple[float, float]]:
     """Centroids (cx, cy) of the palette colours present in an RGB image: a ground-truth judge of samples.
 
