@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.data.shapes import caption_of, choice_prompts, heldout_scenes, render  # noqa: E402
+from difflens.data.shapes import choice_prompts, heldout_scenes, render  # noqa: E402
 from difflens.infodecomp import LogSNRSampler, information_scores  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 from difflens.shapes_model import ShapesArch, build_model, save_model, training_words  # noqa: E402
@@ -42,13 +42,14 @@ def score(model, n_scenes: int, n_draws: int) -> dict:
     scenes = heldout_scenes(n_scenes)
     pixels = torch.from_numpy(np.stack([render(s, model.resolution)[0] for _, s in scenes]))
     latents = model.encode_images(pixels.permute(0, 3, 1, 2) / 127.5 - 1)
+    pairs = {kind: choice_prompts(scenes, kind) for kind in ("relation", "attribute")}
     out = {}
-    for kind in ("relation", "attribute"):
-        sc = information_scores(model, latents, choice_prompts(scenes, kind), n_draws=n_draws,
-                                sampler=LogSNRSampler(0.0, 2.0, 3.0), sample_keys=[i for i, _ in scenes])
+    for kind, prompts in pairs.items():
+        sc = information_scores(model, latents, prompts, n_draws=n_draws, sampler=LogSNRSampler(0.0, 2.0, 3.0),
+                                sample_keys=[i for i, _ in scenes])
         out[kind] = round(float(np.mean(sc.i_s[:, 0] > sc.i_s[:, 1])), 3)
-    prompts = {"caption": [caption_of(s) for _, s in scenes], "empty": [""] * len(scenes),
-               "relation_swap": [negative for _, negative in choice_prompts(scenes, "relation")]}
+    prompts = {"caption": [true for true, _ in pairs["relation"]], "empty": [""] * len(scenes),
+               "relation_swap": [negative for _, negative in pairs["relation"]]}
     gen = torch.Generator().manual_seed(0)
     for t in (100, 400, 800):
         eps = torch.randn(latents.shape, generator=gen)

@@ -154,8 +154,8 @@ def test_shipped_model_prefers_the_true_caption(shipped, kind):
     scenes = heldout_scenes(24)
     pixels = torch.from_numpy(np.stack([render(s, 32)[0] for _, s in scenes])).permute(0, 3, 1, 2) / 127.5 - 1
     latents = shipped.encode_images(pixels)
-    sc = information_scores(shipped, latents, choice_prompts(scenes, kind), n_draws=16, sampler=LogSNRSampler(0.0, 2.0, 3.0),
-                            sample_keys=[i for i, _ in scenes])
+    sc = information_scores(shipped, latents, choice_prompts(scenes, kind), n_draws=16,
+                            sampler=LogSNRSampler(0.0, 2.0, 3.0), sample_keys=[i for i, _ in scenes])
     accuracy = float(np.mean(sc.i_s[:, 0] > sc.i_s[:, 1]))
     assert accuracy >= 0.9, f"i^s picked the true caption over the {kind} swap on only {accuracy:.2f}"
 

@@ -191,11 +191,11 @@ def draw_timesteps(scheduler, n: int, generator: torch.Generator, noise_levels: 
     """``n`` training timesteps: uniform, or nearest to log-SNR draws from logistic(loc, scale)."""
     if (noise_levels or {}).get("distribution", "uniform") == "uniform":
         return torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
-    abar = scheduler.alphas_cumprod.to(torch.float64)
-    table = torch.log(abar) - torch.log1p(-abar)
+    from .models.base import log_snr_of, nearest_timestep
+
     u = torch.rand(n, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
     a = noise_levels.get("loc", 0.0) + noise_levels["scale"] * (torch.log(u) - torch.log1p(-u))
-    return (a[:, None] - table[None, :]).abs().argmin(dim=1)
+    return nearest_timestep(a, log_snr_of(scheduler.alphas_cumprod))
 
 
 def diffusion_loss(unet, text_encoder, scheduler, latents, ids, generator, noise_levels: dict | None = None):

@@ -52,6 +52,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def log_snr_of(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """log(abar / (1 - abar)) per discrete timestep, float64."""
+    abar = alphas_cumprod.to(torch.float64)
+    return torch.log(abar / (1 - abar))
+
+
+def nearest_timestep(logsnr: torch.Tensor, log_snr_table: torch.Tensor) -> torch.Tensor:
+    """Discrete timestep whose log-SNR (``log_snr_table``, one per step) is nearest to each ``a``."""
+    table = log_snr_table.to(logsnr.device)
+    return (logsnr.to(torch.float64)[:, None] - table[None, :]).abs().argmin(dim=1)
+
+
 class DiffusionModel(ABC):
     """Base class of the model adapters. Subclasses set ``kind`` and implement the abstract methods."""
 
@@ -64,9 +76,8 @@ class DiffusionModel(ABC):
         self.resolution = resolution
         self.classes = classes or []
         self.source = source
-        abar = scheduler.alphas_cumprod.to(torch.float64)
-        self.alphas_cumprod = abar
-        self.log_snr = torch.log(abar / (1 - abar))
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        self.log_snr = log_snr_of(self.alphas_cumprod)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -143,8 +154,7 @@ class DiffusionModel(ABC):
 
     def timestep_for_logsnr(self, logsnr: torch.Tensor) -> torch.Tensor:
         """Discrete timestep whose log-SNR is nearest to each ``a``."""
-        table = self.log_snr.to(logsnr.device)
-        return (logsnr.to(torch.float64)[:, None] - table[None, :]).abs().argmin(dim=1)
+        return nearest_timestep(logsnr, self.log_snr)
 
     def check_timestep(self, t: int) -> None:
         if not 0 <= int(t) < self.num_train_timesteps:
