@@ -13,7 +13,8 @@ image_size = json.loads(Path(snakemake.input[0]).read_text())["image_size"]
 down, up = block_types(t["cross_attention"])
 arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_channels"]), down_block_types=down,
                   up_block_types=up, text_width=t["text_width"], space_to_depth=t["space_to_depth"],
-                  text_time_embedding=t["text_time_embedding"], embedding_std=t["embedding_std"])
+                  text_time_embedding=t["text_time_embedding"], embedding_std=t["embedding_std"],
+                  prediction_type=t["prediction_type"])
 cfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], p_uncond=t["p_uncond"],
                   noise_levels=dict(t["noise_levels"]), seed=snakemake.params.seed, arch=arch)
 summary = train(Path(snakemake.input[0]).parent, Path(snakemake.output[0]).parent, cfg,

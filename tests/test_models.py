@@ -19,7 +19,7 @@ from tiny_pipelines import build_tiny_dit, build_tiny_sd, build_tiny_shapes, tin
 from difflens.models import ModelConfigError, load_model  # noqa: E402
 from difflens.models.attention import (aggregate_maps, cross_attention_modules, record_cross_attention,  # noqa: E402
                                        word_token_indices)
-from difflens.models.sd import epsilon_from_prediction  # noqa: E402
+from difflens.models.unet import epsilon_from_prediction  # noqa: E402
 
 DIT_CLASSES = ["cat", "dog, puppy", "bird"]
 

@@ -41,7 +41,9 @@ def test_tiny_run_trains_reloads_and_checks_the_model(tmp_path):
     assert card["training"]["steps"] == 3 and card["train_config"]["arch"]["block_out_channels"] == [16, 32, 32]
     arch = card["train_config"]["arch"]
     assert arch["down_block_types"] == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-    assert arch["text_time_embedding"] and arch["embedding_std"] == 1.0
+    assert arch["text_time_embedding"] and arch["embedding_std"] == 1.0 and arch["prediction_type"] == "epsilon"
+    scheduler = json.loads((results / "models/shapes/trained/scheduler/scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "epsilon"  # not the default: the rule passes the key on
     assert card["train_config"]["noise_levels"] == {"distribution": "logistic", "loc": 1.0, "scale": 2.0}
     check = json.loads((results / "models/shapes/check.json").read_text())
     assert check["model"].endswith("models/shapes/trained") and check["n_test_images"] == 4

@@ -19,7 +19,7 @@ def tiny_overlay(results: Path, **extra) -> dict:
                               "layers": ["mid_block", "up_blocks.1"], "timesteps": [25, 500],
                               "train": {"steps": 3, "batch_size": 4, "block_out_channels": [16, 32, 32],
                                         "cross_attention": [True, True, False], "text_time_embedding": True,
-                                        "embedding_std": 1.0, "text_width": 32,
+                                        "embedding_std": 1.0, "text_width": 32, "prediction_type": "epsilon",
                                         "noise_levels": {"distribution": "logistic", "loc": 1.0}}}},
         "check": {"n_images": 4, "n_draws": 2, "batch_size": 16, "n_samples": 4, "sample_steps": 4},
     }

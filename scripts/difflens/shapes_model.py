@@ -8,8 +8,8 @@ Architecture (all diffusers / transformers classes, so the model loads like a hu
   levels; ``block_types`` maps one flag per level to the diffusers block types), optionally also a global caption
   path into the timestep embedding (``text_time_embedding``);
 * a word-level tokenizer built with ``tokenizers`` (wrapped as ``PreTrainedTokenizerFast``);
-* a linear-beta ``DDPMScheduler`` (1000 steps), epsilon prediction, captions dropped ``p_uncond`` of the time so the
-  unconditional denoiser (empty prompt) exists;
+* a linear-beta ``DDPMScheduler`` (1000 steps), epsilon or v prediction (``prediction_type``; the model layer turns
+  either into epsilon), captions dropped ``p_uncond`` of the time so the unconditional denoiser (empty prompt) exists;
 * training timesteps drawn uniformly, or (``noise_levels`` logistic) as the timestep nearest to a logistic log-SNR
   draw: the distribution the information estimators integrate over, as in Kong et al.'s information-theoretic
   diffusion training.
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MODEL_CARD = "difflens_model.json"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+PREDICTION_TARGETS = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -53,8 +54,12 @@ class ShapesArch:
     text_layers: int = 2
     max_tokens: int = 16
     num_train_timesteps: int = 1000
+    prediction_type: str = "v_prediction"
 
     def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TARGETS:
+            raise ValueError(f"shapes model: prediction_type must be one of {list(PREDICTION_TARGETS)}, got "
+                             f"{self.prediction_type!r}")
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError(f"shapes model: {n} block widths but {len(self.down_block_types)} down and "
@@ -140,7 +145,7 @@ def build_model(words: list[str], arch: ShapesArch, seed: int):
         addition_embed_type="text" if arch.text_time_embedding else None,
         addition_embed_type_num_heads=arch.attention_heads, norm_num_groups=min(8, min(arch.block_out_channels)))
     scheduler = DDPMScheduler(num_train_timesteps=arch.num_train_timesteps, beta_schedule="linear",
-                              beta_start=1e-4, beta_end=0.02, prediction_type="epsilon")
+                              beta_start=1e-4, beta_end=0.02, prediction_type=arch.prediction_type)
     return tokenizer, text_encoder, unet, scheduler
 
 
@@ -199,13 +204,14 @@ def draw_timesteps(scheduler, n: int, generator: torch.Generator, noise_levels: 
 
 
 def diffusion_loss(unet, text_encoder, scheduler, latents, ids, generator, noise_levels: dict | None = None):
-    """Epsilon-prediction MSE at timesteps drawn by ``draw_timesteps``."""
+    """MSE of the scheduler's prediction target (epsilon, or v) at timesteps drawn by ``draw_timesteps``."""
     b = latents.shape[0]
-    t = draw_timesteps(scheduler, b, generator, noise_levels)
-    noise = torch.randn(latents.shape, generator=generator)
+    t = draw_timesteps(scheduler, b, generator, noise_levels).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     x_t = scheduler.add_noise(latents, noise, t)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
     cond = text_encoder(ids)[0]
-    return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, noise)
+    return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, target)
 
 
 def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, work_dir: str | Path | None = None,
@@ -234,7 +240,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, work_d
     ckpt = Path(work_dir) / "train_state.pt" if work_dir else None
     if ckpt and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
-        if state.get("arch", asdict(cfg.arch)) != asdict(cfg.arch):
+        # states saved before prediction_type existed trained an epsilon model
+        if {"prediction_type": "epsilon", **state.get("arch", asdict(cfg.arch))} != asdict(cfg.arch):
             raise ValueError(f"{ckpt}: this training state is of another architecture ({state['arch']}); resume "
                              f"with the same train settings, or delete {work_dir} to start afresh")
         unet.load_state_dict(state["unet"])

@@ -9,31 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import ModelConfigError, VAELatentsMixin, place
+from .base import VAELatentsMixin, place
 from .unet import TextUNetModel
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-def epsilon_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor,
-                            prediction_type: str) -> torch.Tensor:
-    """Turn a denoiser output into predicted noise, in float32.
-
-    ``abar`` holds alphas_cumprod[t] per sample (B,). With ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps``:
-    v = sqrt(abar) eps - sqrt(1-abar) x0, so eps = sqrt(abar) v + sqrt(1-abar) x_t; and a predicted x0 gives
-    eps = (x_t - sqrt(abar) x0) / sqrt(1-abar).
-    """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ModelConfigError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
-    pred = pred.float()
-    if prediction_type == "epsilon":
-        return pred
-    a = abar.to(pred.device, torch.float32).view(-1, *[1] * (pred.dim() - 1))
-    x_t = x_t.to(pred.device, torch.float32)
-    if prediction_type == "v_prediction":
-        return a.sqrt() * pred + (1 - a).sqrt() * x_t
-    return (x_t - a.sqrt() * pred) / (1 - a).sqrt()
-
 
 class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
     """Stable Diffusion; ``kind: sd``. Layers: down_blocks.i, mid_block (alias bottleneck), up_blocks.i (up_fti)."""
@@ -41,13 +18,9 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
     kind = "sd"
     OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes")
 
-    def __init__(self, *, vae, prediction_type: str = "epsilon", **kwargs):
+    def __init__(self, *, vae, **kwargs):
         super().__init__(**kwargs)
         self.vae = place(vae, self.device, self.dtype)
-        if prediction_type not in PREDICTION_TYPES:
-            raise ModelConfigError(f"{self.source}: scheduler prediction_type {prediction_type!r} is not one of "
-                                   f"{list(PREDICTION_TYPES)}")
-        self.prediction_type = prediction_type
 
     @classmethod
     def from_pretrained(cls, source, *, dtype="auto", device=None, local_files_only: bool = False,
@@ -73,8 +46,3 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
                    tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **load),
                    scheduler=scheduler, prediction_type=scheduler.config.prediction_type,
                    device=device, dtype=dtype, resolution=res, classes=classes, source=src)
-
-    def _forward(self, x_t, t, cond):
-        out = super()._forward(x_t, t, cond)
-        abar = self.alphas_cumprod.to(t.device)[t.long()]
-        return epsilon_from_prediction(out, x_t, abar, self.prediction_type)

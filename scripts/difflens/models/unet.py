@@ -1,18 +1,46 @@
-"""Shared adapter code for text-conditioned ``UNet2DConditionModel`` backbones (the shapes model, Stable Diffusion)."""
+"""Shared adapter code for text-conditioned ``UNet2DConditionModel`` backbones (the shapes model, Stable Diffusion).
+
+Whatever the UNet was trained to predict (its scheduler's ``prediction_type``), ``denoise`` returns epsilon.
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
 import torch
 
-from .base import DiffusionModel, place
+from .base import DiffusionModel, ModelConfigError, place
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def epsilon_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor,
+                            prediction_type: str) -> torch.Tensor:
+    """Turn a denoiser output into predicted noise, in float32.
+
+    ``abar`` holds alphas_cumprod[t] per sample (B,). With ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps``:
+    v = sqrt(abar) eps - sqrt(1-abar) x0, so eps = sqrt(abar) v + sqrt(1-abar) x_t; and a predicted x0 gives
+    eps = (x_t - sqrt(abar) x0) / sqrt(1-abar).
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelConfigError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+    pred = pred.float()
+    if prediction_type == "epsilon":
+        return pred
+    a = abar.to(pred.device, torch.float32).view(-1, *[1] * (pred.dim() - 1))
+    x_t = x_t.to(pred.device, torch.float32)
+    if prediction_type == "v_prediction":
+        return a.sqrt() * pred + (1 - a).sqrt() * x_t
+    return (x_t - a.sqrt() * pred) / (1 - a).sqrt()
 
 
 class TextUNetModel(DiffusionModel):
     """A UNet denoiser conditioned on a text encoder's last hidden states (cross-attention)."""
 
-
-    def __init__(self, *, unet, text_encoder, tokenizer, **kwargs):
+    def __init__(self, *, unet, text_encoder, tokenizer, prediction_type: str = "epsilon", **kwargs):
         super().__init__(**kwargs)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ModelConfigError(f"{self.source}: scheduler prediction_type {prediction_type!r} is not one of "
+                                   f"{list(PREDICTION_TYPES)}")
+        self.prediction_type = prediction_type
         self.unet = place(unet, self.device, self.dtype)
         self.text_encoder = place(text_encoder, self.device, self.dtype)
         self.tokenizer = tokenizer
@@ -29,5 +57,6 @@ class TextUNetModel(DiffusionModel):
         return self.text_encoder(ids.to(self.device))[0]
 
     def _forward(self, x_t, t, cond):
-        out = self.unet(x_t, t, encoder_hidden_states=cond.to(self.dtype)).sample
-        return out[:, : x_t.shape[1]]
+        out = self.unet(x_t, t, encoder_hidden_states=cond.to(self.dtype)).sample[:, : x_t.shape[1]]
+        abar = self.alphas_cumprod.to(t.device)[t.long()]
+        return epsilon_from_prediction(out, x_t, abar, self.prediction_type)
