@@ -7,10 +7,9 @@ models predict v, converted by ``eps = sqrt(abar) v + sqrt(1 - abar) x_t``.
 """
 from __future__ import annotations
 
-import torch
-
 from .base import VAELatentsMixin, place
 from .unet import TextUNetModel
+
 
 class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
     """Stable Diffusion; ``kind: sd``. Layers: down_blocks.i, mid_block (alias bottleneck), up_blocks.i (up_fti)."""
