@@ -12,19 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.models import load_model  # noqa: E402
-
-
-def split_pixels(ds: Dataset, split: str, n: int) -> tuple[torch.Tensor, list[str]]:
-    rows = ds.split(split)[:n]
-    arrays = [np.asarray(ds.load_image(sid), dtype=np.float32) for sid in rows["sample_id"]]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1, list(rows["caption"])
+from difflens.shapes_model import load_pixels  # noqa: E402
 
 
 def errors(model, test: torch.Tensor, captions: list[str], train_mean: torch.Tensor, t: int, seed: int,
@@ -51,8 +45,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = Dataset.load(args.dataset)
-    test, captions = split_pixels(ds, "test", args.images)
-    train_mean = split_pixels(ds, "train", args.mean_images)[0].mean(0, keepdim=True)
+    test, captions, _ = load_pixels(ds, "test", args.images)
+    train_mean = load_pixels(ds, "train", args.mean_images)[0].mean(0, keepdim=True)
     for folder in args.models:
         model = load_model("shapes", str(folder))
         for t in args.timesteps:

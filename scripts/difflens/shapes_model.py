@@ -177,9 +177,9 @@ def save_model(out_dir: Path, tokenizer, text_encoder, unet, scheduler, card: di
     os.replace(tmp, out_dir)
 
 
-def load_pixels(dataset, split: str) -> tuple[torch.Tensor, list[str], list[str]]:
-    """All images of one split as a [-1, 1] float tensor, with their captions and sample ids."""
-    rows = dataset.split(split)
+def load_pixels(dataset, split: str, n: int | None = None) -> tuple[torch.Tensor, list[str], list[str]]:
+    """The images of one split (all, or its first ``n``) as a [-1, 1] float tensor, with captions and sample ids."""
+    rows = dataset.split(split)[:n]
     arrays = [np.asarray(dataset.load_image(sid), dtype=np.float32) for sid in rows["sample_id"]]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
     return pixels, list(rows["caption"]), list(rows["sample_id"])

@@ -43,5 +43,5 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
         return cls(unet=unet, vae=vae,
                    text_encoder=CLIPTextModel.from_pretrained(src, subfolder="text_encoder", dtype=dtype, **load),
                    tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **load),
-                   scheduler=scheduler, prediction_type=scheduler.config.prediction_type,
+                   scheduler=scheduler,
                    device=device, dtype=dtype, resolution=res, classes=classes, source=src)

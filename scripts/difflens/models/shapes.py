@@ -32,11 +32,10 @@ class ShapesModel(TextUNetModel):
         card = json.loads(card_path.read_text())
         device, dtype = cls._load_settings(source, device, dtype, unknown)
         arch = card["train_config"]["arch"]
-        scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
         return cls(unet=UNet2DConditionModel.from_pretrained(root / "unet"),
                    text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
                    tokenizer=PreTrainedTokenizerFast.from_pretrained(root / "tokenizer"),
-                   scheduler=scheduler, prediction_type=scheduler.config.prediction_type,
+                   scheduler=DDPMScheduler.from_pretrained(root / "scheduler"),
                    device=device, dtype=dtype, resolution=arch["image_size"],
                    classes=card.get("classes"), source=str(source), space_to_depth=arch["space_to_depth"])
 

@@ -35,8 +35,9 @@ def epsilon_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.T
 class TextUNetModel(DiffusionModel):
     """A UNet denoiser conditioned on a text encoder's last hidden states (cross-attention)."""
 
-    def __init__(self, *, unet, text_encoder, tokenizer, prediction_type: str = "epsilon", **kwargs):
+    def __init__(self, *, unet, text_encoder, tokenizer, **kwargs):
         super().__init__(**kwargs)
+        prediction_type = kwargs["scheduler"].config.prediction_type
         if prediction_type not in PREDICTION_TYPES:
             raise ModelConfigError(f"{self.source}: scheduler prediction_type {prediction_type!r} is not one of "
                                    f"{list(PREDICTION_TYPES)}")
