@@ -34,13 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from difflens.data.common import Dataset, write_dataset  # noqa: E402
-from difflens.extraction import encode_latents, extract_activations  # noqa: E402
+from difflens.extract.activations import extract_activations  # noqa: E402
+from difflens.extract.latents import encode_latents  # noqa: E402
 
 TOKENIZER = ROOT / "tests" / "fixtures" / "tiny_clip_tokenizer"  # any CLIP tokenizer: only "" is encoded
 SD_LAYERS = {"bottleneck": "mid_block", "up_ft0": "up_blocks.0", "up_ft1": "up_blocks.1", "up_ft2": "up_blocks.2"}
 DIT_LAYERS = {f"block{i}": f"transformer_blocks.{i}" for i in (6, 13, 20, 27)}
 TIMESTEPS = {1: [25], 4: [25, 100, 250, 500]}
-# dense bf16 tensor-core peaks, TFLOP/s (H100 as in docs/reference.md; override with --peak-tflops)
+# dense bf16 tensor-core peaks, TFLOP/s (H100 as in docs/reference.md, section 5; override with --peak-tflops)
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 790.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 TARGETS = {1: 10.0, 4: 20.0}  # ratio targets on an H100; ceiling fraction >= 0.35
 

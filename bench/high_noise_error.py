@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.models import load_model  # noqa: E402
-from difflens.shapes_model import load_pixels  # noqa: E402
+from difflens.train.shapes import load_pixels  # noqa: E402
 
 
 def errors(model, test: torch.Tensor, captions: list[str], train_mean: torch.Tensor, t: int, seed: int,

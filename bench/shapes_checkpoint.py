@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.data.shapes import choice_prompts, heldout_scenes, render  # noqa: E402
-from difflens.infodecomp import LogSNRSampler, information_scores  # noqa: E402
+from difflens.info.estimators import LogSNRSampler, information_scores  # noqa: E402
 from difflens.models import load_model  # noqa: E402
-from difflens.shapes_model import ShapesArch, build_model, save_model, training_words  # noqa: E402
+from difflens.models.shapes_arch import ShapesArch, build_model, save_model  # noqa: E402
+from difflens.train.shapes import training_words  # noqa: E402
 
 
 def checkpoint_model(state: dict, dataset_dir: Path, arch: ShapesArch, out_dir: Path):

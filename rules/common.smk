@@ -1,17 +1,27 @@
 # Validation first: a bad config stops here, before any job, with one message naming the key.
+# At parse time the workflow imports only what a plain Snakemake environment has (envs/snakemake.yaml: Snakemake,
+# pandas, PyYAML): the difflens modules below are pure Python. Everything heavier runs inside the jobs.
 import sys
 from pathlib import Path
 
+from snakemake.utils import validate
+
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from difflens.config import ConfigError, LOCAL_SOURCES, validate_config
+from difflens.config import ConfigError, LOCAL_SOURCES, check_config
+from difflens.data.registry import raw_name
+from difflens.extract.layout import extraction_index_paths
+from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id
 
+validate(config, "../schemas/config.schema.yaml", set_default=True)
 try:
-    validate_config(config)
+    check_config(config)
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
 
 R = config["results"]
+MODEL_CACHE = config["model_cache"]
+EX = config["extraction"]
 
 
 wildcard_constraints:
@@ -31,8 +41,6 @@ def is_downloaded(name):
 
 def raw_name_of(name):
     """Raw download folder of a data set (data sets built from one download share it, e.g. coco2017)."""
-    from difflens.data.sources import raw_name
-
     return raw_name(config["datasets"][name]["source"])
 
 
@@ -48,16 +56,54 @@ def download_options(raw):
     raise WorkflowError(f"no configured data set downloads into raw folder {raw!r}")
 
 
-def model_dir(name):
-    """Folder the model is loaded from: the retrained copy when models.<name>.retrain, else its source."""
+def is_hub_model(name):
     m = config["models"][name]
-    return f"{R}/models/{name}/trained" if m["retrain"] else m["source"]
+    return m["kind"] != "shapes" and is_hub_id(m["source"])
+
+
+def model_dir(name):
+    """Folder the model's jobs load from: the retrained copy, the fetched copy of a hub model, or its local source."""
+    m = config["models"][name]
+    if m["retrain"]:
+        return f"{R}/models/{name}/trained"
+    if is_hub_model(name):
+        return f"{MODEL_CACHE}/{cache_folder_name(m['source'])}"
+    return m["source"]
+
+
+def model_marker(name):
+    """The file every job of a model depends on: the retrained card, the fetched marker, or none (a local folder)."""
+    m = config["models"][name]
+    if m["retrain"]:
+        return [f"{model_dir(name)}/difflens_model.json"]
+    return [f"{model_dir(name)}/{FETCH_MARKER}"] if is_hub_model(name) else []
 
 
 def get_model_marker(wildcards):
-    """A file the model's jobs depend on (the retrained card), or none for a shipped or hub model."""
-    m = config["models"][wildcards.model]
-    return [f"{model_dir(wildcards.model)}/difflens_model.json"] if m["retrain"] else []
+    return model_marker(wildcards.model)
+
+
+def load_options(name, components):
+    """load_model keyword arguments of a model's jobs: configured resolution, local files only, components."""
+    m = config["models"][name]
+    opts = {"resolution": m["resolution"]} if m["resolution"] and m["kind"] != "shapes" else {}
+    if m["kind"] != "shapes":
+        opts["local_files_only"] = True
+    return {**opts, "components": list(components)}
+
+
+def extraction_targets():
+    """Extraction targets: one index per (model, data set), which needs every shard and the skipped table."""
+    return extraction_index_paths(R, config)
+
+
+def activation_components(name):
+    """What an activation job loads: the denoiser, and the condition encoder only for a non-empty prompt."""
+    return ["denoiser", "text"] if EX["prompt"] else ["denoiser"]
+
+
+def shard_plan(w):
+    return checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0]
 
 
 def shapes_models():
@@ -65,7 +111,9 @@ def shapes_models():
 
 
 def all_targets():
+    """Every data set, every model's fetched weights (first, before any GPU job), checks and extraction indexes."""
     targets = [dataset_json(name) for name in config["datasets"]]
+    targets += [marker for name in config["models"] if is_hub_model(name) for marker in model_marker(name)]
     for name in shapes_models():
         targets += [f"{R}/models/{name}/check.json", f"{R}/models/{name}/samples.png"]
     targets += extraction_targets()

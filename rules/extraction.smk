@@ -1,25 +1,17 @@
-# Extraction: each data set's images are encoded once per model (latents), then one job per (model, data set,
-# timestep, shard) runs the denoiser once per batch with hooks on every configured layer and writes one HDF5 file
-# per layer. Layout and reader: scripts/difflens/features.py.
+# Extraction: each data set's images are encoded once per model (latents: the VAE alone), then one job per (model,
+# data set, shard) runs the denoiser once per batch over every configured timestep, with hooks on every configured
+# layer, and writes one HDF5 file per (timestep, layer). Layout and reader: scripts/difflens/extract/.
 #
 # Shard counts: the checkpoint plan_shards reads the built data set's sample count and writes
 # latents/{model}/{dataset}/shards.json (n_shards = ceil(n_samples / extraction.shard_size); shard k = rows
 # k * shard_size .. (k + 1) * shard_size - 1 of samples.csv, all splits). Snakemake re-evaluates the DAG after it,
 # so a dry run before the data set exists stops at plan_shards. Every shard is its own output: an interrupted run
 # resumes at the missing shards.
-from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
-from difflens.features import (activation_shard_paths, extraction_index_paths, latent_shard_paths, skipped_table,
-                               write_index, write_shard_plan)
+from difflens.extract.layout import activation_path, activation_shard_paths, latent_shard_paths, write_shard_plan
 
-EX = config["extraction"]
 EXTRACT_MODELS = EX["models"] or list(config["models"])
-# load_model options beyond kind/source/dtype: the configured resolution, when set
-MODEL_OPTIONS = {n: {"resolution": m["resolution"]} if m["resolution"] else {} for n, m in config["models"].items()}
-# the targets of rule all: one index per (model, data set), which needs every shard and the skipped table
-extraction_targets = partial(extraction_index_paths, R, config)
 
 
 localrules:
@@ -57,7 +49,7 @@ rule encode_latents:
         kind=lambda w: config["models"][w.model]["kind"],
         source=lambda w: model_dir(w.model),
         dtype=lambda w: config["models"][w.model]["dtype"],
-        options=lambda w: MODEL_OPTIONS[w.model],
+        options=lambda w: load_options(w.model, ["vae"]),
         shard_size=EX["shard_size"],
         batch_size=EX["batch_size"],
     threads: 4
@@ -75,7 +67,7 @@ rule encode_latents:
         "../scripts/encode_latents.py"
 
 
-# One activation rule per model: its outputs are that model's configured layers, one file each.
+# One activation rule per model: its outputs are that model's configured timesteps x layers, one file each.
 for _name in EXTRACT_MODELS:
     _m = config["models"][_name]
 
@@ -84,22 +76,23 @@ for _name in EXTRACT_MODELS:
             f"extract_activations_{_name}"
         input:
             latents=f"{R}/latents/{_name}/{{dataset}}/shard-{{shard}}.h5",
-            model=get_model_marker(SimpleNamespace(model=_name)),
+            model=model_marker(_name),
+            empty_prompt=[] if EX["prompt"] else f"{R}/models/{_name}/empty_prompt.safetensors",
         output:
-            [f"{R}/activations/{_name}/{{dataset}}/t{{timestep}}/{layer}/shard-{{shard}}.h5" for layer in _m["layers"]],
+            [str(activation_path(R, _name, "{dataset}", t, layer, "{shard}")) for t in _m["timesteps"]
+             for layer in _m["layers"]],
         wildcard_constraints:
-            timestep=r"\d+",
             shard=r"\d+",
         params:
             model=_name,
             kind=_m["kind"],
             source=model_dir(_name),
             dtype=_m["dtype"],
-            options=MODEL_OPTIONS[_name],
-            layers=_m["layers"],
+            options=load_options(_name, activation_components(_name)),
+            outputs=[(t, layer) for t in _m["timesteps"] for layer in _m["layers"]],
             seed=config["seed"],
             noise_draws=EX["noise_draws"],
-            prompt=EX["prompt"],
+            prompt=lambda w: EX["prompt"],  # a function: Snakemake would read "{label}" in a string as a wildcard
             batch_size=EX["batch_size"],
             save_maps=EX["save_maps"],
             compression=EX["map_compression"],
@@ -109,9 +102,9 @@ for _name in EXTRACT_MODELS:
             runtime=lambda w, attempt: 240 * attempt,
             mem_mb=lambda w, attempt: 16000 * attempt,
         log:
-            f"{R}/logs/extract_activations/{_name}/{{dataset}}/t{{timestep}}/shard-{{shard}}.log",
+            f"{R}/logs/extract_activations/{_name}/{{dataset}}/shard-{{shard}}.log",
         benchmark:
-            f"{R}/benchmarks/extract_activations/{_name}/{{dataset}}/t{{timestep}}/shard-{{shard}}.tsv"
+            f"{R}/benchmarks/extract_activations/{_name}/{{dataset}}/shard-{{shard}}.tsv"
         conda:
             "../envs/torch.yaml"
         script:
@@ -120,31 +113,23 @@ for _name in EXTRACT_MODELS:
 
 rule collect_skipped:
     input:
-        lambda w: latent_shard_paths(
-            R, w.model, w.dataset, checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0]
-        ),
+        lambda w: latent_shard_paths(R, w.model, w.dataset, shard_plan(w)),
     output:
         f"{R}/latents/{{model}}/{{dataset}}/skipped.csv",
     log:
         f"{R}/logs/collect_skipped/{{model}}/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/collect_skipped/{{model}}/{{dataset}}.tsv"
-    run:
-        table = skipped_table(input)
-        table.to_csv(output[0], index=False, lineterminator="\n")
-        Path(log[0]).write_text(f"{len(table)} skipped sample(s)\n")
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/collect_skipped.py"
 
 
 rule index_activations:
     input:
-        shards=lambda w: activation_shard_paths(
-            R,
-            w.model,
-            w.dataset,
-            config["models"][w.model]["timesteps"],
-            config["models"][w.model]["layers"],
-            checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0],
-        ),
+        shards=lambda w: activation_shard_paths(R, w.model, w.dataset, config["models"][w.model]["timesteps"],
+                                                config["models"][w.model]["layers"], shard_plan(w)),
         skipped=f"{R}/latents/{{model}}/{{dataset}}/skipped.csv",
     output:
         f"{R}/activations/{{model}}/{{dataset}}/index.json",
@@ -152,6 +137,7 @@ rule index_activations:
         f"{R}/logs/index_activations/{{model}}/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/index_activations/{{model}}/{{dataset}}.tsv"
-    run:
-        index = write_index(input.shards, output[0])
-        Path(log[0]).write_text(f"{len(index['entries'])} (timestep, layer) entries\n")
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/index_activations.py"

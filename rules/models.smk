@@ -1,5 +1,36 @@
-# The shapes model: trained on demand (models.<name>.retrain), else loaded from its shipped checkpoint; every
-# shapes model is reloaded through the model layer and checked (held-out loss, caption choice, samples).
+# Models: hub weights fetched once (local rule, before any GPU job); the shapes model trained on demand
+# (models.<name>.retrain), else loaded from its shipped checkpoint; every shapes model is reloaded through the model
+# layer and checked (held-out loss, caption choice, samples); the empty-prompt condition encoded once per model.
+from difflens.models.fetch import cache_folder_name as _cache_name
+
+# cache folder name -> (config name, kind, hub id) of the hub models (two names may share one hub id)
+HUB_MODELS = {_cache_name(m["source"]): (n, m["kind"], m["source"]) for n, m in config["models"].items()
+              if is_hub_model(n)}
+
+
+localrules:
+    download_model,
+
+
+rule download_model:
+    output:
+        f"{MODEL_CACHE}/{{hubdir}}/{FETCH_MARKER}",
+    wildcard_constraints:
+        hubdir="|".join(HUB_MODELS) or "no-hub-model",
+    params:
+        model=lambda w: HUB_MODELS[w.hubdir][0],
+        kind=lambda w: HUB_MODELS[w.hubdir][1],
+        source=lambda w: HUB_MODELS[w.hubdir][2],
+        mirror=config["hub_mirror"],
+    retries: 2
+    log:
+        f"{R}/logs/download_model/{{hubdir}}.log",
+    benchmark:
+        f"{R}/benchmarks/download_model/{{hubdir}}.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/download_model.py"
 
 
 rule train_shapes_model:
@@ -53,3 +84,28 @@ rule check_model:
         "../envs/torch.yaml"
     script:
         "../scripts/check_model.py"
+
+
+# The empty prompt's condition, encoded once per model on the CPU, so that unconditional activation jobs need not
+# load the text encoder at all.
+rule encode_empty_prompt:
+    input:
+        get_model_marker,
+    output:
+        f"{R}/models/{{model}}/empty_prompt.safetensors",
+    params:
+        kind=lambda w: config["models"][w.model]["kind"],
+        source=lambda w: model_dir(w.model),
+        options=lambda w: load_options(w.model, ["text"]),
+    threads: 1
+    resources:
+        runtime=lambda w, attempt: 30 * attempt,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+    log:
+        f"{R}/logs/encode_empty_prompt/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/encode_empty_prompt/{{model}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/encode_empty_prompt.py"

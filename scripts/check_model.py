@@ -2,20 +2,20 @@
 import json
 from pathlib import Path
 
-from difflens.runlog import start_log
+from difflens.runlog import job_device, start_log
 
 log = start_log(snakemake.log[0])
 
 import torch  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.infodecomp import LogSNRSampler  # noqa: E402
-from difflens.model_check import check_text_model  # noqa: E402
+from difflens.check.model_check import check_text_model  # noqa: E402
+from difflens.info.estimators import LogSNRSampler  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p = snakemake.params
-model = load_model(p.kind, p.source, dtype=p.dtype)
+model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources))
 log.info("loaded %s model from %s on %s (%s); layers: %s", p.kind, p.source, model.device, model.dtype,
          model.layers())
 info = p.infodecomp

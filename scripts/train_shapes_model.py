@@ -2,11 +2,12 @@
 import json
 from pathlib import Path
 
-from difflens.runlog import start_log
+from difflens.runlog import job_device, start_log
 
 log = start_log(snakemake.log[0])
 
-from difflens.shapes_model import ShapesArch, TrainConfig, block_types, train  # noqa: E402
+from difflens.models.shapes_arch import ShapesArch, block_types  # noqa: E402
+from difflens.train.shapes import TrainConfig, train  # noqa: E402
 
 t = dict(snakemake.params.train)
 image_size = json.loads(Path(snakemake.input[0]).read_text())["image_size"]
@@ -18,5 +19,6 @@ arch = ShapesArch(image_size=image_size, block_out_channels=tuple(t["block_out_c
 cfg = TrainConfig(steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], p_uncond=t["p_uncond"],
                   noise_levels=dict(t["noise_levels"]), seed=snakemake.params.seed, arch=arch)
 summary = train(Path(snakemake.input[0]).parent, Path(snakemake.output[0]).parent, cfg,
-                work_dir=snakemake.params.work, threads=snakemake.threads)
+                work_dir=snakemake.params.work, threads=snakemake.threads,
+                device=job_device(snakemake.resources))
 log.info("trained: %s", {k: v for k, v in summary.items() if k != "loss_every_50"})

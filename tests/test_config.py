@@ -93,3 +93,13 @@ def test_bad_yaml_names_the_file(tmp_path):
     bad.write_text("models: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+def test_job_device_follows_the_gpu_resource():
+    """A job that Snakemake gave gpu=0 (profile `gpu: 0`) runs on the CPU; otherwise the model layer chooses."""
+    from types import SimpleNamespace
+
+    from difflens.runlog import job_device
+
+    assert job_device(SimpleNamespace(gpu=0)) == "cpu" and job_device({"gpu": 0}) == "cpu"
+    assert job_device(SimpleNamespace(gpu=1)) is None and job_device(SimpleNamespace()) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+import tarfile
 import types
 import zipfile
 from collections import Counter
@@ -19,6 +20,8 @@ from difflens.data import aro, coco, sources
 from difflens.data.common import Dataset, DatasetError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# pycocotools 2.0.11's decode warns under numpy 2 on every call (its masks are right; nothing to act on here)
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 def convert(name, raw, out, seed=0, **params) -> Dataset:
@@ -59,12 +62,14 @@ def test_torchvision_downloads_call_the_class(monkeypatch, tmp_path, name, cls):
 
 
 def test_fetch_url_checks_md5_and_extract_refuses_escape(tmp_path):
+    from torchvision.datasets.utils import calculate_md5
+
     src = tmp_path / "a.json"
     src.write_text("[1, 2]")
-    md5 = sources.file_md5(src)
+    md5 = calculate_md5(src)
     got = sources.fetch_url(src.as_uri(), tmp_path / "dl" / "a.json", md5)
     assert got.read_text() == "[1, 2]"
-    with pytest.raises(DatasetError, match="md5"):
+    with pytest.raises(DatasetError, match=f"md5 {md5} does not match the expected 0{{32}}"):
         sources.fetch_url(src.as_uri(), tmp_path / "dl" / "b.json", "0" * 32)
     assert not (tmp_path / "dl" / "b.json").exists() and not (tmp_path / "dl" / "b.json.part").exists()
     good = tmp_path / "good.zip"
@@ -79,6 +84,94 @@ def test_fetch_url_checks_md5_and_extract_refuses_escape(tmp_path):
         sources.extract_archive(evil, tmp_path / "ex2")
 
 
+@pytest.fixture
+def served(tmp_path):
+    """(folder, base URL): an HTTP server on the loopback interface serving the folder, for torchvision's
+    download_url (which cannot read file:// URLs); nothing leaves the machine."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_fetch_url_over_http_goes_through_torchvision(served, tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    folder, base = served
+    (folder / "a.json").write_text("[1, 2]")
+    (folder / "quota").write_text("<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title></html>")
+    calls = []
+    real = tvu.download_url
+    monkeypatch.setattr(tvu, "download_url", lambda *a, **k: calls.append(a) or real(*a, **k))
+    md5 = tvu.calculate_md5(folder / "a.json")
+    assert sources.fetch_url(f"{base}/a.json", tmp_path / "dl" / "a.json", md5).read_text() == "[1, 2]"
+    assert calls == [(f"{base}/a.json", tmp_path / "dl", "a.json.part")]
+    with pytest.raises(DatasetError, match=f"b.json: md5 {md5} does not match the expected 0{{32}}"):
+        sources.fetch_url(f"{base}/a.json", tmp_path / "dl" / "b.json", "0" * 32)
+    with pytest.raises(DatasetError, match="HTML page instead of images.zip"):
+        sources.fetch_url(f"{base}/quota", tmp_path / "dl" / "images.zip", "0" * 32)
+    assert sorted(f.name for f in (tmp_path / "dl").iterdir()) == ["a.json"]  # no partial or corrupt files
+
+
+def test_fetch_url_keeps_a_good_file_and_replaces_a_stale_part(tmp_path):
+    src = tmp_path / "a.json"
+    src.write_text("[1, 2]")
+    dest = tmp_path / "dl" / "a.json"
+    dest.parent.mkdir()
+    dest.write_text("kept")  # no checksum known: an existing file is kept, nothing fetched
+    assert sources.fetch_url(src.as_uri(), dest).read_text() == "kept"
+    dest.unlink()
+    (tmp_path / "dl" / "a.json.part").write_text("[1")  # left by an interrupted run
+    assert sources.fetch_url(src.as_uri(), dest).read_text() == "[1, 2]"
+    assert not (tmp_path / "dl" / "a.json.part").exists()
+
+
+def test_fetch_url_refuses_an_html_page(tmp_path):
+    """Google Drive answers an over-quota download with a web page: not saved as the archive."""
+    page = tmp_path / "download"
+    page.write_text("  <!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head></html>")
+    with pytest.raises(DatasetError, match="HTML page instead of images.zip"):
+        sources.fetch_url(page.as_uri(), tmp_path / "dl" / "images.zip", "0" * 32)
+    assert list((tmp_path / "dl").iterdir()) == []
+    assert sources.fetch_url(page.as_uri(), tmp_path / "dl" / "page.html").is_file()  # asked for a page: fine
+
+
+def test_extract_archive_reads_the_content_not_the_name(tmp_path):
+    archive = tmp_path / "download?id=abc"  # a tar.gz saved under a URL's last segment
+    (tmp_path / "src" / "flickr30k-images").mkdir(parents=True)
+    (tmp_path / "src" / "flickr30k-images" / "1.jpg").write_text("x")
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "src" / "flickr30k-images", arcname="flickr30k-images")
+    sources.extract_archive(archive, tmp_path / "ex", remove=True)
+    assert (tmp_path / "ex" / "flickr30k-images" / "1.jpg").read_text() == "x" and not archive.exists()
+    assert (tmp_path / "ex" / ".download?id=abc.extracted").is_file()
+    sources.extract_archive(archive, tmp_path / "ex")  # the marker says done: the missing archive is not read
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as tf:
+        info = tarfile.TarInfo("escape")
+        info.type, info.linkname = tarfile.SYMTYPE, "../../outside"
+        tf.addfile(info)
+    with pytest.raises(tarfile.TarError):  # the 'data' filter refuses a link out of the folder
+        sources.extract_archive(link, tmp_path / "ex3")
+    not_archive = tmp_path / "notes.zip"
+    not_archive.write_text("plain text")
+    with pytest.raises(DatasetError, match="neither a zip nor a tar archive"):
+        sources.extract_archive(not_archive, tmp_path / "ex4")
+
+
 def _zip_dir(folder: Path, archive: Path) -> Path:
     with zipfile.ZipFile(archive, "w") as zf:
         for f in sorted(folder.rglob("*")):
@@ -87,12 +180,14 @@ def _zip_dir(folder: Path, archive: Path) -> Path:
 
 
 def test_url_downloads_fetch_check_and_extract(tmp_path, monkeypatch):
+    from torchvision.datasets.utils import calculate_md5
+
     pub = tmp_path / "published"
     fx.build_coco2017(pub / "src")
     val = _zip_dir(pub / "src" / "val2017", pub / "val2017.zip")
     ann = _zip_dir(pub / "src" / "annotations", pub / "annotations_trainval2017.zip")
     monkeypatch.setattr(coco, "REMOTES", (
-        sources.Remote(val.as_uri(), "val2017.zip", sources.file_md5(val), extract=True),
+        sources.Remote(val.as_uri(), "val2017.zip", calculate_md5(val), extract=True),
         sources.Remote(ann.as_uri(), "annotations_trainval2017.zip", None, extract=True)))
     sources.download("coco2017", tmp_path / "raw")
     assert (tmp_path / "raw" / "val2017" / "000000000001.jpg").is_file()
@@ -329,8 +424,60 @@ def test_polygon_rasterisation_matches_pixel_centres():
     expected[3:8, 2:10] = True
     assert (rect == expected).all()
     tri = coco.polygons_to_mask([[0, 0, 12, 0, 0, 12]], 12, 12)
-    assert abs(int(tri.sum()) - 72) <= 6  # area 72
+    assert tri.sum() == 66  # pycocotools' count for the area-72 triangle (the old PIL rasteriser: within 6 of 72)
     assert tri[0, 0] and tri[0, 10] and not tri[11, 11]
+    with pytest.raises(ValueError, match="flat list of x, y pairs, got 5"):
+        coco.polygons_to_mask([[1, 2, 3, 4, 5]], 12, 12)
+    assert not coco.polygons_to_mask([[1, 1, 4, 1]], 12, 12).any()  # no pixels (pycocotools alone: a box)
+
+
+def _coco_api(images: list[dict], annotations: list[dict]):
+    """The official COCO API (pycocotools.coco.COCO) over in-memory annotations."""
+    from pycocotools.coco import COCO
+
+    api = COCO()
+    api.dataset = {"images": images, "annotations": annotations,
+                   "categories": [{"id": 1, "name": "thing", "supercategory": "thing"}]}
+    api.createIndex()
+    return api
+
+
+def test_masks_equal_the_coco_api_ann_to_mask(tmp_path):
+    """Polygons (fractional, several parts, one degenerate), uncompressed (iscrowd) and compressed RLE: each mask
+    is the COCO API's own annToMask, bit for bit."""
+    fx.build_coco2017(tmp_path / "raw")
+    data = json.loads((tmp_path / "raw" / "annotations" / "instances_val2017.json").read_text())
+    rng = np.random.default_rng(0)
+
+    def polygon():
+        n = int(rng.integers(3, 9))
+        return np.stack([rng.random(n) * fx.W, rng.random(n) * fx.H], axis=1).round(2).ravel().tolist()
+
+    extra = [{"id": 900 + k, "image_id": 1, "category_id": 1, "iscrowd": 0,
+              "segmentation": [polygon() for _ in range(int(rng.integers(1, 3)))]} for k in range(20)]
+    api = _coco_api(data["images"], data["annotations"] + extra)
+    for ann in data["annotations"] + extra:
+        info = api.imgs[ann["image_id"]]
+        ours = coco.segmentation_to_mask(ann["segmentation"], info["height"], info["width"])
+        assert ours.dtype == bool and (ours == api.annToMask(ann).astype(bool)).all(), ann["id"]
+    crowd = next(a for a in data["annotations"] if a["iscrowd"])
+    assert isinstance(crowd["segmentation"]["counts"], list)  # the iscrowd one is uncompressed RLE
+    assert (coco.segmentation_to_mask(crowd["segmentation"], fx.H, fx.W) == fx.coco_masks()["blob"]).all()
+    compressed = next(a for a in data["annotations"] if isinstance(a["segmentation"], dict)
+                      and isinstance(a["segmentation"]["counts"], str))
+    assert (coco.segmentation_to_mask(compressed["segmentation"], fx.H, fx.W) == fx.coco_masks()["cat"]).all()
+
+
+def test_bad_rle_is_refused_before_pycocotools_decodes_it():
+    for counts in ([3, 4], [3, 7], [], [-1, 10]):  # too short (pycocotools leaves the rest undefined), too long
+        with pytest.raises(ValueError, match="RLE runs sum to"):
+            coco.rle_to_mask(counts, 3, 3)
+    with pytest.raises(ValueError, match="truncated RLE string"):
+        coco.rle_to_mask("3" + chr(48 + 0x20), 3, 3)
+    with pytest.raises(ValueError, match="invalid RLE character"):
+        coco.rle_to_mask("3~", 3, 3)
+    assert (coco.rle_to_mask(fx.rle_counts_to_string([3, 4, 2]), 3, 3).ravel(order="F") ==
+            [0, 0, 0, 1, 1, 1, 1, 0, 0]).all()
 
 
 def test_coco_it(tmp_path):

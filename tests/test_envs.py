@@ -110,9 +110,91 @@ def test_env_covers_script_imports(rule, env_file, script):
 
 
 def test_import_scan_follows_the_library(tmp_path):
-    # train_shapes_model.py itself imports no third-party module: they come through difflens.shapes_model
+    # train_shapes_model.py itself imports no third-party module: they come through difflens.train.shapes
     assert {"diffusers", "transformers", "tokenizers", "torch", "numpy"} <= third_party_imports(
         SCRIPTS / "train_shapes_model.py")
     thin = tmp_path / "env.yaml"
     thin.write_text("channels: [conda-forge]\ndependencies: [python=3.11, numpy]\n")
     assert "torch" not in env_packages(thin) and "numpy" in env_packages(thin)
+
+
+def test_data_env_covers_the_converters_the_registry_loads():
+    """The data rules reach the converter modules through the registry (importlib, by name), which the import
+    scan above cannot follow: their imports (pycocotools for COCO masks, scipy for Flowers-102, ...) need data.yaml."""
+    from difflens.data.registry import SOURCES
+
+    have = env_packages(ROOT / "envs" / "data.yaml")
+    modules = sorted({ref.module for pair in SOURCES.values() for ref in pair})
+    needed = set().union(*(third_party_imports(SCRIPTS / "difflens" / "data" / f"{m}.py") for m in modules))
+    assert "pycocotools" in needed
+    missing = sorted(m for m in needed if PACKAGE_OF.get(m, m).lower() not in have)
+    assert not missing, f"data.yaml lacks packages for imports {missing} of the converters {modules}"
+
+
+# ---- the workflow parses in a plain Snakemake environment -----------------------------------------------------------
+def _distribution_closure(names: list[str]) -> list:
+    """Installed distributions of ``names`` and of everything they require (markers evaluated, no extras)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    seen, pending, out = set(), list(names), []
+    while pending:
+        key = re.sub(r"[-_.]+", "-", pending.pop()).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(key)
+        except PackageNotFoundError:
+            continue  # an optional dependency this platform does not install
+        out.append(dist)
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                pending.append(req.name)
+    return out
+
+
+def fresh_venv_with(env_file: Path, where: Path) -> Path:
+    """A new venv (no pip, no system site-packages) whose site-packages holds links to exactly the installed files
+    of the env's packages and their dependencies; returns its python."""
+    import subprocess
+    import sysconfig
+
+    names = sorted(env_packages(env_file) - {"python", "pip"})
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    python = where / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    ours = Path(sysconfig.get_paths()["purelib"])
+    for dist in _distribution_closure(names):
+        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            if (ours / top).exists() and not (site / top).exists():
+                (site / top).symlink_to(ours / top)
+    return python
+
+
+def test_workflow_parses_in_the_snakemake_env_alone(tmp_path):
+    """envs/snakemake.yaml is all a user's Snakemake needs: the default and the paper configs dry-run in a venv
+    that holds only its packages (no numpy beyond pandas', no h5py, torch, tqdm or diffusers)."""
+    import subprocess
+
+    python = fresh_venv_with(ROOT / "envs" / "snakemake.yaml", tmp_path / "venv")
+    probe = subprocess.run([python, "-c", "import snakemake, pandas, yaml, jsonschema\n"
+                                          "for m in ('h5py', 'torch', 'tqdm', 'diffusers'):\n"
+                                          "    try:\n        __import__(m)\n        print('HAS', m)\n"
+                                          "    except ImportError:\n        pass"],
+                           capture_output=True, text=True)
+    assert probe.returncode == 0 and "HAS" not in probe.stdout, probe.stdout + probe.stderr
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"results": str(tmp_path / "results")}))
+    runs = {"config.yaml": ["--configfile", str(overlay)],
+            "revelio.yaml": ["--configfile", str(ROOT / "configs" / "revelio.yaml"), "--replace-workflow-config"]}
+    for name, args in runs.items():
+        proc = subprocess.run([python, "-m", "snakemake", "-n", "--nolock", "--cores", "1", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin",
+                                                                                "HOME": str(tmp_path)})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{name}:\n{out[-4000:]}"
+        assert "prepare_dataset" in out, f"{name}:\n{out[-2000:]}"

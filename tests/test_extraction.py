@@ -1,4 +1,4 @@
-"""Extraction (difflens.extraction) on a tiny untrained shapes model and a 40-image shapes world, on the CPU.
+"""Extraction (difflens.extract) on a tiny untrained shapes model and a 40-image shapes world, on the CPU.
 
 The world, the model and one reference extraction are built once per test session (``tiny_world``,
 ``extracted``) and shared with tests/test_features.py.
@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from difflens.data.common import Dataset
-from difflens.extraction import (HalvingBatcher, _capture_rows, extract_activations, extract_dataset,
-                                 format_prompt, noise_seed, sample_noise)
-from difflens.features import FeatureStore, activation_path, latents_path
+from difflens.extract.activations import _capture_rows, extract_activations
+from difflens.extract.dataset import extract_dataset
+from difflens.extract.layout import activation_path, latents_path
+from difflens.extract.noise import HalvingBatcher, format_prompt, noise_seed, sample_noise
+from difflens.extract.store import FeatureStore
 
 LAYERS = ["down_blocks.1", "mid_block", "up_ft1"]  # an alias among them: files go under the configured name
 TIMESTEPS = [25, 500]
@@ -140,7 +142,7 @@ def test_layout_and_attributes(reference, dataset):
         path = activation_path(reference, "tiny", "shapes", 500, "up_ft1", k)
         with h5py.File(path, "r") as f:
             assert f["pooled"].dtype == np.float32 and f["maps"].dtype == np.float16
-            assert f["maps"].chunks == (1, *f["maps"].shape[1:]) and f["maps"].compression == "lzf"
+            assert f["maps"].chunks == (1, *f["maps"].shape[1:]) and f["maps"].compression is None  # the default
             assert list(f["sample_id"].asstr()[...]) == list(dataset.samples["sample_id"].iloc[rows])
             np.testing.assert_array_equal(f["label"][...], dataset.samples["label"].iloc[rows])
             a = dict(f.attrs)
@@ -194,6 +196,8 @@ def test_prompt_template_conditions_the_denoiser(tmp_path, model, dataset, refer
 
 # ---- robustness ---------------------------------------------------------------------------------------------------
 def test_resume_rewrites_only_missing_shards(tmp_path, model, dataset, reference):
+    """One activation file of shard 1 is gone: that shard's job runs again (every timestep and layer: one job per
+    shard), and nothing else is touched."""
     results = tmp_path / "results"
     shutil.copytree(reference, results)
     gone = activation_path(results, "tiny", "shapes", 500, "mid_block", 1)
@@ -202,21 +206,23 @@ def test_resume_rewrites_only_missing_shards(tmp_path, model, dataset, reference
     gone.with_name(f".{gone.name}.tmp-12345").write_bytes(b"left over by a killed job")
     written = extract_dataset(model, dataset, results, "tiny", shard_size=16, batch_size=8, **SETTINGS)
     assert written["latents"] == []
-    assert sorted(written["activations"]) == sorted(activation_path(results, "tiny", "shapes", 500, layer, 1)
-                                                    for layer in LAYERS)
+    assert sorted(written["activations"]) == sorted(activation_path(results, "tiny", "shapes", t, layer, 1)
+                                                    for t in TIMESTEPS for layer in LAYERS)
     assert all(p.stat().st_mtime_ns == m for p, m in before.items() if p not in written["activations"])
     fresh, old = all_arrays(results), all_arrays(reference)
     for key in fresh:
         np.testing.assert_array_equal(fresh[key], old[key], err_msg=key)
 
 
-def test_failed_job_leaves_no_output(tmp_path, model, reference, monkeypatch):
-    import difflens.extraction as ex
+@pytest.mark.parametrize("where", ["_capture_rows", "_write_batch"])
+def test_failed_job_leaves_no_output(tmp_path, model, reference, monkeypatch, where):
+    """A failure in the denoiser, or in the background writer thread, fails the job and leaves no file."""
+    import difflens.extract.activations as ex
 
     def boom(*a, **k):
         raise ValueError("killed")
 
-    monkeypatch.setattr(ex, "_capture_rows", boom)
+    monkeypatch.setattr(ex, where, boom)
     outs = {(25, layer): tmp_path / f"{layer}.h5" for layer in LAYERS}
     with pytest.raises(ValueError, match="killed"):
         extract_activations(model, latents_path(reference, "tiny", "shapes", 0), outs, progress=False)

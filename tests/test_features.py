@@ -1,4 +1,4 @@
-"""The feature reader (difflens.features) on the session's reference extraction (see tests/test_extraction.py)."""
+"""The feature reader (difflens.extract.store) on the session's reference extraction (see tests/test_extraction.py)."""
 from __future__ import annotations
 
 import pickle
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from difflens.data.common import Dataset
-from difflens.features import FeatureError, FeatureStore, ShardPlan, activation_path
+from difflens.extract.layout import ShardPlan, activation_path
+from difflens.extract.store import FeatureError, FeatureStore
 from test_extraction import LAYERS, N_IMAGES, TIMESTEPS, extracted, tiny_world
 
 

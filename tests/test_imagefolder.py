@@ -1,4 +1,6 @@
 """Bring-your-own images: class subfolders, optional captions CSV, seeded splits, clear errors."""
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,13 +31,60 @@ def test_class_folders_become_labels_and_captions(folder, tmp_path):
     assert set(ds.samples["split"]) <= {"train", "val", "test"}
 
 
+def _write_captions(folder, rows):
+    (folder / "captions.csv").write_text("image,caption\n" + "".join(f"{i},{c}\n" for i, c in rows))
+
+
+ALL_IMAGES = [f"{c}/img{i}.png" for c in ("cat", "dog") for i in range(5)]
+
+
 def test_captions_csv_and_seeded_splits(folder, tmp_path):
-    (folder / "captions.csv").write_text("image,caption\ncat/img0.png,a sleepy red cat\n")
+    _write_captions(folder, [(im, "a sleepy red cat" if im == "cat/img0.png" else f"photo {im}") for im in ALL_IMAGES])
     convert(folder, tmp_path / "a", seed=5, captions="captions.csv")
     convert(folder, tmp_path / "b", seed=5)
     a, b = Dataset.load(tmp_path / "a"), Dataset.load(tmp_path / "b")
-    assert a.row("cat/img0").caption == "a sleepy red cat" and a.row("cat/img1").caption == "a photo of a cat"
+    assert a.row("cat/img0").caption == "a sleepy red cat" and a.row("dog/img4").caption == "photo dog/img4.png"
     assert list(a.samples["split"]) == list(b.samples["split"])
+
+
+def test_captions_that_do_not_match_the_images_fail_with_counts(folder, tmp_path):
+    _write_captions(folder, [("cat/img0.png", "a sleepy red cat"), ("./cat/img1.png", "a cat"),
+                             ("cats/img2.png", "a cat")])
+    with pytest.raises(DatasetError) as err:
+        convert(folder, tmp_path / "o", captions="captions.csv")
+    message = str(err.value)
+    assert "captions.csv does not match the images" in message
+    assert "2 caption row(s) name no image (e.g. ['./cat/img1.png', 'cats/img2.png'])" in message
+    assert "9 image(s) have no caption row (e.g. ['cat/img1.png', 'cat/img2.png', 'cat/img3.png'])" in message
+    assert "allow_missing_captions" in message and not (tmp_path / "o" / "dataset.json").exists()
+    _write_captions(folder, [(im, "x") for im in ALL_IMAGES[:-1]])  # one image short, every row matches
+    with pytest.raises(DatasetError, match=r"0 caption row\(s\) name no image .* 1 image\(s\) have no caption "
+                                           r"row \(e\.g\. \['dog/img4\.png'\]\)"):
+        convert(folder, tmp_path / "o", captions="captions.csv")
+
+
+def test_allow_missing_captions_warns_once_and_uses_the_template(folder, tmp_path, caplog):
+    _write_captions(folder, [("cat/img0.png", "a sleepy red cat"), ("cats/img2.png", "a cat")])
+    with caplog.at_level(logging.WARNING, logger="difflens.data.imagefolder"):
+        convert(folder, tmp_path / "o", seed=1, captions="captions.csv", allow_missing_captions=True)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "1 caption row(s) name no image" in warnings[0].getMessage()
+    assert "9 image(s) have no caption row" in warnings[0].getMessage()
+    ds = Dataset.load(tmp_path / "o")
+    assert ds.row("cat/img0").caption == "a sleepy red cat"
+    assert ds.row("cat/img1").caption == "a photo of a cat" and ds.row("dog/img3").caption == "a photo of a dog"
+
+
+def test_prepare_passes_allow_missing_captions(folder, tmp_path):
+    from difflens.data.prepare import prepare_dataset
+
+    _write_captions(folder, [("cat/img0.png", "a sleepy red cat")])
+    params = {"path": str(folder), "captions": "captions.csv"}
+    with pytest.raises(DatasetError, match="9 image"):
+        prepare_dataset("mine", "imagefolder", params, tmp_path / "a", None, 0)
+    prepare_dataset("mine", "imagefolder", {**params, "allow_missing_captions": True}, tmp_path / "b", None, 0)
+    assert Dataset.load(tmp_path / "b").row("dog/img0").caption == "a photo of a dog"
 
 
 def test_errors_name_the_problem(folder, tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflens.infodecomp import LogSNRSampler, image_scores, information_scores
+from difflens.info.estimators import LogSNRSampler, image_scores, information_scores
 
 
 class PointMassModel:

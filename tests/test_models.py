@@ -365,3 +365,38 @@ def test_shapes_adapter_path(shapes):
         shapes.denoise(x_t, 100, cond)
     heat = aggregate_maps(rec.maps, size=lat.shape[-2:])
     assert heat.shape == (2, 1, 16, 16)
+
+
+# ---- loading only what a job uses -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sd", "dit", "shapes"])
+def test_components_load_only_what_a_job_uses(kind, sd, sd_dir, dit, dit_dir, tmp_path_factory):
+    """The latents job loads the image encoder alone, an activation job the denoiser alone; each gives the same
+    numbers as the full model, and using a component that was not loaded fails naming it."""
+    folder = {"sd": sd_dir, "dit": dit_dir,
+              "shapes": build_tiny_shapes(tmp_path_factory.mktemp("models") / "shapes_parts")}[kind]
+    full = {"sd": sd, "dit": dit}.get(kind) or load_model(kind, str(folder))
+    vae_only = load_model(kind, str(folder), components=["vae"])
+    denoiser_only = load_model(kind, str(folder), components=["denoiser"])
+    assert vae_only.resolution == denoiser_only.resolution == full.resolution
+    weights = {"sd": ("unet", "text_encoder"), "dit": ("transformer",), "shapes": ("unet", "text_encoder")}[kind]
+    assert all(getattr(vae_only, w) is None for w in weights)
+    if kind != "shapes":
+        assert denoiser_only.vae is None
+    pixels = _pixels(full)
+    torch.testing.assert_close(vae_only.encode_images(pixels), full.encode_images(pixels))
+
+    x_t = _noisy(full)
+    empty = full.encode_text([""])
+    if kind != "dit":  # a text model without its text encoder takes the stored empty-prompt condition
+        with pytest.raises(ModelConfigError, match="without its text"):
+            denoiser_only.encode_text([""])
+        denoiser_only.set_condition("", empty[0])
+    torch.testing.assert_close(denoiser_only.denoise(x_t, 400, denoiser_only.encode_text([""] * 2)),
+                               full.denoise(x_t, 400, empty.repeat(2, *[1] * (empty.dim() - 1))))
+    with pytest.raises(ModelConfigError, match="without its denoiser"):
+        vae_only.denoise(x_t, 400, empty)
+    if kind != "shapes":
+        with pytest.raises(ModelConfigError, match="without its vae"):
+            denoiser_only.encode_images(pixels)
+    with pytest.raises(ModelConfigError, match=r"components \['unet'\]"):
+        load_model(kind, str(folder), components=["unet"])

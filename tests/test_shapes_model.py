@@ -1,5 +1,6 @@
 """The shapes model: tokenizer, architecture, resumable seeded training, and the science of the shipped checkpoint."""
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,10 +11,10 @@ import torch
 
 from difflens.data.shapes import (ShapesConfig, caption_of, choice_prompts, generate, heldout_scenes, render,
                                   vocabulary)
-from difflens.infodecomp import LogSNRSampler, information_scores
+from difflens.info.estimators import LogSNRSampler, information_scores
 from difflens.models import load_model
-from difflens.shapes_model import (ShapesArch, TrainConfig, block_types, build_model, build_tokenizer,
-                                   diffusion_loss, draw_timesteps, save_model, tokenize, train)
+from difflens.models.shapes_arch import ShapesArch, block_types, build_model, build_tokenizer, save_model, tokenize
+from difflens.train.shapes import TrainConfig, _lr_at, diffusion_loss, draw_timesteps, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "resources" / "shapes_model"
@@ -163,6 +164,32 @@ def test_training_is_seeded_and_resumes_exactly(tiny_world, tmp_path):
     model = load_model("shapes", str(tmp_path / "resumed"))
     assert model.layers() == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0",
                               "up_blocks.1", "up_blocks.2"]
+
+
+def test_lr_schedule_is_the_shipped_closed_form_not_diffusers_warmup():
+    """The hand-written schedule is the closed form the shipped checkpoint trained with; diffusers'
+    get_cosine_schedule_with_warmup starts its warm-up at 0, one step behind, and equals it after the warm-up."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    recorded = json.loads((SHIPPED / "difflens_model.json").read_text())["train_config"]
+    cfg = TrainConfig(**{k: recorded[k] for k in ("steps", "lr", "warmup_steps")})
+    lr, warmup, steps = cfg.lr, cfg.warmup_steps, cfg.steps
+    ours = [_lr_at(s, cfg) for s in range(steps)]
+    for s, got in enumerate(ours):
+        closed = lr * (s + 1) / warmup if s < warmup else \
+            lr * 0.5 * (1 + math.cos(math.pi * ((s - warmup) / (steps - warmup))))
+        assert got == closed, s
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    schedule = get_cosine_schedule_with_warmup(opt, warmup, steps)
+    library = []
+    for _ in range(steps):
+        library.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert library[0] == 0.0 and ours[0] == lr / warmup
+    assert library[1:warmup] == pytest.approx(ours[:warmup - 1], rel=1e-12)  # one step behind in the warm-up
+    assert library[warmup - 1] < lr == ours[warmup - 1]
+    assert library[warmup:] == ours[warmup:]  # equal, bit for bit, from the end of the warm-up on
 
 
 def test_block_types_follow_the_attention_flags():

@@ -17,6 +17,14 @@ def test_paper_configs_dry_run(config_file):
     out = run_snakemake(["-n", "--configfile", str(config_file), "--replace-workflow-config"])
     text = out.stdout + out.stderr
     assert "download_dataset" in text and "prepare_dataset" in text
+    # every hub model's weights are fetched once, by a local job planned before anything else needs them
+    import re
+
+    import yaml
+
+    hub = {m["source"] for m in yaml.safe_load(config_file.read_text())["models"].values() if m["kind"] != "shapes"}
+    assert hub and re.search(rf"^download_model\s+{len(hub)}$", text, flags=re.M), text[-3000:]
+    assert text.count("rule download_model:") == len(hub)
 
 
 def test_lint_is_clean():

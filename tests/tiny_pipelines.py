@@ -64,7 +64,7 @@ def build_tiny_dit(out_dir: Path, classes: list[str], seed: int = 0) -> Path:
     """
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    from difflens.shapes_model import MODEL_CARD
+    from difflens.models.catalog import MODEL_CARD
 
     torch.manual_seed(seed)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
@@ -77,7 +77,7 @@ def build_tiny_dit(out_dir: Path, classes: list[str], seed: int = 0) -> Path:
 
 def build_tiny_shapes(out_dir: Path, seed: int = 0) -> Path:
     """An untrained shapes-world model (widths 16/32/32, 32-wide text encoder) saved as the training rule does."""
-    from difflens.shapes_model import ShapesArch, build_model, save_model
+    from difflens.models.shapes_arch import ShapesArch, build_model, save_model
 
     words = ["a", "red", "blue", "green", "circle", "square", "triangle", "to", "the", "left", "of", "right"]
     arch = ShapesArch(block_out_channels=(16, 32, 32), text_width=32)

@@ -12,10 +12,11 @@ import jsonschema
 import yaml
 
 from .models.catalog import LAYER_ALIASES, ModelConfigError, resolve_layer, static_num_timesteps
+from .models.fetch import COMPONENT_FOLDERS, is_hub_id
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 MODEL_KINDS = tuple(LAYER_ALIASES)
-#: loaders that need no download; the others are registered in difflens.data.sources
+#: loaders that need no download; the others are registered in difflens.data.registry
 LOCAL_SOURCES = ("shapes", "imagefolder")
 
 
@@ -24,7 +25,7 @@ class ConfigError(ValueError):
 
 
 def dataset_sources() -> list[str]:
-    from .data.sources import SOURCES
+    from .data.registry import SOURCES
 
     return list(LOCAL_SOURCES) + sorted(SOURCES)
 
@@ -54,7 +55,7 @@ def _key(path) -> str:
 def validate_schema(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """Validate against the schema in place, filling defaults; one ConfigError naming the key on failure."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = _with_defaults(jsonschema.Draft7Validator)(schema)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if errors:
         err = errors[0]
@@ -75,6 +76,9 @@ def check_config(cfg: dict) -> None:
         key = f"models.{name}"
         if m["kind"] not in MODEL_KINDS:
             raise ConfigError(f"config key {key}.kind: unknown model kind {m['kind']!r}; allowed: {list(MODEL_KINDS)}")
+        if m["kind"] in COMPONENT_FOLDERS and not (Path(m["source"]).is_dir() or is_hub_id(m["source"])):
+            raise ConfigError(f"config key {key}.source: {m['source']!r} is neither a local folder nor a hub id "
+                              f"(org/name)")
         for layer in m["layers"]:
             try:
                 resolve_layer(m["kind"], m["source"], layer)
@@ -93,6 +97,9 @@ def check_config(cfg: dict) -> None:
         if m["kind"] == "shapes" and len(attention) != len(widths):
             raise ConfigError(f"config key {key}.train.cross_attention: one flag per resolution level is needed, "
                               f"{len(widths)} (as many as train.block_out_channels), got {len(attention)}")
+        if m["kind"] == "shapes" and m["resolution"]:
+            raise ConfigError(f"config key {key}.resolution: a shapes model works at the image size it was trained "
+                              f"on; leave resolution null (got {m['resolution']})")
         if m["kind"] != "shapes" and m["retrain"]:
             raise ConfigError(f"config key {key}.retrain: only models of kind 'shapes' can be trained by difflens")
     ex = cfg["extraction"]

@@ -24,9 +24,10 @@ image/word pair), all referencing the images through ``images/`` (a symlink to `
     words are matched as strings, not tagged: the lists hold words that take the named role in almost every COCO
     caption. (The paper's 70 rows were picked by hand.)
 
-Masks: polygons are rasterised with PIL ``ImageDraw`` at 4x resolution and a pixel is inside when at least half of
-it is covered (close to, not bit-identical with, pycocotools' rasteriser); uncompressed and compressed RLE are
-decoded exactly (column-major run lengths; COCO's compressed string code), without pycocotools.
+Masks: decoded by pycocotools as the COCO API's ``annToMask`` does (polygons: ``frPyObjects`` + ``merge``;
+uncompressed RLE: ``frPyObjects``; compressed RLE strings as they are; then ``decode``), so they are bit-identical
+with the official rasterisation. Polygons of fewer than three points are dropped first (they enclose nothing), and
+every RLE is checked to cover the image exactly before pycocotools decodes it.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw
+import pycocotools.mask as mask_utils
+from PIL import Image
 from tqdm import tqdm
 
 from .common import DatasetError, has_word, remove_word, write_dataset
@@ -55,7 +57,6 @@ REMOTES = (
 IMAGE_DIR = "val2017"
 CAPTIONS = "annotations/captions_val2017.json"
 INSTANCES = "annotations/instances_val2017.json"
-SUPERSAMPLE = 4
 PAPER_COCO100_CATEGORIES = ["airplane", "bear", "bed", "cat", "dog", "elephant", "horse", "person", "teddy bear",
                             "zebra"]
 WL_WORDS: dict[str, list[str]] = {
@@ -115,7 +116,10 @@ def _clean(caption: str) -> str:
 
 def rle_string_to_counts(s: str) -> list[int]:
     """Decode COCO's compressed RLE string: 5 payload bits a character (offset 48, bit 0x20 = more follows,
-    sign-extended), each count after the second stored as the difference to the count two before."""
+    sign-extended), each count after the second stored as the difference to the count two before.
+
+    Kept (pycocotools decodes the string itself) only to validate a string before pycocotools sees it: its C
+    decoder reads past the end of a truncated string and accepts any character."""
     counts: list[int] = []
     pos = 0
     while pos < len(s):
@@ -138,35 +142,38 @@ def rle_string_to_counts(s: str) -> list[int]:
     return counts
 
 
-def rle_to_mask(counts: list[int], height: int, width: int) -> np.ndarray:
-    """Bool mask from uncompressed RLE: alternating runs of 0s and 1s (starting with 0s) in column-major order."""
-    counts = np.asarray(counts, dtype=np.int64)
-    if (counts < 0).any() or counts.sum() != height * width:
-        raise ValueError(f"RLE runs sum to {counts.sum()}, not height*width = {height * width}")
-    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
-    return flat.reshape((height, width), order="F")
+def check_rle_runs(counts: list[int], height: int, width: int) -> None:
+    """Raise ValueError unless the run lengths are non-negative and cover the ``height x width`` image exactly.
+
+    pycocotools does not check this: runs that stop short leave the rest of its output uninitialised."""
+    runs = np.asarray(counts, dtype=np.int64)
+    if runs.ndim != 1 or (runs < 0).any() or runs.sum() != height * width:
+        raise ValueError(f"RLE runs sum to {runs.sum()}, not height*width = {height * width}")
 
 
-def polygons_to_mask(polygons: list, height: int, width: int, supersample: int = SUPERSAMPLE) -> np.ndarray:
-    """Union of polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel (0, 0) covers [0, 1)^2) as a bool mask."""
-    mask = np.zeros((height, width), dtype=bool)
+def rle_to_mask(counts: list[int] | str, height: int, width: int) -> np.ndarray:
+    """Bool mask from COCO RLE: uncompressed run lengths (0s first, column-major) or the compressed string."""
+    check_rle_runs(rle_string_to_counts(counts) if isinstance(counts, str) else counts, height, width)
+    rle = {"counts": counts, "size": [height, width]}
+    if not isinstance(counts, str):
+        rle = mask_utils.frPyObjects(rle, height, width)
+    return mask_utils.decode(rle).astype(bool)
+
+
+def polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
+    """Union of polygons ``[[x0, y0, x1, y1, ...], ...]`` as a bool mask (pycocotools' rasterisation)."""
+    kept = []
     for poly in polygons:
         xy = np.asarray(poly, dtype=np.float64)
         if xy.ndim != 1 or len(xy) % 2:
             raise ValueError(f"polygon must be a flat list of x, y pairs, got {len(xy)} numbers")
-        if len(xy) < 6:
-            continue  # fewer than three points: no area
-        xy = xy.reshape(-1, 2)
-        x0, y0 = np.clip(np.floor(xy.min(0)).astype(int), 0, [width, height])
-        x1, y1 = np.clip(np.ceil(xy.max(0)).astype(int), 0, [width, height])
-        if x1 <= x0 or y1 <= y0:
-            continue
-        canvas = Image.new("L", ((x1 - x0) * supersample, (y1 - y0) * supersample), 0)
-        pts = (xy - [x0, y0]) * supersample - 0.5  # sub-pixel centres on the integer grid PIL fills
-        ImageDraw.Draw(canvas).polygon([tuple(p) for p in pts], fill=1)
-        cover = np.asarray(canvas, dtype=np.float32).reshape(y1 - y0, supersample, x1 - x0, supersample)
-        mask[y0:y1, x0:x1] |= cover.mean(axis=(1, 3)) >= 0.5
-    return mask
+        # fewer than three points enclose nothing (pycocotools too gives them no pixels), and pycocotools would
+        # read a list whose first polygon has four numbers as boxes [x, y, w, h]: such polygons are dropped
+        if len(xy) >= 6:
+            kept.append(xy.tolist())
+    if not kept:
+        return np.zeros((height, width), dtype=bool)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(kept, height, width))).astype(bool)
 
 
 def segmentation_to_mask(seg, height: int, width: int) -> np.ndarray:
@@ -177,10 +184,7 @@ def segmentation_to_mask(seg, height: int, width: int) -> np.ndarray:
         h, w = (int(v) for v in seg["size"])
         if (h, w) != (height, width):
             raise ValueError(f"RLE size {[h, w]} differs from the image size {[height, width]}")
-        counts = seg["counts"]
-        if isinstance(counts, str):
-            counts = rle_string_to_counts(counts)
-        return rle_to_mask(counts, h, w)
+        return rle_to_mask(seg["counts"], h, w)
     raise ValueError(f"unknown segmentation format ({type(seg).__name__})")
 
 

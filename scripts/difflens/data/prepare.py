@@ -19,7 +19,7 @@ def prepare_dataset(name: str, source: str, params: dict, out_dir: str | Path, r
         return shapes.generate(out_dir, shapes.ShapesConfig(seed=seed, **_tuples(params)))
     if source == "imagefolder":
         return imagefolder.convert(out_dir=out_dir, seed=seed, name=name, **_tuples(params))
-    from .sources import SOURCES
+    from .registry import SOURCES
 
     if source not in SOURCES:
         raise ValueError(f"data set {name!r}: no loader {source!r}; allowed: "

@@ -1,17 +1,7 @@
-"""Real data sources: the registry of download/convert functions, and the helpers the converters share.
+"""Helpers the real-source converters share: downloads, archives, image placement, splits, class tables.
 
-Every source has a pair of functions with one signature each:
-
-``download(raw_dir: Path, **params) -> None``
-    fetch the source's files, in the layout its publisher (or torchvision) leaves them, into ``raw_dir``.
-``convert(raw_dir: Path, out_dir: Path, seed: int, **params) -> Path``
-    read those files and write the data set in the common form (:mod:`difflens.data.common`) under ``out_dir``;
-    returns the ``dataset.json`` path.
-
-``SOURCES`` maps each data set name to that pair. Several data sets share one raw download (``RAW_NAMES``):
-VG-Relation and VG-Attribution use the same images, COCO-IT, COCO100-IT and COCO-WL the same COCO val2017 files.
-The converter modules (and torchvision) are imported only when a function is called, so a Snakefile can import
-this module cheaply to list names.
+The registry of sources (name -> download / convert, and the raw folders several data sets share) is
+``difflens.data.registry``, re-exported here.
 
 Converted data sets reference their images through ``<out_dir>/images``: by default a relative symlink to the raw
 image folder (nothing is copied); ``link="copy"`` copies only the images the data set uses instead. (ARO's VG
@@ -19,18 +9,18 @@ sets are the exception: their images are crops, written under ``<out_dir>/crops`
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
 import logging
 import os
 import shutil
+import socket
 import tarfile
+import urllib.parse
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,54 +37,72 @@ IMAGE_DIR = "images"
 # downloading
 
 
-def file_md5(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def gdrive_url(file_id: str) -> str:
     """A direct-download URL for a public Google Drive file (skips the virus-scan page of large files)."""
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
-def _length(resp) -> int | None:
-    size = resp.headers.get("Content-Length") if resp.headers else None
-    return int(size) if size and size.isdigit() else None
+@contextmanager
+def _socket_timeout(seconds: float | None):
+    """Set the default timeout of new sockets for the block (torchvision's ``download_url`` takes no timeout)."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _refuse_html(path: Path, url: str, name: str) -> None:
+    """DatasetError when a download that is not meant to be a web page starts like one: Google Drive sends its
+    quota or sign-in page in place of the file (torchvision saves whatever the server sends)."""
+    if name.lower().endswith((".html", ".htm")):
+        return
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        raise DatasetError(f"{url}: server sent an HTML page instead of {name} (quota exceeded or login required?)")
+
+
+def _download(url: str, path: Path, timeout: float) -> None:
+    """Fetch ``url`` into ``path`` with torchvision's ``download_url``; a file:// URL is copied instead (torchvision
+    cannot read one: it needs the length of an HTTP response)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        shutil.copyfile(urllib.request.url2pathname(parts.path), path)
+        return
+    from torchvision.datasets.utils import download_url  # heavy import, only when downloading
+
+    with _socket_timeout(timeout):
+        download_url(url, path.parent, path.name)  # no md5: fetch_url checks it, after the HTML check
 
 
 def fetch_url(url: str, dest: str | Path, md5: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` (via a ``.part`` file), checking ``md5`` when given.
+    """Download ``url`` to ``dest`` with torchvision's ``download_url``, checking ``md5`` (torchvision's
+    ``calculate_md5``) when given.
 
-    An existing ``dest`` is kept when its checksum matches (or when no checksum is known).
+    An existing ``dest`` is kept when its checksum matches (or when no checksum is known). What this adds to
+    torchvision's helper: the file is fetched as ``<dest>.part`` and renamed once checked (torchvision writes in
+    place and leaves a corrupt file behind), a wrong checksum or an HTML page is a DatasetError naming the value,
+    and ``timeout`` seconds bound each socket operation.
     """
+    from torchvision.datasets.utils import calculate_md5, check_integrity
+
     dest = Path(dest)
-    if dest.is_file() and (md5 is None or file_md5(dest) == md5):
+    if check_integrity(dest, md5):
         log.info("%s already present", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.md5()
-    req = urllib.request.Request(url, headers={"User-Agent": "difflens-downloader"})
+    tmp.unlink(missing_ok=True)  # a partial file of an earlier run: torchvision would take it as the download
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
-            ctype = resp.headers.get("Content-Type", "") if resp.headers else ""
-            if "text/html" in ctype and not dest.name.endswith((".html", ".htm")):
-                raise DatasetError(f"{url}: server sent an HTML page instead of {dest.name} "
-                                   "(quota exceeded or login required?)")
-            with tqdm(total=_length(resp), unit="B", unit_scale=True, desc=dest.name, mininterval=5) as bar:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
+        _download(url, tmp, timeout)
+        _refuse_html(tmp, url, dest.name)
+        if md5 is not None and (got := calculate_md5(tmp)) != md5:
+            raise DatasetError(f"{dest.name}: md5 {got} does not match the expected {md5} (from {url})")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if md5 is not None and h.hexdigest() != md5:
-        tmp.unlink()
-        raise DatasetError(f"{dest.name}: md5 {h.hexdigest()} does not match the expected {md5} (from {url})")
     os.replace(tmp, dest)
     return dest
 
@@ -103,6 +111,11 @@ def extract_archive(archive: str | Path, dest_dir: str | Path, remove: bool = Fa
     """Extract a .zip or .tar(.gz) archive into ``dest_dir``; refuses members that would land outside it.
 
     A marker ``.<archive name>.extracted`` records completion, so a second call does nothing.
+
+    Not torchvision's ``extract_archive``: that one picks the format from the file name (an archive fetched from a
+    URL such as a Google Drive link may have none; here the content decides) and extracts tars without the
+    ``data`` filter (links and special files unchecked; Python applies it by default only from 3.14). Members are
+    checked here before anything is written, and the marker is this module's own.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     marker = dest_dir / f".{archive.name}.extracted"
@@ -282,83 +295,5 @@ def write_classification(out_dir: Path, *, name: str, source: str, image_root: P
     return write_dataset(out_dir, name=name, source=source, samples=df, classes=classes)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the registry
-
-
-@dataclass(frozen=True)
-class _Ref:
-    """A function of a converter module, imported on first use."""
-
-    module: str
-    attr: str
-
-    def resolve(self) -> Callable:
-        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.attr)
-
-    def __call__(self, *args, **kwargs):
-        """Call the function; an unknown keyword gets a ValueError listing the allowed options."""
-        fn = self.resolve()
-        params = inspect.signature(fn).parameters
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            allowed = [p for p, v in params.items() if v.default is not inspect.Parameter.empty]
-            raise ValueError(f"{self.module}.{self.attr}: unknown parameter(s) {unknown}; allowed: {allowed}")
-        return fn(*args, **kwargs)
-
-
-SOURCES: dict[str, tuple[_Ref, _Ref]] = {
-    "pets": (_Ref("pets", "download"), _Ref("pets", "convert")),
-    "caltech101": (_Ref("caltech", "download"), _Ref("caltech", "convert")),
-    "aircraft": (_Ref("aircraft", "download"), _Ref("aircraft", "convert")),
-    "flowers102": (_Ref("flowers", "download"), _Ref("flowers", "convert")),
-    "aro_vg_relation": (_Ref("aro", "download_vg"), _Ref("aro", "convert_vg_relation")),
-    "aro_vg_attribution": (_Ref("aro", "download_vg"), _Ref("aro", "convert_vg_attribution")),
-    "aro_coco_order": (_Ref("aro", "download_coco_order"), _Ref("aro", "convert_coco_order")),
-    "aro_flickr_order": (_Ref("aro", "download_flickr_order"), _Ref("aro", "convert_flickr_order")),
-    "coco_it": (_Ref("coco", "download"), _Ref("coco", "convert_coco_it")),
-    "coco100_it": (_Ref("coco", "download"), _Ref("coco", "convert_coco100_it")),
-    "coco_wl": (_Ref("coco", "download"), _Ref("coco", "convert_coco_wl")),
-}
-
-# data sets that can share one raw folder (``results/raw/<raw name>``); a data set not listed uses its own name
-RAW_NAMES: dict[str, str] = {
-    "aro_vg_relation": "aro_vg",
-    "aro_vg_attribution": "aro_vg",
-    "coco_it": "coco2017",
-    "coco100_it": "coco2017",
-    "coco_wl": "coco2017",
-}
-
-
-def names() -> list[str]:
-    return list(SOURCES)
-
-
-def raw_name(dataset: str) -> str:
-    """The raw folder name of a data set (shared by data sets built from the same download)."""
-    _entry(dataset)
-    return RAW_NAMES.get(dataset, dataset)
-
-
-def _entry(name: str) -> tuple[_Ref, _Ref]:
-    if name in SOURCES:
-        return SOURCES[name]
-    for dataset, raw in RAW_NAMES.items():
-        if raw == name:
-            return SOURCES[dataset]
-    raise ValueError(f"unknown data set {name!r}; known: {names()} (raw names: {sorted(set(RAW_NAMES.values()))})")
-
-
-def download(name: str, raw_dir: str | Path, **params) -> None:
-    """Download data set (or raw name) ``name`` into ``raw_dir``."""
-    _entry(name)[0](Path(raw_dir), **params)
-
-
-def convert(name: str, raw_dir: str | Path, out_dir: str | Path, seed: int = 0, **params) -> Path:
-    """Convert data set ``name`` from ``raw_dir`` into the common form under ``out_dir``; returns dataset.json."""
-    if name not in SOURCES:
-        raise ValueError(f"unknown data set {name!r}; known: {names()}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return SOURCES[name][1](Path(raw_dir), out_dir, int(seed), **params)
+# the registry lives in difflens.data.registry (importable without numpy); re-exported for callers of sources
+from .registry import RAW_NAMES, SOURCES, convert, download, names, raw_name  # noqa: E402,F401

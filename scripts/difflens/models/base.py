@@ -22,6 +22,22 @@ from . import catalog
 from .catalog import ModelConfigError
 
 
+#: what a job can ask ``from_pretrained`` to load: the image encoder (VAE; a fixed reshape for pixel models), the
+#: denoiser (UNet or transformer) and the condition encoder (text encoder and tokenizer; class names for DiT)
+COMPONENTS = ("vae", "denoiser", "text")
+
+
+def check_components(components, source) -> tuple[str, ...]:
+    """``None`` = all; else a subset of ``COMPONENTS`` (ModelConfigError naming the bad one)."""
+    if components is None:
+        return COMPONENTS
+    bad = [c for c in components if c not in COMPONENTS]
+    if bad or not components:
+        raise ModelConfigError(f"model {source!r}: components {list(components)} must be a non-empty subset of "
+                               f"{list(COMPONENTS)}")
+    return tuple(c for c in COMPONENTS if c in components)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once every requested layer has been seen."""
 
@@ -40,8 +56,11 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return allowed[dtype]
 
 
-def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move a module to the device, cast it only if its dtype differs (diffusers warns on every cast), eval mode."""
+def place(module: torch.nn.Module | None, device: torch.device, dtype: torch.dtype) -> torch.nn.Module | None:
+    """Move a module to the device, cast it only if its dtype differs (diffusers warns on every cast), eval mode.
+    A component that was not loaded (None) stays None."""
+    if module is None:
+        return None
     module = module.to(device)
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype)
@@ -69,7 +88,8 @@ class DiffusionModel(ABC):
 
     kind: ClassVar[str]
     def __init__(self, *, scheduler, device: torch.device, dtype: torch.dtype, resolution: int,
-                 classes: list[str] | None = None, source: str = ""):
+                 classes: list[str] | None = None, source: str = "", components=COMPONENTS):
+        self.components = tuple(components)
         self.scheduler = scheduler
         self.device = device
         self.dtype = dtype
@@ -86,6 +106,12 @@ class DiffusionModel(ABC):
     def from_pretrained(cls, source: str, *, dtype: str | torch.dtype = "auto",
                         device: str | torch.device | None = None, **kwargs) -> "DiffusionModel":
         """Load from a hub id or a local diffusers-style folder."""
+
+    def require(self, component: str, what: str) -> None:
+        """Fail clearly when ``what`` needs a component this model was loaded without."""
+        if component not in self.components:
+            raise ModelConfigError(f"{self.kind} model {self.source!r} was loaded without its {component} "
+                                   f"(components={list(self.components)}), which {what} needs")
 
     @classmethod
     def static_layers(cls, source: str) -> list[str]:
@@ -130,11 +156,16 @@ class DiffusionModel(ABC):
         """Condition tensor for each prompt, batched; each distinct prompt is encoded once and cached."""
         pending = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if pending:
+            self.require("text", f"encoding the prompt(s) {pending[:3]}")
             with torch.no_grad():
                 enc = self._encode_prompts(pending)
             for p, e in zip(pending, enc):
                 self._text_cache[p] = e
         return torch.stack([self._text_cache[p] for p in prompts])
+
+    def set_condition(self, prompt: str, condition: torch.Tensor) -> None:
+        """Use ``condition`` for ``prompt`` without the condition encoder (e.g. a stored empty-prompt encoding)."""
+        self._text_cache[prompt] = condition.to(self.device)
 
     # ---- noise --------------------------------------------------------------------------------------------
     @property
@@ -167,6 +198,7 @@ class DiffusionModel(ABC):
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         """Predicted noise eps_hat(x_t, t | cond) as float32; ``t`` an int or a (B,) tensor."""
+        self.require("denoiser", "denoising")
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long)
         with torch.no_grad():
@@ -233,9 +265,20 @@ class VAELatentsMixin:
     vae_batch_size: int = 16
 
     @staticmethod
-    def vae_scale_factor(vae) -> int:
-        """Pixels per latent cell: 2 ** (number of VAE blocks - 1)."""
-        return 2 ** (len(vae.config.block_out_channels) - 1)
+    def load_vae(source: str, dtype: torch.dtype, components, **load):
+        """The ``vae`` subfolder's AutoencoderKL when ``components`` asks for it, else only its config (for the
+        scale factor): returns (module or None, config)."""
+        from diffusers import AutoencoderKL
+
+        if "vae" in components:
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load)
+            return vae, vae.config
+        return None, AutoencoderKL.load_config(source, subfolder="vae", **load)
+
+    @staticmethod
+    def config_scale_factor(vae_config) -> int:
+        """Pixels per latent cell from a VAE config (dict or FrozenDict): 2 ** (number of blocks - 1)."""
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
     def _vae_shift_scale(self) -> tuple[float, float]:
         cfg = self.vae.config
@@ -243,6 +286,7 @@ class VAELatentsMixin:
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) in [-1, 1] -> (B, C, R/f, R/f) float32 latents, in chunks of ``vae_batch_size``."""
+        self.require("vae", "encoding images")
         shift, scale = self._vae_shift_scale()
         vae_dtype = next(self.vae.parameters()).dtype
         out = []
@@ -254,6 +298,7 @@ class VAELatentsMixin:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Inverse of ``encode_images`` (up to the VAE's reconstruction error): float32 images in [-1, 1]."""
+        self.require("vae", "decoding latents")
         shift, scale = self._vae_shift_scale()
         vae_dtype = next(self.vae.parameters()).dtype
         out = []

@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: the difflens model card of a folder (shapes models; DiT folders may carry one with class names)
+MODEL_CARD = "difflens_model.json"
+
+
 class ModelConfigError(ValueError):
     """A model entry of the config (kind, layer, timestep, dtype, source) is invalid."""
 

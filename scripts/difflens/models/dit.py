@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..shapes_model import MODEL_CARD
-from .base import DiffusionModel, ModelConfigError, VAELatentsMixin, place
+from .base import COMPONENTS, DiffusionModel, ModelConfigError, VAELatentsMixin, check_components, place
+from .catalog import MODEL_CARD
 
 
 def read_json(path: Path) -> dict | None:
@@ -63,14 +63,14 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
     """DiT (facebook/DiT-XL-2-256 / -512); ``kind: dit``. Layers: transformer_blocks.0 .. transformer_blocks.27."""
 
     kind = "dit"
-    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes")
+    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes", "components")
 
-    def __init__(self, *, transformer, vae, **kwargs):
+    def __init__(self, *, transformer, vae, transformer_config, **kwargs):
         super().__init__(**kwargs)
         self.transformer = place(transformer, self.device, self.dtype)
         self.vae = place(vae, self.device, self.dtype)
-        self.null_class = int(transformer.config.num_embeds_ada_norm)
-        self.patch_size = int(transformer.config.patch_size)
+        self.null_class = int(transformer_config["num_embeds_ada_norm"])
+        self.patch_size = int(transformer_config["patch_size"])
         self._grid: tuple[int, int] | None = None  # token grid (h, w) of the latest forward pass
         self.label_ids: dict[str, int] = {}
         for i, names in enumerate(self.classes):
@@ -83,25 +83,34 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, source, *, dtype="auto", device=None, local_files_only: bool = False,
-                        resolution: int | None = None, classes=None, **unknown) -> "DiTModel":
-        """Load from a hub id (``facebook/DiT-XL-2-256``) or a DiTPipeline folder; see the module doc for names."""
+                        resolution: int | None = None, classes=None, components=None, **unknown) -> "DiTModel":
+        """Load from a hub id (``facebook/DiT-XL-2-256``) or a DiTPipeline folder; see the module doc for names.
+
+        ``components``: a subset of ``("vae", "denoiser", "text")`` (None = all); "text" (class names) needs no
+        weights and is always there, the transformer is loaded only for "denoiser" and the VAE only for "vae".
+        """
         device, dtype = cls._load_settings(source, device, dtype, unknown)
-        from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
+        components = tuple(c for c in COMPONENTS if c in check_components(components, source) or c == "text")
+        from diffusers import DDPMScheduler, DiTTransformer2DModel
 
         src = str(source)
         load = {"local_files_only": local_files_only}
-        transformer = DiTTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=dtype, **load)
-        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype, **load)
+        transformer = DiTTransformer2DModel.from_pretrained(src, subfolder="transformer", torch_dtype=dtype, **load) \
+            if "denoiser" in components else None
+        transformer_config = transformer.config if transformer is not None else \
+            DiTTransformer2DModel.load_config(src, subfolder="transformer", **load)
+        vae, vae_config = cls.load_vae(src, dtype, components, **load)
         if classes is not None:
             names = read_class_names(classes)
         elif id2label := _hub_model_index(src, local_files_only).get("id2label"):
             names = id2label_to_names(id2label)
         else:
             names = (read_json(Path(src) / MODEL_CARD) or {}).get("classes") or []
-        res = int(resolution) if resolution else transformer.config.sample_size * cls.vae_scale_factor(vae)
-        return cls(transformer=transformer, vae=vae,
+        res = int(resolution) if resolution else \
+            transformer_config["sample_size"] * cls.config_scale_factor(vae_config)
+        return cls(transformer=transformer, vae=vae, transformer_config=transformer_config,
                    scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **load),
-                   device=device, dtype=dtype, resolution=res, classes=names, source=src)
+                   device=device, dtype=dtype, resolution=res, classes=names, source=src, components=components)
 
     # ---- conditions ---------------------------------------------------------------------------------------
     def label_id(self, name: str) -> int:
@@ -129,6 +138,7 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
         return out[:, :c]  # the epsilon half; the rest is the learned variance
 
     def layer_modules(self) -> "OrderedDict[str, torch.nn.Module]":
+        self.require("denoiser", "listing layers")
         return OrderedDict((f"transformer_blocks.{i}", b) for i, b in enumerate(self.transformer.transformer_blocks))
 
     def layer_output_to_map(self, name: str, output) -> torch.Tensor:

@@ -33,7 +33,8 @@ def epsilon_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.T
 
 
 class TextUNetModel(DiffusionModel):
-    """A UNet denoiser conditioned on a text encoder's last hidden states (cross-attention)."""
+    """A UNet denoiser conditioned on a text encoder's last hidden states (cross-attention). ``unet`` and
+    ``text_encoder`` / ``tokenizer`` are None when the model was loaded without them (``components``)."""
 
     def __init__(self, *, unet, text_encoder, tokenizer, **kwargs):
         super().__init__(**kwargs)
@@ -47,6 +48,7 @@ class TextUNetModel(DiffusionModel):
         self.tokenizer = tokenizer
 
     def layer_modules(self) -> "OrderedDict[str, torch.nn.Module]":
+        self.require("denoiser", "listing layers")
         mods = OrderedDict((f"down_blocks.{i}", b) for i, b in enumerate(self.unet.down_blocks))
         mods["mid_block"] = self.unet.mid_block
         mods.update((f"up_blocks.{i}", b) for i, b in enumerate(self.unet.up_blocks))

@@ -13,11 +13,12 @@ import logging
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
-from .data.common import Dataset
-from .data.shapes import follows_caption
-from .infodecomp import LogSNRSampler, information_scores
-from .sampling import ddim_sample
+from ..data.common import Dataset
+from ..data.shapes import follows_caption
+from ..info.estimators import LogSNRSampler, information_scores
+from ..models.sampling import ddim_sample
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,14 @@ def sample_grid(model, captions: list[str], seed: int, guidance: float, steps: i
 
 
 def save_grid(images: np.ndarray, path, cols: int = 8, scale: int = 4) -> None:
+    """Images (N, H, W, 3) uint8 as one PNG (torchvision's ``make_grid``): ``cols`` a row, each tile framed by 1
+    black pixel (2 between tiles), cells past the last image black, every pixel a ``scale`` x ``scale`` block."""
     n, h, w, _ = images.shape
-    rows = -(-n // cols)
-    grid = np.zeros((rows * (h + 2), cols * (w + 2), 3), dtype=np.uint8)
-    for k, im in enumerate(images):
-        y, x = divmod(k, cols)
-        grid[y * (h + 2) + 1:y * (h + 2) + 1 + h, x * (w + 2) + 1:x * (w + 2) + 1 + w] = im
+    tiles = torch.zeros((-(-n // cols) * cols, 3, h + 2, w + 2), dtype=torch.uint8)
+    tiles[:n, :, 1:-1, 1:-1] = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    # make_grid's own padding would frame the whole grid with 2 pixels (not 1), it narrows a lone short row to its
+    # images and returns a single image unframed: the tiles carry their frame and fill whole rows instead
+    grid = np.ascontiguousarray(make_grid(tiles, nrow=cols, padding=0).permute(1, 2, 0).numpy())
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
 
 

@@ -95,3 +95,57 @@ def get_attrs(obj: h5py.HLObject) -> dict:
             value = value.item()
         out[key] = value
     return out
+
+
+class BackgroundWriter:
+    """Runs write calls in one background thread, in submission order, with at most ``depth`` waiting, so that
+    storing (and compressing) a batch overlaps the computation of the next.
+
+    Use as a context manager: leaving the block waits for every pending write. A failed write is re-raised in the
+    caller at its next ``submit`` or at the exit; after a failure, or when the block itself fails, the remaining
+    writes are dropped (the caller's atomic files then vanish with the error, so nothing half-written is left).
+    """
+
+    def __init__(self, depth: int = 2):
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._work, name="difflens-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None and not self._abandoned:
+                fn, args = item
+                try:
+                    fn(*args)
+                except BaseException as exc:  # handed to the caller
+                    self._error = exc
+
+    def submit(self, fn, *args) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, args))
+
+    def close(self) -> None:
+        """Wait for every pending write; re-raise a failed one."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        self._abandoned = True  # the block failed: drop what is pending, keep its exception
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()

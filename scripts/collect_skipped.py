@@ -1,0 +1,9 @@
+"""Rule collect_skipped: the table of images the latents shards of one (model, data set) could not read."""
+from difflens.runlog import start_log
+
+log = start_log(snakemake.log[0])
+
+from difflens.extract.latents import collect_skipped  # noqa: E402
+
+table = collect_skipped(list(snakemake.input), snakemake.output[0])
+log.info("%d skipped sample(s)", len(table))

@@ -1,0 +1,1 @@
+"""Stage: information decomposition (Kong et al.): log-SNR proposal and pointwise information scores."""

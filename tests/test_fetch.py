@@ -1,0 +1,127 @@
+"""Hub weights fetched once (difflens.models.fetch and the local rule download_model), with a local folder laid
+out like the hub standing in for it (``hub_mirror``); nothing is downloaded."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from difflens.models import load_model
+from difflens.models.fetch import MARKER, ModelFetchError, cache_folder_name, fetch_model, is_hub_id, select_files
+from tiny_pipelines import build_tiny_dit, build_tiny_sd
+from workflow_utils import run_snakemake
+
+HUB_ID = "tiny-org/tiny-sd"
+#: files a hub repository carries that the pipeline never loads
+JUNK = ["unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.bin",
+        "text_encoder/flax_model.msgpack", "v1-5-pruned-emaonly.ckpt", "safety_checker/config.json",
+        "safety_checker/model.safetensors", "feature_extractor/preprocessor_config.json", "README.md"]
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """A hub mirror holding a tiny SD pipeline plus the variants and extras a real repository has."""
+    root = tmp_path_factory.mktemp("hub")
+    repo = build_tiny_sd(root / HUB_ID)
+    for name in JUNK:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"not for difflens")
+    return root
+
+
+def repo_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_select_files_takes_components_and_one_weight_format(mirror):
+    files = repo_files(mirror / HUB_ID)
+    chosen = select_files("sd", files)
+    assert not set(chosen) & set(JUNK)
+    assert "unet/diffusion_pytorch_model.safetensors" in chosen and "text_encoder/model.safetensors" in chosen
+    assert {f for f in files if f.startswith(("tokenizer/", "scheduler/", "vae/"))} <= set(chosen)
+    assert "model_index.json" in chosen
+    assert "tokenizer/merges.txt" in select_files("sd", files + ["tokenizer/merges.txt"])  # hub CLIP vocabularies
+    # a repository with only .bin weights for a component: the .bin is taken
+    only_bin = [f for f in files if f != "unet/diffusion_pytorch_model.safetensors"]
+    assert "unet/diffusion_pytorch_model.bin" in select_files("sd", only_bin)
+    with pytest.raises(ModelFetchError, match=r"vae/ weights"):
+        select_files("sd", [f for f in files if not f.startswith("vae/diffusion")])
+    dit = select_files("dit", ["model_index.json", "transformer/config.json", "transformer/diffusion_pytorch_model"
+                               ".safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                               "scheduler/scheduler_config.json", "unet/config.json"])
+    assert not any(f.startswith("unet/") for f in dit)
+
+
+def test_hub_ids_and_cache_names(mirror, tmp_path):
+    assert is_hub_id("stable-diffusion-v1-5/stable-diffusion-v1-5") and not is_hub_id(str(mirror / HUB_ID))
+    assert not is_hub_id("no-slash") and cache_folder_name("org/name") == "org--name"
+
+
+def test_fetch_from_mirror_then_load_with_local_files_only(mirror, tmp_path):
+    dest = tmp_path / "cache" / cache_folder_name(HUB_ID)
+    marker = fetch_model("sd15", "sd", HUB_ID, dest, mirror=mirror)
+    assert repo_files(dest) == sorted([*marker["files"], MARKER])
+    assert json.loads((dest / MARKER).read_text())["source"] == HUB_ID
+    model = load_model("sd", str(dest), local_files_only=True)
+    reference = load_model("sd", str(mirror / HUB_ID))
+    assert model.resolution == reference.resolution and model.layers() == reference.layers()
+
+
+def test_unreachable_hub_id_names_model_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dest = tmp_path / "cache" / "no-org--no-model"
+    with pytest.raises(ModelFetchError, match=r"model 'sd15': could not fetch 'no-org/no-model' .* cache folder "
+                                              + str(dest)):
+        fetch_model("sd15", "sd", "no-org/no-model", dest)
+    assert not (dest / MARKER).exists()
+
+
+def test_dit_fetch_keeps_model_index_for_class_names(tmp_path):
+    mirror = tmp_path / "hub"
+    repo = build_tiny_dit(mirror / "org" / "tiny-dit", ["cat", "dog"])
+    index = json.loads((repo / "model_index.json").read_text())  # the hub's DiT folders carry id2label here
+    (repo / "model_index.json").write_text(json.dumps({**index, "id2label": {"0": "cat", "1": "dog"}}))
+    dest = tmp_path / "cache" / "org--tiny-dit"
+    fetch_model("dit", "dit", "org/tiny-dit", dest, mirror=mirror)
+    model = load_model("dit", str(dest), local_files_only=True)
+    assert model.label_id("dog") == 1
+
+
+def sd_overlay(results: Path, cache: Path, source: str, mirror: Path | None) -> dict:
+    return {"results": str(results), "model_cache": str(cache), "hub_mirror": str(mirror) if mirror else None,
+            "datasets": {"shapes": {"source": "shapes", "params": {"n_images": 12}}},
+            "models": {"sd15": {"kind": "sd", "source": source, "dtype": "float32", "layers": ["bottleneck", "up_ft1"],
+                                "timesteps": [25, 500]}},
+            "extraction": {"datasets": ["shapes"], "models": ["sd15"], "batch_size": 4}}
+
+
+def test_workflow_fetches_once_then_extracts_from_the_cache(mirror, tmp_path):
+    """A hub model in the config: one local download job, then the latents and activation jobs load the cached
+    folder (they have no network: HF_HUB_OFFLINE) - one activation job per shard for both timesteps."""
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    overlay = sd_overlay(results, cache, HUB_ID, mirror)
+    overlay["models"]["shapes"] = {"kind": "shapes", "source": "resources/shapes_model"}
+    index = results / "activations/sd15/shapes/index.json"
+    proc = run_snakemake([str(index)], overlay, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert "localrule download_model:" in out and out.count("rule download_model:") == 1
+    assert out.count("rule extract_activations_sd15:") == 1 and out.count("rule encode_latents:") == 1
+    fetched = cache / cache_folder_name(HUB_ID)
+    assert not set(repo_files(fetched)) & set(JUNK)
+    entries = json.loads(index.read_text())["entries"]
+    assert {(e["timestep"], e["layer"]) for e in entries} == {(t, layer) for t in (25, 500)
+                                                              for layer in ("bottleneck", "up_ft1")}
+    assert json.loads(index.read_text())["source"] == str(fetched)
+    log = (results / "logs/extract_activations/sd15/shapes/shard-0.log").read_text()
+    assert "components ('denoiser',)" in log and "images/s on CPU" in log.splitlines()[-1]
+
+
+def test_workflow_unreachable_hub_id_fails_in_the_download_job(tmp_path):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    proc = run_snakemake([str(results / "activations/sd15/shapes/index.json")],
+                         sd_overlay(results, cache, "no-org/no-model", None), tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Error in rule download_model" in out
+    log = (results / "logs/download_model/no-org--no-model.log").read_text()
+    assert "model 'sd15'" in log and str(cache / "no-org--no-model") in log
+    assert "rule encode_latents" not in out and "rule extract_activations_sd15" not in out
