@@ -3,7 +3,7 @@ from difflens.runlog import start_log
 
 log = start_log(snakemake.log[0])
 
-from difflens.extract.latents import collect_skipped  # noqa: E402
+from difflens.extract.store import write_skipped  # noqa: E402
 
-table = collect_skipped(list(snakemake.input), snakemake.output[0])
+table = write_skipped(list(snakemake.input), snakemake.output[0])
 log.info("%d skipped sample(s)", len(table))

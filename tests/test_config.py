@@ -18,7 +18,7 @@ def cfg():
 def test_default_config_is_valid_and_gets_defaults(cfg):
     out = validate_config(cfg)
     assert out["extraction"]["batch_size"] == 64
-    assert out["sae"]["k"] == 32 and out["models"]["shapes"]["dtype"] == "auto"
+    assert out["model_cache"] == "model_cache" and out["models"]["shapes"]["dtype"] == "auto"
     assert out["models"]["shapes"]["train"]["lr"] == pytest.approx(1e-3)
 
 
@@ -54,9 +54,46 @@ def test_timestep_outside_scheduler_range(cfg):
     assert "models.shapes.timesteps" in msg and "1000" in msg and "0..999" in msg
 
 
-def test_k_larger_than_latents(cfg):
-    msg = _error(cfg, lambda c: c.update(sae={"k": 64, "n_latents": 32}))
-    assert "sae.k" in msg and "64" in msg and "1..32" in msg
+@pytest.mark.parametrize("params,key,words", [
+    ({"image_size": 20}, "datasets.shapes.params.image_size", "multiple of 8"),
+    ({"image_size": 8}, "datasets.shapes.params.image_size", "less than the minimum of 16"),
+    ({"n_images": 0}, "datasets.shapes.params.n_images", "less than the minimum of 1"),
+    ({"p_two_objects": 1.5}, "datasets.shapes.params.p_two_objects", "greater than the maximum of 1"),
+    ({"n_image": 10}, "datasets.shapes.params", "'n_image' was unexpected"),
+])
+def test_shapes_loader_parameters_are_checked_before_any_job(cfg, params, key, words):
+    msg = _error(cfg, lambda c: c["datasets"]["shapes"].update(params=params))
+    assert f"config key {key}:" in msg and words in msg
+
+
+def test_imagefolder_parameters_are_checked_before_any_job(cfg, tmp_path):
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "captions.csv").write_text("image,caption\n")
+
+    def folder(**params):
+        return lambda c: c["datasets"].update(mine={"source": "imagefolder", "params": params})
+
+    msg = _error(cfg, folder(captions="captions.csv"))
+    assert "datasets.mine.params" in msg and "'path' is a required property" in msg
+    msg = _error(cfg, folder(path=str(tmp_path / "nowhere")))
+    assert "datasets.mine.params.path" in msg and "nowhere" in msg and "is not a folder" in msg
+    msg = _error(cfg, folder(path=str(tmp_path), captions="captoins.csv"))
+    assert "datasets.mine.params.captions" in msg and "'captoins.csv'" in msg
+    msg = _error(cfg, folder(path=str(tmp_path), allow_missing_captions="yes"))
+    assert "datasets.mine.params.allow_missing_captions" in msg
+    good = copy.deepcopy(cfg)
+    folder(path=str(tmp_path), captions="captions.csv", caption_template="a {label}")(good)
+    assert validate_config(good)["datasets"]["mine"]["params"]["captions"] == "captions.csv"
+
+
+def test_shapes_model_has_no_resolution(cfg):
+    msg = _error(cfg, lambda c: c["models"]["shapes"].update(resolution=64))
+    assert "models.shapes.resolution" in msg and "64" in msg
+
+
+def test_sd_source_is_a_folder_or_a_hub_id(cfg):
+    msg = _error(cfg, lambda c: c["models"].update(sd={"kind": "sd", "source": "not a model"}))
+    assert "models.sd.source" in msg and "'not a model'" in msg and "hub id" in msg
 
 
 def test_dataset_without_loader(cfg):

@@ -20,7 +20,8 @@ from difflens.data.common import Dataset
 from difflens.extract.activations import _capture_rows, extract_activations
 from difflens.extract.dataset import extract_dataset
 from difflens.extract.layout import activation_path, latents_path
-from difflens.extract.noise import HalvingBatcher, format_prompt, noise_seed, sample_noise
+from difflens.extract.noise import HalvingBatcher, noise_seed, sample_noise
+from difflens.extract.prompts import format_prompt
 from difflens.extract.store import FeatureStore
 
 LAYERS = ["down_blocks.1", "mid_block", "up_ft1"]  # an alias among them: files go under the configured name

@@ -1,7 +1,6 @@
 """Hub weights fetched once (difflens.models.fetch and the local rule download_model), with a local folder laid
 out like the hub standing in for it (``hub_mirror``); nothing is downloaded."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest

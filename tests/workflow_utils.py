@@ -11,20 +11,12 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
 def tiny_overlay(results: Path, **extra) -> dict:
-    """A config overlay: a 60-image shapes world and a tiny shapes model retrained in a few steps."""
-    cfg = {
-        "results": str(results),
-        "datasets": {"shapes": {"source": "shapes", "params": {"n_images": 60}}},
-        "models": {"shapes": {"kind": "shapes", "source": "resources/shapes_model", "retrain": True,
-                              "layers": ["mid_block", "up_blocks.1"], "timesteps": [25, 500],
-                              "train": {"steps": 3, "batch_size": 4, "block_out_channels": [16, 32, 32],
-                                        "cross_attention": [True, True, False], "text_time_embedding": True,
-                                        "embedding_std": 1.0, "text_width": 32, "prediction_type": "epsilon",
-                                        "noise_levels": {"distribution": "logistic", "loc": 1.0}}}},
-        "check": {"n_images": 4, "n_draws": 2, "batch_size": 16, "n_samples": 4, "sample_steps": 4},
-    }
-    for key, value in extra.items():
-        cfg[key] = value
+    """The test-config matrix's retraining config (tests/configs/retrain_and_check.yaml: a 60-image shapes world and
+    a tiny shapes model retrained in a few steps) writing to ``results``, with top-level keys replaced by ``extra``."""
+    text = (ROOT / "tests" / "configs" / "retrain_and_check.yaml").read_text()
+    cfg = yaml.safe_load(text.replace("{tmp}", str(Path(results).parent)))
+    cfg["results"] = str(results)
+    cfg.update(extra)
     return cfg
 
 

@@ -63,6 +63,20 @@ def validate_schema(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     return cfg
 
 
+def check_imagefolder(name: str, params: dict) -> None:
+    """An image-folder data set's folder and captions file exist (checked before any job)."""
+    key = f"config key datasets.{name}.params"
+    if "path" not in params:
+        raise ConfigError(f"{key}.path: an imagefolder data set needs the folder path")
+    folder = Path(params["path"])
+    if not folder.is_dir():
+        raise ConfigError(f"{key}.path: {str(folder)!r} is not a folder (one subfolder of images per class)")
+    captions = params.get("captions")
+    if captions is not None and not (folder / captions).is_file():
+        raise ConfigError(f"{key}.captions: {str(captions)!r} is not a file (relative to {str(folder)!r}, or "
+                          f"absolute)")
+
+
 def check_config(cfg: dict) -> None:
     """Semantic checks on a schema-valid config (model kinds, layers, timesteps, SAE k, loaders, references)."""
     sources = dataset_sources()
@@ -70,8 +84,8 @@ def check_config(cfg: dict) -> None:
         if ds["source"] not in sources:
             raise ConfigError(f"config key datasets.{name}.source: data set {name!r} has no loader "
                               f"{ds['source']!r}; allowed: {sources}")
-        if ds["source"] == "imagefolder" and "path" not in ds["params"]:
-            raise ConfigError(f"config key datasets.{name}.params.path: an imagefolder data set needs the folder path")
+        if ds["source"] == "imagefolder":
+            check_imagefolder(name, ds["params"])
     for name, m in cfg["models"].items():
         key = f"models.{name}"
         if m["kind"] not in MODEL_KINDS:
@@ -107,10 +121,6 @@ def check_config(cfg: dict) -> None:
         for name in ex[key]:
             if name not in pool:
                 raise ConfigError(f"config key extraction.{key}: {name!r} is not configured; allowed: {list(pool)}")
-    sae = cfg["sae"]
-    if sae["k"] > sae["n_latents"]:
-        raise ConfigError(f"config key sae.k: k = {sae['k']} is larger than the number of latents "
-                          f"sae.n_latents = {sae['n_latents']}; allowed: 1..{sae['n_latents']}")
 
 
 def validate_config(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .h5io import BackgroundWriter, atomic_h5, provenance, set_attrs, write_strings
 from .latents import model_attrs
-from .noise import HalvingBatcher, format_prompt, sample_noise
+from .noise import HalvingBatcher, sample_noise
+from .prompts import format_prompt
 from .store import read_rows
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from ..data.common import Dataset
 from .activations import extract_activations
-from .latents import collect_skipped, encode_latents
+from .latents import encode_latents
 from .layout import activation_path, latents_path, read_shard_plan, write_shard_plan
+from .store import write_skipped
 
 
 def extract_dataset(model, dataset: Dataset, results: str | Path, model_name: str, *, layers: list[str],
@@ -40,6 +41,6 @@ def extract_dataset(model, dataset: Dataset, results: str | Path, model_name: st
                                 batch_size=batch_size, save_maps=save_maps, compression=compression, meta=meta,
                                 progress=progress)
             written["activations"] += list(outs.values())
-    collect_skipped([latents_path(results, model_name, dataset.name, k) for k in range(plan.n_shards)],
+    write_skipped([latents_path(results, model_name, dataset.name, k) for k in range(plan.n_shards)],
                     results / "latents" / model_name / dataset.name / "skipped.csv")
     return written

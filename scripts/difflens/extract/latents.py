@@ -20,7 +20,6 @@ from ..data.common import Dataset, DatasetError
 from .h5io import atomic_h5, provenance, set_attrs, write_strings
 from .layout import ShardPlan
 from .noise import HalvingBatcher
-from .store import skipped_table
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +110,3 @@ def encode_latents(model, dataset: Dataset, out: str | Path, *, shard: int = 0, 
 def model_attrs(model) -> dict:
     return {"kind": model.kind, "source": str(model.source), "dtype": str(model.dtype).replace("torch.", ""),
             "resolution": int(model.resolution)}
-
-
-def collect_skipped(latent_files: list[str | Path], out: str | Path) -> pd.DataFrame:
-    """The skipped-samples table (sample_id, reason) of all latents shards, written to ``out`` as CSV."""
-    df = skipped_table(latent_files)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_csv(tmp, index=False, lineterminator="\n")
-    tmp.replace(out)
-    return df

@@ -29,11 +29,6 @@ def sample_noise(shape: tuple[int, ...], seed: int, sample_ids, timestep: int, d
     return out
 
 
-def format_prompt(template: str, label_name: str) -> str:
-    """The prompt of one image: ``template`` with every ``{label}`` replaced by its class name."""
-    return template.replace("{label}", str(label_name))
-
-
 # ---- batching -----------------------------------------------------------------------------------------------------
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -17,6 +17,7 @@ import numpy as np
 
 from .h5io import get_attrs, read_strings
 from .layout import ShardPlan, activations_dir, latents_dir, read_shard_plan
+from .prompts import format_prompt
 
 ROW_COLUMNS = ("sample_id", "split", "label", "label_name", "valid")
 _SHARD_RE = re.compile(r"^shard-(\d+)\.h5$")
@@ -115,6 +116,17 @@ def skipped_table(latent_files: list[str | Path]):
     return pd.DataFrame(rows, columns=["sample_id", "reason"])
 
 
+def write_skipped(latent_files: list[str | Path], out: str | Path):
+    """The skipped-samples table (sample_id, reason) of all latents shards, written to ``out`` as CSV."""
+    df = skipped_table(latent_files)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    df.to_csv(tmp, index=False, lineterminator="\n")
+    tmp.replace(out)
+    return df
+
+
 def write_index(files: list[str | Path], out: str | Path) -> dict:
     """A JSON summary of complete activation files: per timestep and layer, shards, rows, valid rows, shapes."""
     entries: dict[str, dict] = {}
@@ -211,6 +223,19 @@ class FeatureStore:
         """Attributes of the first shard (model, layer, module, timestep, prompt, seed, noise_draws, versions, ...)."""
         with h5py.File(self.files(model, dataset, layer, timestep)[0], "r") as f:
             return get_attrs(f)
+
+    def prompts(self, model: str, dataset: str, layer: str, timestep: int, *, split=None,
+                valid_only: bool = True) -> dict[str, str]:
+        """{sample id: the prompt its features were extracted with}, rebuilt from the files' ``prompt`` template
+        (``{label}`` = the row's class name), in row order."""
+        out = {}
+        for path in self.files(model, dataset, layer, timestep):
+            with h5py.File(path, "r") as f:
+                template, rows = str(f.attrs["prompt"]), read_rows(f)
+            mask = _row_mask(rows, split, valid_only)
+            out.update((sid, format_prompt(template, name))
+                       for sid, name in zip(rows["sample_id"][mask], rows["label_name"][mask]))
+        return out
 
     def skipped(self, model: str, dataset: str):
         """The skipped-samples table (pandas: sample_id, reason) read from the latents shards."""

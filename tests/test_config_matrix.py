@@ -1,0 +1,199 @@
+"""The test-config matrix (tests/configs, as rna-seq-star-deseq2 keeps its .test/config_*): every config runs the
+workflow to its end on a small data set (or dry-runs, where it needs the network), and every option the schema
+documents is set by at least one of them.
+
+Each config file is a standalone config (run with --replace-workflow-config); its first line says ``# mode: run``
+or ``# mode: dry-run``; ``{tmp}`` in it is the test's temporary folder, where the test builds what the config
+points at (image folders, tiny model folders).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from workflows.runs import run, snakemake_cmd
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "tests" / "configs"
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+
+
+def config_files() -> list[Path]:
+    return sorted(CONFIGS.glob("*.yaml"))
+
+
+def load_matrix_config(path: Path, tmp: Path) -> dict:
+    return yaml.safe_load(path.read_text().replace("{tmp}", str(tmp)))
+
+
+def mode(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first in ("# mode: run", "# mode: dry-run"), f"{path.name}: first line must give the mode"
+    return first.split(": ")[1]
+
+
+# ---- what a config points at, built in its temporary folder --------------------------------------------------------
+def photos(tmp: Path) -> None:
+    """Two classes of 40 x 30 px images, a captions CSV for all of them and one for half of them."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for c, name in enumerate(["cat", "dog"]):
+        (tmp / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.full((30, 40, 3), 60 + 120 * c + 10 * i, np.uint8)
+            Image.fromarray(pixels).save(tmp / "photos" / name / f"{i}.png")
+            rows.append({"image": f"{name}/{i}.png", "caption": f"a {name} number {i}"})
+    pd.DataFrame(rows).to_csv(tmp / "photos" / "captions.csv", index=False)
+    pd.DataFrame(rows[::2]).to_csv(tmp / "photos" / "partial.csv", index=False)
+
+
+def tiny_backbones(tmp: Path) -> None:
+    from difflens.data.shapes import CLASSES
+    from tiny_pipelines import build_tiny_dit, build_tiny_sd
+
+    build_tiny_sd(tmp / "tiny-sd")
+    build_tiny_dit(tmp / "tiny-dit", CLASSES)
+
+
+SETUP = {"extraction_options.yaml": photos, "tiny_backbones.yaml": tiny_backbones}
+
+
+# ---- what each run must have produced, beyond finishing -----------------------------------------------------------
+def check_extraction_options(results: Path, out: str) -> None:
+    from difflens.extract.store import FeatureStore
+
+    store = FeatureStore(results)
+    rows = pd.read_csv(results / "data/shapes/samples.csv")
+    prompts = store.prompts("shapes", "shapes", "mid_block", 25)
+    assert prompts == {sid: f"a photo of a {name}" for sid, name in zip(rows["sample_id"], rows["label_name"])}
+    attrs = store.attrs("shapes", "shapes", "up_ft1", 500)
+    assert attrs["prompt"] == "a photo of a {label}" and attrs["noise_draws"] == 2 and attrs["seed"] == 7
+    with h5py.File(store.files("shapes", "shapes", "up_ft1", 500)[0], "r") as f:
+        assert f["maps"].compression == "gzip" and f["maps"].shape[1:] == (64, 16, 16)
+    jobs = [p.relative_to(results / "benchmarks").as_posix()
+            for p in (results / "benchmarks" / "extract_activations").rglob("*.tsv")]
+    assert jobs == ["extract_activations/shapes/shapes/shard-0.tsv"]  # one job per shard, every timestep in it
+    photo_rows = pd.read_csv(results / "data/photos/samples.csv")
+    assert sorted(photo_rows["caption"])[:2] == ["a cat number 0", "a cat number 1"]
+    loose = pd.read_csv(results / "data/loose/samples.csv")
+    assert (loose["caption"].str.startswith("a photo of a ")).sum() == 6  # the half without a caption row
+    assert (results / "models/shapes/check.json").is_file()
+
+
+def check_tiny_backbones(results: Path, out: str) -> None:
+    from difflens.extract.store import FeatureStore
+
+    store = FeatureStore(results)
+    sd = store.attrs("sd", "shapes", "bottleneck", 900)
+    assert sd["prompt"] == "{label}" and sd["resolution"] == 16 and sd["dtype"] == "float32"
+    assert sd["module"] == "mid_block" and store.attrs("sd", "shapes", "up_ft1", 10)["module"] == "up_blocks.1"
+    dit = store.attrs("dit", "shapes", "transformer_blocks.1", 10)
+    assert dit["dtype"] == "bfloat16" and store.pooled("dit", "shapes", "transformer_blocks.0", 900).x.shape[0] == 12
+    log = (results / "logs/extract_activations/sd/shapes/shard-0.log").read_text()
+    assert "components ('denoiser', 'text')" in log  # a non-empty prompt: the text encoder is loaded
+    assert not (results / "models/sd/empty_prompt.safetensors").exists()
+
+
+def check_retrain_and_check(results: Path, out: str) -> None:
+    card = json.loads((results / "models/shapes/trained/difflens_model.json").read_text())
+    assert card["training"]["steps"] == 3 and card["train_config"]["arch"]["block_out_channels"] == [16, 32, 32]
+    arch = card["train_config"]["arch"]
+    assert arch["down_block_types"] == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert arch["text_time_embedding"] and arch["embedding_std"] == 1.0 and arch["prediction_type"] == "epsilon"
+    assert card["train_config"]["lr"] == 0.002 and card["train_config"]["p_uncond"] == 0.2
+    scheduler = json.loads((results / "models/shapes/trained/scheduler/scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "epsilon"  # not the default: the rule passes the key on
+    assert card["train_config"]["noise_levels"] == {"distribution": "logistic", "loc": 1.0, "scale": 2.0}
+    check = json.loads((results / "models/shapes/check.json").read_text())
+    assert check["model"].endswith("models/shapes/trained") and check["n_test_images"] == 4
+    assert {"loss_conditional", "loss_unconditional", "choice_relation", "choice_attribute", "samples"} <= set(check)
+    assert check["layers"][:2] == ["down_blocks.0", "down_blocks.1"]
+    for rule in ("prepare_dataset", "train_shapes_model", "check_model", "encode_latents", "extract_activations"):
+        assert list((results / "logs" / rule).rglob("*.log")) and list((results / "benchmarks" / rule).rglob("*.tsv"))
+    log = (results / "logs/extract_activations/shapes/shapes/shard-0.log").read_text()
+    assert "components ('denoiser',)" in log  # unconditional: no text encoder, the stored empty prompt instead
+    assert (results / "models/shapes/empty_prompt.safetensors").is_file()
+    assert (results / "activations/shapes/shapes/index.json").is_file()
+
+
+def check_downloads(results: Path, out: str) -> None:
+    for job in ("download_model", "download_dataset", "prepare_dataset"):
+        assert f"rule {job}:" in out, job
+    assert "hubdir=stable-diffusion-v1-5--stable-diffusion-v1-5" in out
+    assert {"raw=pets", "raw=coco2017", "raw=aircraft"} <= set(line.strip().removeprefix("wildcards: ")
+                                                               for line in out.splitlines())
+
+
+CHECKS = {"extraction_options.yaml": check_extraction_options, "tiny_backbones.yaml": check_tiny_backbones,
+          "retrain_and_check.yaml": check_retrain_and_check, "downloads.yaml": check_downloads}
+
+
+def test_every_config_has_its_check():
+    assert sorted(CHECKS) == [p.name for p in config_files()]
+
+
+@pytest.mark.parametrize("path", config_files(), ids=lambda p: p.stem)
+def test_config_runs(path, tmp_path):
+    if path.name in SETUP:
+        SETUP[path.name](tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(load_matrix_config(path, tmp_path), sort_keys=False))
+    options = ["--cores", "2", "--replace-workflow-config"] + (["-n"] if mode(path) == "dry-run" else [])
+    proc = run(snakemake_cmd([], cfg, *options), env={"HF_HUB_OFFLINE": "1"})
+    out = proc.stdout + proc.stderr
+    if mode(path) == "run":
+        assert "Nothing to be done" not in out and "steps (100%) done" in out
+    CHECKS[path.name](tmp_path / "results", out)
+
+
+# ---- schema coverage --------------------------------------------------------------------------------------------
+def schema_keys(schema: dict, prefix: str = "") -> set[str]:
+    """Every key path the schema documents ("*" for a name of the user's, e.g. models.*.layers), per-loader
+    parameters (allOf / then branches) included."""
+    out = set()
+    for key, sub in schema.get("properties", {}).items():
+        out |= {prefix + key} | schema_keys(sub, f"{prefix}{key}.")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out |= schema_keys(schema["additionalProperties"], prefix + "*.")
+    for branch in schema.get("allOf", []):
+        out |= schema_keys(branch.get("then", {}), prefix)
+    return out
+
+
+def config_keys(cfg: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in cfg.items():
+        path = prefix + key
+        out.add(path)
+        if isinstance(value, dict):
+            named = path in ("datasets", "models")
+            for k, v in value.items():
+                if named:
+                    out |= config_keys(v, f"{path}.*.") if isinstance(v, dict) else set()
+                else:
+                    out |= config_keys({k: v}, path + ".")
+    return out
+
+
+def uncovered(files: list[Path]) -> set[str]:
+    documented = schema_keys(yaml.safe_load(SCHEMA.read_text()))
+    set_somewhere = set().union(*(config_keys(load_matrix_config(p, Path("/tmp"))) for p in files))
+    return documented - set_somewhere
+
+
+def test_every_documented_option_is_set_by_a_test_config():
+    assert uncovered(config_files()) == set()
+
+
+def test_coverage_check_can_fail():
+    """Without the retraining config, its keys are reported as documented but never set."""
+    missing = uncovered([p for p in config_files() if p.name != "retrain_and_check.yaml"])
+    assert {"models.*.train.space_to_depth", "models.*.train.noise_levels.scale", "infodecomp.clip"} <= missing
+    assert "extraction.map_compression" not in missing
