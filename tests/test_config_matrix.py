@@ -84,6 +84,8 @@ def check_extraction_options(results: Path, out: str) -> None:
     assert sorted(photo_rows["caption"])[:2] == ["a cat number 0", "a cat number 1"]
     loose = pd.read_csv(results / "data/loose/samples.csv")
     assert (loose["caption"].str.startswith("a photo of a ")).sum() == 6  # the half without a caption row
+    bare = pd.read_csv(results / "data/bare/samples.csv")
+    assert sorted(set(bare["caption"])) == ["a photo of a cat", "a photo of a dog"]
     assert (results / "models/shapes/check.json").is_file()
 
 

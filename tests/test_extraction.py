@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from difflens.data.common import Dataset
-from difflens.extract.activations import _capture_rows, extract_activations
+from difflens.extract.activations import extract_activations
+from difflens.extract.capture import capture_rows
 from difflens.extract.dataset import extract_dataset
 from difflens.extract.layout import activation_path, latents_path
 from difflens.extract.noise import HalvingBatcher, noise_seed, sample_noise
@@ -154,6 +155,25 @@ def test_layout_and_attributes(reference, dataset):
     assert pd.read_csv(reference / "latents" / "tiny" / "shapes" / "skipped.csv").empty
 
 
+def test_attribute_columns_travel_with_every_row_table(reference, dataset):
+    """The data set's attribute columns are in every latents and activation file, and the store's row table lines
+    up with the pooled features (same rows, same order) and with samples.csv."""
+    assert dataset.attributes and "axis" in dataset.attributes
+    for path in [latents_path(reference, "tiny", "shapes", 2), activation_path(reference, "tiny", "shapes", 25,
+                                                                               "mid_block", 2)]:
+        with h5py.File(path, "r") as f:
+            assert sorted(f["attributes"]) == sorted(dataset.attributes)
+            np.testing.assert_array_equal(f["attributes/has_red"][...], dataset.samples["has_red"].iloc[32:40])
+            assert list(f["attributes/axis"].asstr()[...]) == list(dataset.samples["axis"].iloc[32:40])
+    store = FeatureStore(reference)
+    rows = store.rows("tiny", "shapes", "mid_block", 25, split="train")
+    pooled = store.pooled("tiny", "shapes", "mid_block", 25, split="train")
+    assert list(rows["sample_id"]) == list(pooled.sample_id)
+    expected = dataset.samples[dataset.samples["split"] == "train"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows[["sample_id", "label", *dataset.attributes]],
+                                  expected[["sample_id", "label", *dataset.attributes]], check_dtype=False)
+
+
 def test_one_stopped_pass_per_batch(tmp_path, model, dataset, monkeypatch):
     """All layers and both timesteps of a batch come from one denoiser call that never reaches up_blocks.2."""
     calls, deeper = [], []
@@ -173,7 +193,7 @@ def test_noise_draws_are_averaged(model, dataset):
     ids = list(dataset.samples["sample_id"][:3])
     x0 = torch.randn(3, 12, 16, 16)
     cond = model.encode_text([""] * 3)
-    got = _capture_rows(model, x0, ids, cond, [100], 2, ["mid_block"], 5, True)["mid_block"]
+    got = capture_rows(model, x0, ids, cond, [100], 2, ["mid_block"], 5, True)["mid_block"]
     maps = []
     for d in range(2):
         x_t = model.add_noise(x0, sample_noise((12, 16, 16), 5, ids, 100, d), torch.full((3,), 100))
@@ -215,7 +235,7 @@ def test_resume_rewrites_only_missing_shards(tmp_path, model, dataset, reference
         np.testing.assert_array_equal(fresh[key], old[key], err_msg=key)
 
 
-@pytest.mark.parametrize("where", ["_capture_rows", "_write_batch"])
+@pytest.mark.parametrize("where", ["capture_rows", "_write_batch"])
 def test_failed_job_leaves_no_output(tmp_path, model, reference, monkeypatch, where):
     """A failure in the denoiser, or in the background writer thread, fails the job and leaves no file."""
     import difflens.extract.activations as ex

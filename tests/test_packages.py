@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "scripts" / "difflens"
 RULE_SCRIPTS = {p.stem for p in (ROOT / "scripts").glob("*.py")}
-STORE = {"extract.store", "extract.layout", "extract.noise"}
+STORE = {"extract.store", "extract.layout", "extract.noise", "extract.prompts", "extract.capture"}
 #: package -> the difflens packages (or modules) it may import besides itself
 ALLOWED = {
     "data": set(),
@@ -36,7 +36,7 @@ ALLOWED = {
 FORBIDDEN = {"models": {"h5py", "pandas"}, "info": {"h5py"}, "classify": {"h5py"}, "sae": {"h5py"},
              "report": {"h5py"}}
 #: what the Snakefile imports when it parses: standard library, PyYAML and jsonschema only (envs/snakemake.yaml)
-PARSE_TIME = ("config", "runlog", "data.registry", "models.catalog", "models.fetch", "extract.layout")
+PARSE_TIME = ("config", "runlog", "data.registry", "models.catalog", "models.fetch", "extract.layout", "extract.prompts")
 PARSE_TIME_OK = {"yaml", "jsonschema"}
 
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from difflens.data.common import Dataset, DatasetError, has_word, remove_word
-from difflens.data.shapes import (CLASSES, COLOURS, RELATIONS, ShapesConfig, find_colours, follows_caption,
-                                  generate, render, sample_scene)
+from difflens.data.shapes import (ATTRIBUTES, CLASSES, COLOURS, RELATIONS, ShapesConfig, find_colours,
+                                  follows_caption, generate, render, sample_scene)
 
 
 def _digest(root):
@@ -46,9 +46,34 @@ def test_tables_are_consistent(world):
         objs = world.objects[world.objects["sample_id"] == row.sample_id]
         assert len(objs) == row.n_objects
         first = objs[objs["object"] == 0].iloc[0]
-        assert row.label_name == f"{first.colour} {first['shape']}" and CLASSES[row.label] == row.label_name
         assert row.caption.startswith(f"a {first.colour} {first['shape']}")
+        # the label is what the image shows: the single object, else the left (horizontal) / upper (vertical) one
+        key = "cx" if row.axis == "horizontal" else "cy"
+        canon = objs.sort_values(key).iloc[0] if row.n_objects == 2 else first
+        assert row.label_name == f"{canon.colour} {canon['shape']}" and CLASSES[row.label] == row.label_name
         assert Image.open(world.root / row.image).size == (32, 32)
+
+
+def test_attribute_columns(world):
+    """The attribute columns, pinned: listed in dataset.json, consistent with the objects and with the geometry."""
+    s = world.samples
+    assert world.attributes == ATTRIBUTES == ["colour", "shape", "size", "n_objects", "axis", "has_red", "has_green",
+                                              "has_blue", "has_yellow", "has_circle", "has_square", "has_triangle"]
+    assert set(s["axis"]) == {"", "horizontal", "vertical"} and set(s["size"]) == {"small", "large"}
+    assert ((s["axis"] == "") == (s["n_objects"] == 1)).all()
+    for row in s.itertuples():
+        objs = world.objects[world.objects["sample_id"] == row.sample_id]
+        for colour in COLOURS:
+            assert getattr(row, f"has_{colour}") == int(colour in set(objs["colour"]))
+        for shape in ("circle", "square", "triangle"):
+            assert getattr(row, f"has_{shape}") == int(shape in set(objs["shape"]))
+        assert row.label_name == f"{row.colour} {row.shape}"
+        assert row.axis == {"left": "horizontal", "right": "horizontal", "above": "vertical", "below": "vertical",
+                            "": ""}[row.relation]
+    # about half the pairs name the canonical object second: the old first-named label differed there
+    pairs = s[s["n_objects"] == 2]
+    named_second = [not c.startswith(f"a {n}") for c, n in zip(pairs["caption"], pairs["label_name"])]
+    assert 0.3 < np.mean(named_second) < 0.7
 
 
 def test_masks_match_the_rendered_colours(world):

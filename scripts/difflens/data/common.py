@@ -6,7 +6,9 @@ A data set directory ``<root>/`` holds:
     ``{"name", "source", "classes": [label names by label id], "image_size": int|null, "tables": [...]}``.
 ``samples.csv``
     one row per image: ``sample_id`` (unique string), ``split`` (train/val/test), ``label`` (int, -1 if none),
-    ``label_name``, ``image`` (path relative to the directory), ``caption`` (may be empty).
+    ``label_name``, ``image`` (path relative to the directory), ``caption`` (may be empty), plus source-specific
+    columns; those named in ``dataset.json``'s ``attributes`` are ground-truth attributes (0/1, counts or
+    category names; empty where undefined) that the analysis stages can take as targets besides ``label``.
 ``objects.csv`` (optional)
     one row per object instance: ``sample_id``, ``object`` (index within the image), ``name`` (category word),
     ``mask`` (relative path of a PNG, 255 inside), plus source-specific columns (colour, shape, bbox, ...).
@@ -66,6 +68,7 @@ def write_dataset(
     objects: pd.DataFrame | None = None,
     words: pd.DataFrame | None = None,
     aro: pd.DataFrame | None = None,
+    attributes: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Validate and write the tables of a data set whose image (and mask) files are already under ``root``.
 
@@ -94,10 +97,13 @@ def write_dataset(
             raise DatasetError(f"{name}: {tname}.csv names unknown sample_id {sorted(unknown)[0]!r}")
         _write_csv_atomic(df, root / f"{tname}.csv")
         tables.append(tname)
+    missing = [a for a in attributes if a not in samples.columns or a in SAMPLE_COLUMNS]
+    if missing:
+        raise DatasetError(f"{name}: attribute column(s) {missing} are not extra columns of samples")
     samples = samples[SAMPLE_COLUMNS + [c for c in samples.columns if c not in SAMPLE_COLUMNS]]
     _write_csv_atomic(samples, root / "samples.csv")
     meta = {"name": name, "source": source, "classes": list(classes), "image_size": image_size,
-            "n_samples": int(len(samples)), "tables": ["samples"] + tables}
+            "n_samples": int(len(samples)), "tables": ["samples"] + tables, "attributes": list(attributes)}
     tmp = root / "dataset.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(tmp, root / "dataset.json")
@@ -138,6 +144,11 @@ class Dataset:
     @property
     def classes(self) -> list[str]:
         return self.meta["classes"]
+
+    @property
+    def attributes(self) -> list[str]:
+        """The attribute columns of samples.csv (ground truth besides the label); [] for most real data sets."""
+        return list(self.meta.get("attributes", []))
 
     def split(self, split: str) -> pd.DataFrame:
         if split not in SPLITS:

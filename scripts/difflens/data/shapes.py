@@ -3,8 +3,15 @@
 Each image (``image_size`` px, RGB) holds one or two flat-coloured objects of known shape, colour, size and
 position. Two-object images are captioned with the spatial relation of the first object to the second
 ("a red circle to the left of a blue square"); the two objects always differ in colour and in shape, so the
-relation-swap and attribute-swap negatives are always different captions. The class label is the first object's
-"colour shape" (12 classes). Sample ``i`` depends only on ``(seed, i)``, so the same seed gives byte-identical files.
+relation-swap and attribute-swap negatives are always different captions. Sample ``i`` depends only on
+``(seed, i)``, so the same seed gives byte-identical files.
+
+Labels are what the image shows (which object a caption names first is a coin flip the image does not show):
+``label`` (12 classes) is the "colour shape" of the **canonical object**: the single object, or of a pair the left
+one (horizontal relations) or the upper one (vertical relations); a pair is always separated along its relation's
+axis, so it is always defined. Beside it, ``samples.csv`` holds the attribute columns ``ATTRIBUTES`` (listed in
+``dataset.json``): the canonical object's ``colour``, ``shape``, ``size``; ``n_objects``; ``axis`` (horizontal /
+vertical, empty for one object); and ``has_<colour>`` / ``has_<shape>`` (0/1) for every colour and shape.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ SIZES = {"small": 0.15, "large": 0.21}  # half-extent as a fraction of the image
 RELATIONS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 BACKGROUND = (20, 20, 20)
 CLASSES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+AXES = {"left": "horizontal", "right": "horizontal", "above": "vertical", "below": "vertical"}
+#: attribute columns of samples.csv, besides the class label (the targets a stage can be asked to read)
+ATTRIBUTES = (["colour", "shape", "size", "n_objects", "axis"] + [f"has_{c}" for c in COLOURS]
+              + [f"has_{s}" for s in SHAPES])
 SUPERSAMPLE = 4
 N_ORDER_NEGATIVES = 4
 
@@ -120,6 +131,25 @@ def heldout_scenes(n: int, cfg: ShapesConfig | None = None) -> list[tuple[int, d
     return out
 
 
+def canonical_object(scene: dict) -> dict:
+    """The object a label describes: the single one, or the left (horizontal) / upper (vertical) one of a pair."""
+    objs = scene["objects"]
+    if scene["relation"] is None:
+        return objs[0]
+    return objs[0] if scene["relation"] in ("left", "above") else objs[1]  # "a X left of / above a Y": X
+
+
+def attributes_of(scene: dict) -> dict:
+    """The attribute columns of a scene (``ATTRIBUTES``) and its label name."""
+    canon = canonical_object(scene)
+    objs = scene["objects"]
+    row = {"colour": canon["colour"], "shape": canon["shape"], "size": canon["size"], "n_objects": len(objs),
+           "axis": AXES[scene["relation"]] if scene["relation"] else ""}
+    row.update({f"has_{c}": int(any(o["colour"] == c for o in objs)) for c in COLOURS})
+    row.update({f"has_{s}": int(any(o["shape"] == s for o in objs)) for s in SHAPES})
+    return row
+
+
 def caption_of(scene: dict) -> str:
     objs = scene["objects"]
     if scene["relation"] is None:
@@ -174,11 +204,11 @@ def generate(root: str | Path, cfg: ShapesConfig, progress: bool = True) -> Path
         image, masks = render(scene, cfg.image_size)
         Image.fromarray(image).save(root / "images" / f"{sid}.png")
         caption = caption_of(scene)
-        first = scene["objects"][0]
-        label_name = f"{first['colour']} {first['shape']}"
+        attributes = attributes_of(scene)
+        label_name = f"{attributes['colour']} {attributes['shape']}"
         samples.append({"sample_id": sid, "split": splits[i], "label": CLASSES.index(label_name),
                         "label_name": label_name, "image": f"images/{sid}.png", "caption": caption,
-                        "n_objects": len(scene["objects"]), "relation": scene["relation"] or ""})
+                        "relation": scene["relation"] or "", **attributes})
         for k, (obj, mask) in enumerate(zip(scene["objects"], masks)):
             mask_rel = f"masks/{sid}_{k}.png"
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / mask_rel)
@@ -193,7 +223,7 @@ def generate(root: str | Path, cfg: ShapesConfig, progress: bool = True) -> Path
     (root / "shapes_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     return write_dataset(root, name="shapes", source="difflens shapes world", samples=pd.DataFrame(samples),
                          classes=CLASSES, image_size=cfg.image_size, objects=pd.DataFrame(objects),
-                         words=pd.DataFrame(words), aro=pd.DataFrame(aro))
+                         words=pd.DataFrame(words), aro=pd.DataFrame(aro), attributes=ATTRIBUTES)
 
 
 def choice_prompts(scenes: list[tuple[int, dict]], kind: str, seed: int = 0) -> list[list[str]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -21,7 +20,8 @@ from tqdm import tqdm
 
 from .h5io import BackgroundWriter, atomic_h5, provenance, set_attrs, write_strings
 from .latents import model_attrs
-from .noise import HalvingBatcher, sample_noise
+from .capture import Captured, capture_rows
+from .noise import HalvingBatcher
 from .prompts import format_prompt
 from .store import read_rows
 
@@ -35,37 +35,6 @@ def compression_options(name: str) -> dict:
     if name not in COMPRESSIONS:
         raise ValueError(f"map compression {name!r} is not one of {list(COMPRESSIONS)}")
     return {} if name == "none" else {"compression": name, **({"compression_opts": 4} if name == "gzip" else {})}
-
-
-class Captured(NamedTuple):
-    pooled: torch.Tensor  # (T, b, C) float32, CPU
-    maps: torch.Tensor | None  # (T, b, C, H, W) float16, CPU
-    shape: tuple[int, ...]  # (C, H, W) of one map
-
-
-def _capture_rows(model, x0: torch.Tensor, ids: list[str], cond: torch.Tensor, timesteps: list[int], draws: int,
-                  layers: list[str], seed: int, save_maps: bool) -> dict[str, Captured]:
-    """One denoiser batch of len(ids) x len(timesteps) x draws rows -> per layer, pooled (and map) per timestep.
-
-    Rows are ordered timestep-major, then draw, then image; draws are averaged.
-    """
-    b, n_t = len(ids), len(timesteps)
-    noise = torch.cat([sample_noise(tuple(x0.shape[1:]), seed, ids, t, d) for t in timesteps for d in range(draws)])
-    t_rows = torch.tensor(timesteps, dtype=torch.long).repeat_interleave(draws * b)
-    x0_rows = x0.repeat(n_t * draws, *[1] * (x0.dim() - 1))
-    x_t = model.add_noise(x0_rows, noise.to(x0.device), t_rows.to(x0.device))
-    cond_rows = cond.repeat(n_t * draws, *[1] * (cond.dim() - 1))
-    with torch.inference_mode():
-        got = model.capture(x_t, t_rows, cond_rows, layers)
-        out = {}
-        for name, m in got.items():
-            pooled = m.mean(dim=(-2, -1), dtype=torch.float32).view(n_t, draws, b, -1).mean(1)
-            maps = None
-            if save_maps:
-                m = m.reshape(n_t, draws, b, *m.shape[1:])
-                maps = (m[:, 0] if draws == 1 else m.float().mean(1)).to(torch.float16).cpu()
-            out[name] = Captured(pooled.cpu(), maps, tuple(m.shape[-3:]))
-    return out
 
 
 def _write_batch(feats: dict, parts: list[dict[str, Captured]], timesteps: list[int], layers: list[str],
@@ -123,6 +92,8 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
                     write_strings(f, key, rows[key])
                 f.create_dataset("label", data=rows["label"])
                 f.create_dataset("valid", data=rows["valid"])
+                if "attributes" in src:  # the data set's attribute columns travel with every row table
+                    src.copy(src["attributes"], f, "attributes")
                 set_attrs(f, {**attrs, "layer": layer, "module": modules[layer], "timestep": int(t)})
 
             def create_features():  # once the first batch (or, with no valid row, a probe) shows the map shapes
@@ -143,7 +114,7 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
                 x0 = torch.from_numpy(lat[lo:hi][sel - lo]).to(model.device)
                 ids = list(rows["sample_id"][sel])
                 cond = model.encode_text([format_prompt(prompt, name) for name in rows["label_name"][sel]])
-                parts = batcher.run(len(sel), lambda s, e: _capture_rows(
+                parts = batcher.run(len(sel), lambda s, e: capture_rows(
                     model, x0[s:e], ids[s:e], cond[s:e], timesteps, noise_draws, layers, seed, save_maps))
                 if not feats:
                     shapes.update({layer: got.shape for layer, got in parts[0].items()})
@@ -152,7 +123,7 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
                 bar.update(len(sel))
             bar.close()
             if not feats:  # no readable image in this shard: all-NaN rows of the right shapes
-                probe = _capture_rows(model, torch.zeros(1, *lat.shape[1:]), [""], model.encode_text([""]),
+                probe = capture_rows(model, torch.zeros(1, *lat.shape[1:]), [""], model.encode_text([""]),
                                       timesteps[:1], 1, layers, seed, False)
                 shapes.update({layer: got.shape for layer, got in probe.items()})
                 create_features()

@@ -24,11 +24,20 @@ from .noise import HalvingBatcher
 log = logging.getLogger(__name__)
 
 
-def _row_columns(f: h5py.File, rows: pd.DataFrame) -> None:
+def _row_columns(f: h5py.File, rows: pd.DataFrame, attributes: list[str]) -> None:
+    """The row table: ids, splits, labels and the data set's attribute columns (group ``attributes``: integers as
+    int64, anything else as strings)."""
     write_strings(f, "sample_id", rows["sample_id"])
     write_strings(f, "split", rows["split"])
     write_strings(f, "label_name", rows["label_name"])
     f.create_dataset("label", data=rows["label"].to_numpy(np.int64))
+    group = f.create_group("attributes")
+    for name in attributes:
+        column = rows[name]
+        if pd.api.types.is_integer_dtype(column):
+            group.create_dataset(name, data=column.to_numpy(np.int64))
+        else:
+            write_strings(group, name, column)
 
 
 def _load_one(model, dataset: Dataset, sample_id: str):
@@ -63,7 +72,7 @@ def encode_latents(model, dataset: Dataset, out: str | Path, *, shard: int = 0, 
     attrs = {**(meta or {}), **model_attrs(model), "shard": shard, "row_offset": plan.rows(shard).start,
              "n_rows": n, **provenance()}
     with atomic_h5(out) as f, ThreadPoolExecutor(max(1, workers)) as pool:
-        _row_columns(f, rows)
+        _row_columns(f, rows, dataset.attributes)
 
         def latents_dataset(shape):  # created once the first batch shows the latent shape
             return f.create_dataset("latents", (n, *shape), np.float32, chunks=(1, *shape), fillvalue=np.nan)

@@ -75,6 +75,14 @@ def read_rows(f: h5py.File) -> dict[str, np.ndarray]:
     return out
 
 
+def read_attributes(f: h5py.File) -> dict[str, np.ndarray]:
+    """The attribute columns of an extraction file (group ``attributes``; none in files of older versions)."""
+    group = f.get("attributes")
+    if group is None:
+        return {}
+    return {name: read_strings(ds) if ds.dtype.kind == "O" else ds[...] for name, ds in group.items()}
+
+
 def _row_mask(rows: dict, split: str | list[str] | None, valid_only: bool) -> np.ndarray:
     mask = rows["valid"].copy() if valid_only else np.ones(len(rows["valid"]), bool)
     if split is not None:
@@ -223,6 +231,20 @@ class FeatureStore:
         """Attributes of the first shard (model, layer, module, timestep, prompt, seed, noise_draws, versions, ...)."""
         with h5py.File(self.files(model, dataset, layer, timestep)[0], "r") as f:
             return get_attrs(f)
+
+    def rows(self, model: str, dataset: str, layer: str, timestep: int, *, split=None, valid_only: bool = True):
+        """The row table of one (model, data set, layer, timestep) as a pandas frame, in the order ``pooled`` and
+        ``iter_maps`` give their rows: sample_id, split, label, label_name and every attribute column."""
+        import pandas as pd
+
+        parts = []
+        for path in self.files(model, dataset, layer, timestep):
+            with h5py.File(path, "r") as f:
+                rows, attributes = read_rows(f), read_attributes(f)
+            mask = _row_mask(rows, split, valid_only)
+            parts.append(pd.DataFrame({**{k: rows[k][mask] for k in ("sample_id", "split", "label", "label_name")},
+                                       **{k: v[mask] for k, v in attributes.items()}}))
+        return pd.concat(parts, ignore_index=True)
 
     def prompts(self, model: str, dataset: str, layer: str, timestep: int, *, split=None,
                 valid_only: bool = True) -> dict[str, str]:

@@ -1,0 +1,172 @@
+"""Where a classifier's spatial maps come from: one interface (``FeatureSource`` in ``diffc``), two implementations.
+
+``CachedMaps``
+    the maps extraction saved (``extraction.save_maps``), read through the feature store: right for small data sets
+    such as the shapes world.
+``OnTheFlyMaps``
+    the denoiser runs inside training on the cached latents, its forward pass stopped after the layer, with the noise
+    of (seed, sample id, timestep, draw) exactly as extraction draws it, so no map is ever stored (at 512 px one SD
+    up_ft1 map is 2.6 MB in float16: Oxford Pets alone would need ~19 GB per layer and timestep). Maps are rounded
+    to float16 as extraction stores them, so both sources give the same features for the same sample.
+
+Training batches are augmented (random resized crop, scale 0.8-1, and horizontal flip, seeded by (seed, epoch)):
+on the latents before noising for ``OnTheFlyMaps``, on the maps for ``CachedMaps``. Targets are integer codes of
+one column of the store's row table (``label`` or an attribute column); rows where the column is undefined (-1 or
+empty) are left out.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..extract.capture import capture_rows
+from ..extract.prompts import format_prompt
+from ..extract.store import FeatureStore
+
+SPLITS = ("train", "val", "test")
+CROP_SCALE = (0.8, 1.0)
+
+
+class TargetError(ValueError):
+    """A target column does not exist or cannot be classified (one class, a split without rows)."""
+
+
+def target_codes(rows, target: str) -> tuple[np.ndarray, list[str]]:
+    """(codes, class names) of column ``target`` of a row table: ``label`` keeps its ids (names from label_name);
+    another column is coded by its sorted distinct values. Undefined entries (-1, "") get code -1."""
+    fixed = ("sample_id", "split", "label_name")
+    if target not in rows.columns or target in fixed:
+        allowed = ["label"] + [c for c in rows.columns if c not in fixed + ("label",)]
+        raise TargetError(f"unknown target column {target!r}; allowed: {allowed}")
+    if target == "label":
+        codes = rows["label"].to_numpy(np.int64)
+        names = {int(c): n for c, n in zip(codes, rows["label_name"]) if c >= 0}
+        return codes, [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+    values = rows[target].astype(str).to_numpy()
+    names = sorted(set(values) - {""})
+    index = {name: i for i, name in enumerate(names)}
+    return np.asarray([index.get(v, -1) for v in values], np.int64), names
+
+
+def _generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 101 + salt)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random resized crop (scale 0.8-1, aspect 3/4-4/3, back to the input size) and horizontal flip, per item."""
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    for i in range(len(x)):
+        scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * float(torch.rand((), generator=gen))
+        ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand((), generator=gen)))
+        ch = max(1, min(h, round(math.sqrt(scale * h * w / ratio))))
+        cw = max(1, min(w, round(math.sqrt(scale * h * w * ratio))))
+        top = int(torch.randint(0, h - ch + 1, (), generator=gen))
+        left = int(torch.randint(0, w - cw + 1, (), generator=gen))
+        crop = x[i:i + 1, ..., top:top + ch, left:left + cw].float()
+        item = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0].to(x.dtype)
+        out[i] = item.flip(-1) if bool(torch.rand((), generator=gen) < 0.5) else item
+    return out
+
+
+class _SplitSource:
+    """Rows by split (target defined), batching order and augmentation; subclasses say how maps are made."""
+
+    def __init__(self, store: FeatureStore, model: str, dataset: str, layer: str, timestep: int, target: str,
+                 seed: int, augment: bool):
+        self.store, self.model_name, self.dataset, self.layer, self.timestep = store, model, dataset, layer, timestep
+        self.target, self.seed, self.augment = target, int(seed), augment
+        self.rows, self.codes = {}, {}
+        names = None
+        for split in SPLITS:
+            rows = store.rows(model, dataset, layer, timestep, split=split)
+            if rows.empty:
+                raise TargetError(f"{model}/{dataset} {layer} t{timestep}: split {split!r} has no rows")
+            codes, names = target_codes(rows, target)
+            keep = codes >= 0
+            self.rows[split], self.codes[split] = rows[keep].reset_index(drop=True), codes[keep]
+        self.class_names = names
+        present = np.unique(self.codes["train"])
+        if len(present) < 2:
+            raise TargetError(f"target {target!r} of {model}/{dataset}: the train split has a single class "
+                              f"{[self.class_names[i] for i in present]}")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def n(self, split: str) -> int:
+        return len(self.codes[split])
+
+    def _order(self, split: str, epoch: int, train: bool) -> np.ndarray:
+        if not train:
+            return np.arange(self.n(split))
+        return torch.randperm(self.n(split), generator=_generator(self.seed, epoch, 1)).numpy()
+
+    def batches(self, split: str, batch_size: int, *, epoch: int, train: bool) -> Iterator[tuple[torch.Tensor,
+                                                                                                   torch.Tensor]]:
+        order = self._order(split, epoch, train)
+        gen = _generator(self.seed, epoch, 2)
+        for a in range(0, len(order), batch_size):
+            idx = order[a:a + batch_size]
+            yield self._maps(split, idx, gen if train and self.augment else None), \
+                torch.from_numpy(self.codes[split][idx])
+
+
+class CachedMaps(_SplitSource):
+    """Maps saved by extraction; each split held in memory (float16) when it fits in ``max_bytes``."""
+
+    def __init__(self, store: FeatureStore, model: str, dataset: str, layer: str, timestep: int, *,
+                 target: str = "label", seed: int = 0, augment: bool = True, max_bytes: int = 2 ** 31):
+        super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
+        self._maps_of = {}
+        for split in SPLITS:
+            data = store.maps_dataset(model, dataset, layer, timestep, split=split)
+            keep = np.flatnonzero(np.isin(data.sample_ids, self.rows[split]["sample_id"]))
+            self._maps_of[split] = (data, keep)
+        first = self._maps_of["train"][0][0][0]
+        self.channels, self.map_size = int(first.shape[0]), tuple(first.shape[-2:])
+        per_row = 2 * int(np.prod(first.shape))
+        self._memory = {s: torch.stack([self._maps_of[s][0][int(i)][0].half() for i in self._maps_of[s][1]])
+                        for s in SPLITS} if per_row * len(self.codes["train"]) * 1.25 <= max_bytes else None
+
+    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
+        if self._memory is not None:
+            x = self._memory[split][torch.from_numpy(idx)].float()
+        else:
+            data, keep = self._maps_of[split]
+            x = torch.stack([data[int(keep[i])][0] for i in idx])
+        return augment(x, gen) if gen is not None else x
+
+
+class OnTheFlyMaps(_SplitSource):
+    """Maps computed by ``denoiser`` (a loaded ``DiffusionModel``) from the cached latents, as extraction would with
+    (``seed``, ``noise_draws``, ``prompt``); ``batch_size`` of the denoiser is the classifier's."""
+
+    def __init__(self, store: FeatureStore, denoiser, model: str, dataset: str, layer: str, timestep: int, *,
+                 target: str = "label", seed: int = 0, noise_draws: int = 1, prompt: str = "",
+                 augment: bool = True):
+        super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
+        self.denoiser, self.noise_draws, self.prompt = denoiser, int(noise_draws), prompt
+        self._latents = {}
+        for split in SPLITS:
+            data = store.latents_dataset(model, dataset, split=split)
+            position = {sid: i for i, sid in enumerate(data.sample_ids)}
+            self._latents[split] = (data, np.asarray([position[s] for s in self.rows[split]["sample_id"]]))
+        probe = self._maps("train", np.arange(1), None)
+        self.channels, self.map_size = int(probe.shape[1]), tuple(probe.shape[-2:])
+
+    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
+        data, where = self._latents[split]
+        x0 = torch.stack([data[int(where[i])][0] for i in idx])
+        if gen is not None:
+            x0 = augment(x0, gen)
+        rows = self.rows[split].iloc[idx]
+        cond = self.denoiser.encode_text([format_prompt(self.prompt, n) for n in rows["label_name"]])
+        got = capture_rows(self.denoiser, x0.to(self.denoiser.device), list(rows["sample_id"]), cond,
+                           [self.timestep], self.noise_draws, [self.layer], self.seed, True)
+        return got[self.layer].maps[0].float()

@@ -1,0 +1,72 @@
+"""The classifiers' feature sources (difflens.classify.sources) on the session's reference extraction (see
+tests/test_extraction.py: 40 images, 3 shards, seed 3, maps saved): cached and on-the-fly maps are the same."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from difflens.classify.sources import CachedMaps, OnTheFlyMaps, TargetError, augment, target_codes
+from difflens.extract.store import FeatureError, FeatureStore
+from test_extraction import SETTINGS, extracted, load_tiny, tiny_world
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return FeatureStore(extracted(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_tiny(str(tiny_world(tmp_path_factory)["model"]))
+
+
+@pytest.mark.parametrize("layer,timestep,target", [("up_ft1", 500, "label"), ("mid_block", 25, "colour")])
+def test_cached_and_on_the_fly_maps_are_identical(store, model, layer, timestep, target):
+    cached = CachedMaps(store, "tiny", "shapes", layer, timestep, target=target, augment=False)
+    live = OnTheFlyMaps(store, model, "tiny", "shapes", layer, timestep, target=target, seed=SETTINGS["seed"],
+                        augment=False)
+    assert (cached.channels, cached.map_size) == (live.channels, live.map_size)
+    assert cached.class_names == live.class_names and cached.n("train") == live.n("train") > 20
+    for split in ("train", "val", "test"):
+        for (a, ya), (b, yb) in zip(cached.batches(split, 8, epoch=0, train=False),
+                                    live.batches(split, 8, epoch=0, train=False)):
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)  # float16 storage: at most one rounding step
+            assert torch.equal(ya, yb)
+    # training order is seeded by (seed, epoch) and the same in both
+    assert [torch.equal(ya, yb) for (_, ya), (_, yb) in zip(cached.batches("train", 8, epoch=1, train=True),
+                                                             live.batches("train", 8, epoch=1, train=True))]
+
+
+def test_targets_codes_and_undefined_rows(store):
+    rows = store.rows("tiny", "shapes", "mid_block", 25)
+    codes, names = target_codes(rows, "axis")
+    assert names == ["horizontal", "vertical"] and ((codes == -1) == (rows["n_objects"] == 1)).all()
+    codes, names = target_codes(rows, "label")
+    assert [names[c] for c in codes] == list(rows["label_name"])
+    source = CachedMaps(store, "tiny", "shapes", "mid_block", 25, target="axis", augment=False)
+    assert source.n("train") == int(((rows["split"] == "train") & (rows["n_objects"] == 2)).sum())
+    with pytest.raises(TargetError, match=r"unknown target column 'colur'.*'colour'"):
+        target_codes(rows, "colur")
+
+
+def test_bad_sources_fail_clearly(store, monkeypatch):
+    with pytest.raises(FeatureError, match="no activations"):
+        CachedMaps(store, "tiny", "shapes", "mid_block", 7)
+    rows = FeatureStore.rows
+
+    def one_class(self, *args, **kwargs):
+        table = rows(self, *args, **kwargs)
+        return table.assign(label=0, label_name="red circle")
+
+    monkeypatch.setattr(FeatureStore, "rows", one_class)
+    with pytest.raises(TargetError, match=r"single class \['red circle'\]"):
+        CachedMaps(store, "tiny", "shapes", "mid_block", 25)
+
+
+def test_augment_is_seeded_and_keeps_shape():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert float(a.min()) >= float(x.min()) and float(a.max()) <= float(x.max())
