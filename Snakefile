@@ -8,6 +8,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/extraction.smk"
+include: "rules/classify.smk"
 
 
 rule all:

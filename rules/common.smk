@@ -22,6 +22,8 @@ except ConfigError as exc:
 R = config["results"]
 MODEL_CACHE = config["model_cache"]
 EX = config["extraction"]
+CL = config["classify"]
+EXTRACT_MODELS = EX["models"] or list(config["models"])
 
 
 wildcard_constraints:
@@ -102,6 +104,35 @@ def activation_components(name):
     return ["denoiser", "text"] if EX["prompt"] else ["denoiser"]
 
 
+def empty_prompt_input(w):
+    """The stored empty-prompt condition a job of the model needs when it runs the denoiser unconditionally."""
+    return [] if EX["prompt"] else f"{R}/models/{w.model}/empty_prompt.safetensors"
+
+
+def classify_grid(name):
+    """(timestep, layer) pairs Diff-C trains on for a model: classify.layers / timesteps within the model's own."""
+    m = config["models"][name]
+    layers = [l for l in m["layers"] if not CL["layers"] or l in CL["layers"]]
+    timesteps = [t for t in m["timesteps"] if not CL["timesteps"] or t in CL["timesteps"]]
+    return [(t, l) for t in timesteps for l in layers]
+
+
+def diffc_results(model, dataset):
+    return [f"{R}/classify/{model}/{dataset}/diffc/{target}/t{t}/{layer}.json" for target in CL["targets"]
+            for t, layer in classify_grid(model)]
+
+
+def classify_targets():
+    """One accuracy table per (extraction model, data set), and every configured PCA view."""
+    out = []
+    for name in CL["models"] or EXTRACT_MODELS:
+        for ds in EX["datasets"]:
+            out.append(f"{R}/classify/{name}/{ds}/accuracy.csv")
+            out += [f"{R}/classify/{name}/{ds}/pca/t{v['timestep']}/{v['layer']}.png" for v in config["pca"]["views"]
+                    if v["model"] == name]
+    return out
+
+
 def shard_plan(w):
     return checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0]
 
@@ -117,4 +148,5 @@ def all_targets():
     for name in shapes_models():
         targets += [f"{R}/models/{name}/check.json", f"{R}/models/{name}/samples.png"]
     targets += extraction_targets()
+    targets += classify_targets()
     return targets

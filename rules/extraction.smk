@@ -11,7 +11,6 @@ from pathlib import Path
 
 from difflens.extract.layout import activation_path, activation_shard_paths, latent_shard_paths, write_shard_plan
 
-EXTRACT_MODELS = EX["models"] or list(config["models"])
 
 
 localrules:

@@ -58,7 +58,7 @@ def tiny_backbones(tmp: Path) -> None:
     from difflens.data.shapes import CLASSES
     from tiny_pipelines import build_tiny_dit, build_tiny_sd
 
-    build_tiny_sd(tmp / "tiny-sd")
+    build_tiny_sd(tmp / "hub" / "tiny-org" / "tiny-sd")
     build_tiny_dit(tmp / "tiny-dit", CLASSES)
 
 
@@ -87,6 +87,15 @@ def check_extraction_options(results: Path, out: str) -> None:
     bare = pd.read_csv(results / "data/bare/samples.csv")
     assert sorted(set(bare["caption"])) == ["a photo of a cat", "a photo of a dog"]
     assert (results / "models/shapes/check.json").is_file()
+    acc = pd.read_csv(results / "classify/shapes/shapes/accuracy.csv")
+    diffc = acc[acc["classifier"] == "diffc"]
+    assert list(diffc["target"]) == ["colour"] and set(diffc["layer"]) == {"up_ft1"}
+    assert (diffc["epochs"] == 2).all() and diffc["test_accuracy"].between(0, 1).all()
+    probes = acc[acc["classifier"] == "linear_probe"]
+    assert len(probes) == 2 * 2 * 2 and set(probes["target"]) == {"label", "has_red"}  # layers x timesteps x targets
+    result = json.loads((results / "classify/shapes/shapes/diffc/colour/t25/up_ft1.json").read_text())
+    assert result["mode"] == "cached" and result["class_names"] == ["blue", "green", "red", "yellow"]
+    assert (results / "classify/shapes/shapes/pca/t25/up_ft1.png").stat().st_size > 1000
 
 
 def check_tiny_backbones(results: Path, out: str) -> None:
@@ -101,6 +110,14 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     log = (results / "logs/extract_activations/sd/shapes/shard-0.log").read_text()
     assert "components ('denoiser', 'text')" in log  # a non-empty prompt: the text encoder is loaded
     assert not (results / "models/sd/empty_prompt.safetensors").exists()
+    acc = pd.read_csv(results / "classify/dit/shapes/accuracy.csv")  # classify.models: the DiT alone, probes only
+    assert set(acc["classifier"]) == {"linear_probe"} and acc["timestep"].nunique() == 2
+    assert {"label", "colour", "has_red"} <= set(acc["target"]) and not (results / "classify/sd").exists()
+    # the hub model was fetched once, by the local download job, and its jobs loaded the cached folder
+    assert "localrule download_model:" in out and out.count("rule download_model:") == 1
+    fetched = results.parent / "model_cache" / "tiny-org--tiny-sd"
+    assert sd["source"] == str(fetched) and (fetched / ".difflens-fetched.json").is_file()
+    assert not (fetched / "safety_checker").exists()
 
 
 def check_retrain_and_check(results: Path, out: str) -> None:
@@ -123,6 +140,13 @@ def check_retrain_and_check(results: Path, out: str) -> None:
     assert "components ('denoiser',)" in log  # unconditional: no text encoder, the stored empty prompt instead
     assert (results / "models/shapes/empty_prompt.safetensors").is_file()
     assert (results / "activations/shapes/shapes/index.json").is_file()
+    acc = pd.read_csv(results / "classify/shapes/shapes/accuracy.csv")
+    assert set(zip(acc["classifier"], acc["target"])) == {("linear_probe", "label"), ("linear_probe", "colour"),
+                                                           ("diffc", "label")}
+    result = json.loads((results / "classify/shapes/shapes/diffc/label/t25/mid_block.json").read_text())
+    assert result["mode"] == "on_the_fly" and result["epochs"] == 1 and len(result["curves"]) == 1
+    log = (results / "logs/train_diffc/shapes/shapes/label/t25/mid_block.log").read_text()
+    assert "on_the_fly maps 32x4x4" in log and "images/s on CPU" in log.splitlines()[-1]
 
 
 def check_downloads(results: Path, out: str) -> None:

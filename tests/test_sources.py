@@ -2,7 +2,6 @@
 tests/test_extraction.py: 40 images, 3 shards, seed 3, maps saved): cached and on-the-fly maps are the same."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -121,6 +121,37 @@ def check_config(cfg: dict) -> None:
         for name in ex[key]:
             if name not in pool:
                 raise ConfigError(f"config key extraction.{key}: {name!r} is not configured; allowed: {list(pool)}")
+    check_classify(cfg)
+
+
+def check_classify(cfg: dict) -> None:
+    """classify and pca name layers, timesteps and models that extraction produces; cached mode needs saved maps."""
+    ex = cfg["extraction"]
+    models = ex["models"] or list(cfg["models"])
+    cl = cfg["classify"]
+    bad = [m for m in cl["models"] if m not in models]
+    if bad:
+        raise ConfigError(f"config key classify.models: {bad} are not extraction models; allowed: {models}")
+    for key, pool in (("layers", "layers"), ("timesteps", "timesteps")):
+        known = sorted({v for m in models for v in cfg["models"][m][pool]}, key=str)
+        bad = [v for v in cl[key] if v not in known]
+        if bad:
+            raise ConfigError(f"config key classify.{key}: {bad} are not {pool} of any extraction model; allowed: "
+                              f"{known}")
+    if cl["mode"] == "cached" and not ex["save_maps"]:
+        raise ConfigError("config key classify.mode: cached needs the maps saved (extraction.save_maps: true); "
+                          "allowed without them: auto, on_the_fly")
+    for i, view in enumerate(cfg["pca"]["views"]):
+        key = f"config key pca.views[{i}]"
+        if view["model"] not in models:
+            raise ConfigError(f"{key}.model: {view['model']!r} is not an extraction model; allowed: {models}")
+        m = cfg["models"][view["model"]]
+        if view["layer"] not in m["layers"]:
+            raise ConfigError(f"{key}.layer: {view['layer']!r} is not a configured layer of {view['model']}; "
+                              f"allowed: {m['layers']}")
+        if view["timestep"] not in m["timesteps"]:
+            raise ConfigError(f"{key}.timestep: {view['timestep']} is not a configured timestep of "
+                              f"{view['model']}; allowed: {m['timesteps']}")
 
 
 def validate_config(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:

@@ -147,9 +147,11 @@ def check_targets(targets: torch.Tensor, n_classes: int, split: str) -> None:
     """Raise ValueError unless ``targets`` are integers in [0, n_classes)."""
     if targets.is_floating_point():
         raise ValueError(f"Diff-C: {split} targets must be integers, got {targets.dtype}")
-    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= n_classes):
-        raise ValueError(f"Diff-C: {split} targets span {int(targets.min())}..{int(targets.max())} but n_classes is "
-                         f"{n_classes}; it must be at least the largest target + 1, and targets >= 0")
+    if len(targets) and int(targets.min()) < 0:
+        raise ValueError(f"Diff-C: {split} targets must be >= 0, got {int(targets.min())}")
+    if len(targets) and int(targets.max()) >= n_classes:
+        raise ValueError(f"Diff-C: a {split} target is {int(targets.max())} but n_classes is {n_classes}; it must be "
+                         f"at least the largest target + 1")
 
 
 def _check_source(source: FeatureSource, n_classes: int) -> dict[str, int]:
@@ -163,7 +165,8 @@ def _check_source(source: FeatureSource, n_classes: int) -> dict[str, int]:
     return sizes
 
 
-def _no_single_rows(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]):
+def _no_single_rows(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches with a one-row batch joined to the one before it (BatchNorm cannot train on one row of a 1x1
     map); every row is still seen once."""
     held = None
@@ -279,6 +282,10 @@ def train_diffc(source: FeatureSource, n_classes: int, settings: DiffCSettings |
     same numbers as an uninterrupted run. Runs on ``device``: by default one GPU when present (bf16 autocast), else
     the CPU. Returns the accuracies, the best epoch (1-based), per-epoch curves, seconds of training over all runs
     and the rows of each split.
+
+    Bad input is a ValueError: n_classes < 2 or an empty split before training; a target outside [0, n_classes)
+    at the batch that holds it; a train split of fewer than 2 classes after the first epoch (a source lists no
+    labels, so they are seen as they arrive).
     """
     settings = settings or DiffCSettings()
     log = log or logger

@@ -81,15 +81,14 @@ class _SplitSource:
         self.store, self.model_name, self.dataset, self.layer, self.timestep = store, model, dataset, layer, timestep
         self.target, self.seed, self.augment = target, int(seed), augment
         self.rows, self.codes = {}, {}
-        names = None
+        table = store.rows(model, dataset, layer, timestep)
+        codes, self.class_names = target_codes(table, target)  # one coding for every split
         for split in SPLITS:
-            rows = store.rows(model, dataset, layer, timestep, split=split)
-            if rows.empty:
-                raise TargetError(f"{model}/{dataset} {layer} t{timestep}: split {split!r} has no rows")
-            codes, names = target_codes(rows, target)
-            keep = codes >= 0
-            self.rows[split], self.codes[split] = rows[keep].reset_index(drop=True), codes[keep]
-        self.class_names = names
+            keep = (table["split"] == split).to_numpy() & (codes >= 0)
+            if not keep.any():
+                raise TargetError(f"{model}/{dataset} {layer} t{timestep}: split {split!r} has no rows with a "
+                                  f"{target!r} value")
+            self.rows[split], self.codes[split] = table[keep].reset_index(drop=True), codes[keep]
         present = np.unique(self.codes["train"])
         if len(present) < 2:
             raise TargetError(f"target {target!r} of {model}/{dataset}: the train split has a single class "
@@ -170,3 +169,17 @@ class OnTheFlyMaps(_SplitSource):
         got = capture_rows(self.denoiser, x0.to(self.denoiser.device), list(rows["sample_id"]), cond,
                            [self.timestep], self.noise_draws, [self.layer], self.seed, True)
         return got[self.layer].maps[0].float()
+
+
+def choose_mode(mode: str, entry: dict, limit_gb: float) -> str:
+    """``cached`` or ``on_the_fly`` for one (timestep, layer) entry of an extraction index (``maps``, ``map_shape``,
+    ``n_valid``): ``auto`` takes the saved maps when a copy of them (float16) fits in ``limit_gb``."""
+    size_gb = entry["n_valid"] * int(np.prod(entry["map_shape"])) * 2 / 2 ** 30
+    if mode == "cached" and not entry["maps"]:
+        raise TargetError(f"classify.mode is cached but the maps of {entry['layer']} at t{entry['timestep']} were not "
+                          f"saved: set extraction.save_maps: true (or classify.mode: on_the_fly / auto)")
+    if mode == "auto":
+        return "cached" if entry["maps"] and size_gb <= limit_gb else "on_the_fly"
+    if mode not in ("cached", "on_the_fly"):
+        raise TargetError(f"classify.mode {mode!r} is not one of ['auto', 'cached', 'on_the_fly']")
+    return mode

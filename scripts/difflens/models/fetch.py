@@ -86,8 +86,11 @@ def _list_files(source: str, mirror: Path | None, token: str | None) -> list[str
         if not root.is_dir():
             raise FileNotFoundError(f"{root} does not exist in the mirror {mirror}")
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline or constants.HF_HUB_OFFLINE:  # fail at once instead of after the client's own retries
+        raise ConnectionError("HF_HUB_OFFLINE is set: the hub cannot be reached from here")
     return sorted(HfApi(token=token).list_repo_files(source))
 
 

@@ -1,0 +1,117 @@
+# Classifiers (Revelio's quantitative half) on the extracted features of every extraction model and data set:
+# linear probes on the pooled vectors (one job per model and data set: every layer x timestep x target), Diff-C on
+# the spatial maps (one job per model, data set, layer, timestep and target, so SLURM spreads them), an accuracy
+# table per model and data set, and PCA views. Library: scripts/difflens/classify/.
+
+
+localrules:
+    collect_accuracy,
+
+
+rule probe_features:
+    input:
+        index=f"{R}/activations/{{model}}/{{dataset}}/index.json",
+    output:
+        f"{R}/classify/{{model}}/{{dataset}}/probes.csv",
+    params:
+        targets=CL["probe_targets"],
+        seed=config["seed"],
+    threads: 2
+    resources:
+        runtime=lambda w, attempt: 60 * attempt,
+        mem_mb=lambda w, attempt: 8000 * attempt,
+    log:
+        f"{R}/logs/probe_features/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/probe_features/{{model}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/probe_features.py"
+
+
+rule train_diffc:
+    input:
+        index=f"{R}/activations/{{model}}/{{dataset}}/index.json",
+        model=get_model_marker,
+        empty_prompt=empty_prompt_input,
+    output:
+        f"{R}/classify/{{model}}/{{dataset}}/diffc/{{target}}/t{{timestep}}/{{layer}}.json",
+    wildcard_constraints:
+        timestep=r"\d+",
+        layer=r"[A-Za-z0-9_.\-]+",
+        target=r"[A-Za-z0-9_\-]+",
+    params:
+        kind=lambda w: config["models"][w.model]["kind"],
+        source=lambda w: model_dir(w.model),
+        dtype=lambda w: config["models"][w.model]["dtype"],
+        options=lambda w: load_options(w.model, activation_components(w.model)),
+        classify=CL,
+        seed=config["seed"],
+        noise_draws=EX["noise_draws"],
+        prompt=lambda w: EX["prompt"],
+        work=lambda w: f"{R}/classify/{w.model}/{w.dataset}/diffc/{w.target}/t{w.timestep}/{w.layer}.work",
+    threads: 2
+    resources:
+        gpu=1,
+        runtime=lambda w, attempt: 240 * attempt,
+        mem_mb=lambda w, attempt: 16000 * attempt,
+    log:
+        f"{R}/logs/train_diffc/{{model}}/{{dataset}}/{{target}}/t{{timestep}}/{{layer}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_diffc/{{model}}/{{dataset}}/{{target}}/t{{timestep}}/{{layer}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/train_diffc.py"
+
+
+rule collect_accuracy:
+    input:
+        probes=f"{R}/classify/{{model}}/{{dataset}}/probes.csv",
+        diffc=lambda w: diffc_results(w.model, w.dataset),
+    output:
+        f"{R}/classify/{{model}}/{{dataset}}/accuracy.csv",
+    log:
+        f"{R}/logs/collect_accuracy/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/collect_accuracy/{{model}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/collect_accuracy.py"
+
+
+rule pca_views:
+    input:
+        index=f"{R}/activations/{{model}}/{{dataset}}/index.json",
+        data=lambda w: dataset_json(w.dataset),
+        model=get_model_marker,
+        empty_prompt=empty_prompt_input,
+    output:
+        f"{R}/classify/{{model}}/{{dataset}}/pca/t{{timestep}}/{{layer}}.png",
+    wildcard_constraints:
+        timestep=r"\d+",
+        layer=r"[A-Za-z0-9_.\-]+",
+    params:
+        kind=lambda w: config["models"][w.model]["kind"],
+        source=lambda w: model_dir(w.model),
+        dtype=lambda w: config["models"][w.model]["dtype"],
+        options=lambda w: load_options(w.model, activation_components(w.model)),
+        seed=config["seed"],
+        noise_draws=EX["noise_draws"],
+        prompt=lambda w: EX["prompt"],
+        n_images=config["pca"]["n_images"],
+    threads: 2
+    resources:
+        gpu=1,
+        runtime=lambda w, attempt: 30 * attempt,
+        mem_mb=lambda w, attempt: 8000 * attempt,
+    log:
+        f"{R}/logs/pca_views/{{model}}/{{dataset}}/t{{timestep}}/{{layer}}.log",
+    benchmark:
+        f"{R}/benchmarks/pca_views/{{model}}/{{dataset}}/t{{timestep}}/{{layer}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/pca_views.py"

@@ -1,0 +1,74 @@
+"""The classify stage's tables: linear probes over every layer x timestep x target, and the accuracy table (one row
+per run: model, data set, layer, timestep, target, classifier, val and test accuracy, epochs, seconds) that the
+figure stage reads."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..extract.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+ACCURACY_COLUMNS = ["model", "dataset", "layer", "timestep", "target", "classifier", "val_accuracy", "test_accuracy",
+                    "epochs", "seconds", "n_train", "n_classes"]
+SPLITS = ("train", "val", "test")
+
+
+def probe_targets(store: FeatureStore, model: str, dataset: str, layer: str, timestep: int,
+                  targets: list[str]) -> list[str]:
+    """The columns to probe: ``targets``, or (empty) label and every attribute column of the row table."""
+    if targets:
+        return list(targets)
+    columns = store.rows(model, dataset, layer, timestep).columns
+    return ["label"] + [c for c in columns if c not in ("sample_id", "split", "label", "label_name")]
+
+
+def probe_rows(store: FeatureStore, model: str, dataset: str, entries: list[tuple[int, str]], targets: list[str], *,
+               seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """A linear probe (``fit_probe``) on the pooled vectors of every (timestep, layer) in ``entries`` for every
+    target; one accuracy-table row each. A target with one class in train is logged and left out of the table."""
+    from tqdm import tqdm
+
+    from .probe import fit_probe
+    from .sources import target_codes
+
+    out = []
+    for t, layer in tqdm(entries, desc=f"probes {model}/{dataset}", disable=not progress, mininterval=5):
+        feats = {s: store.pooled(model, dataset, layer, t, split=s) for s in SPLITS}
+        rows = {s: store.rows(model, dataset, layer, t, split=s) for s in SPLITS}
+        for target in probe_targets(store, model, dataset, layer, t, targets):
+            start = time.time()
+            codes = {s: target_codes(rows[s], target)[0] for s in SPLITS}
+            keep = {s: codes[s] >= 0 for s in SPLITS}
+            sizes = {s: int(keep[s].sum()) for s in SPLITS}
+            if len(np.unique(codes["train"][keep["train"]])) < 2 or not all(sizes.values()):
+                log.warning("%s/%s %s t%d: target %r has one class in train or an empty split (rows %s); no probe",
+                            model, dataset, layer, t, target, sizes)
+                continue
+            fit = fit_probe(*[a for s in SPLITS for a in (feats[s].x[keep[s]], codes[s][keep[s]])], seed=seed)
+            out.append({"model": model, "dataset": dataset, "layer": layer, "timestep": int(t), "target": target,
+                        "classifier": "linear_probe", "val_accuracy": fit["val_accuracy"],
+                        "test_accuracy": fit["test_accuracy"], "epochs": 0, "seconds": round(time.time() - start, 2),
+                        "n_train": fit["n_train"], "n_classes": fit["n_classes"]})
+    return pd.DataFrame(out, columns=ACCURACY_COLUMNS)
+
+
+def accuracy_table(probes: str | Path | None, diffc_results: list[str | Path]) -> pd.DataFrame:
+    """The probes' CSV and every Diff-C result JSON as one accuracy table, sorted."""
+    parts = [pd.read_csv(probes)] if probes else []
+    rows = []
+    for path in diffc_results:
+        r = json.loads(Path(path).read_text())
+        rows.append({k: r[k] for k in ("model", "dataset", "layer", "timestep", "target", "val_accuracy",
+                                       "test_accuracy", "epochs", "seconds", "n_train", "n_classes")}
+                    | {"classifier": "diffc"})
+    parts.append(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
+    table = pd.concat([p for p in parts if not p.empty] or [pd.DataFrame(columns=ACCURACY_COLUMNS)],
+                      ignore_index=True)
+    return table[ACCURACY_COLUMNS].sort_values(["classifier", "target", "layer", "timestep"], ignore_index=True)
