@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_L2_GRID = (1e-3, 1e-2, 1e-1)
 
 
 def _tensor(a) -> torch.Tensor:
@@ -48,7 +48,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, ma
     w = (0.01 * torch.randn(x.shape[1], n_classes, generator=gen, dtype=torch.float64)).requires_grad_()
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
 
     def closure():
         opt.zero_grad()
@@ -64,7 +64,7 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     return float(((x @ w + b).argmax(1) == y).double().mean())
 
 
-def fit_probe(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid=DEFAULT_L2_GRID, max_iter: int = 200,
+def fit_probe(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid=DEFAULT_L2_GRID, max_iter: int = 50,
               seed: int = 0) -> dict:
     """Fit one probe per L2 strength on train, pick the strength on val, score the picked probe on test once.
 
