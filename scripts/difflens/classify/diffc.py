@@ -79,9 +79,11 @@ class DiffC(nn.Module):
 
 
 # ---- in-memory source ---------------------------------------------------------------------------------------------
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch's shuffle: seeded by (seed, epoch) alone, so any epoch can be replayed."""
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0]
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """The generator of one epoch's shuffle (``stream`` 0; other streams, e.g. augmentation, get their own): seeded
+    by (seed, epoch, stream) alone, so any epoch can be replayed."""
+    key = [int(seed), int(epoch)] + ([int(stream)] if stream else [])
+    state = np.random.SeedSequence(key).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 

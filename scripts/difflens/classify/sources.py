@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..extract.capture import capture_rows
 from ..extract.prompts import format_prompt
 from ..extract.store import FeatureStore
+from .diffc import epoch_generator
 
 SPLITS = ("train", "val", "test")
 CROP_SCALE = (0.8, 1.0)
@@ -50,10 +51,6 @@ def target_codes(rows, target: str) -> tuple[np.ndarray, list[str]]:
     names = sorted(set(values) - {""})
     index = {name: i for i, name in enumerate(names)}
     return np.asarray([index.get(v, -1) for v in values], np.int64), names
-
-
-def _generator(seed: int, epoch: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 101 + salt)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -104,12 +101,12 @@ class _SplitSource:
     def _order(self, split: str, epoch: int, train: bool) -> np.ndarray:
         if not train:
             return np.arange(self.n(split))
-        return torch.randperm(self.n(split), generator=_generator(self.seed, epoch, 1)).numpy()
+        return torch.randperm(self.n(split), generator=epoch_generator(self.seed, epoch)).numpy()
 
     def batches(self, split: str, batch_size: int, *, epoch: int, train: bool) -> Iterator[tuple[torch.Tensor,
                                                                                                    torch.Tensor]]:
         order = self._order(split, epoch, train)
-        gen = _generator(self.seed, epoch, 2)
+        gen = epoch_generator(self.seed, epoch, stream=1)  # augmentation
         for a in range(0, len(order), batch_size):
             idx = order[a:a + batch_size]
             yield self._maps(split, idx, gen if train and self.augment else None), \
