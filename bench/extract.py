@@ -209,17 +209,19 @@ def sync(device):
 
 
 # ---- driver -------------------------------------------------------------------------------------------------------
-def make_dataset(root: Path, n: int, size: int) -> Dataset:
+def make_dataset(root: Path, n: int, size: int, splits: tuple[str, ...] = ("test",), n_classes: int = 1) -> Dataset:
+    """``n`` smooth random 5:4 JPEGs; splits and class labels assigned in turn."""
     rng = np.random.default_rng(0)
     rows = []
     (root / "images").mkdir(parents=True)
+    classes = [f"thing{c}" for c in range(n_classes)] if n_classes > 1 else ["thing"]
     for i in range(n):
         low = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)  # smooth content, like a photo after JPEG
         Image.fromarray(low).resize((size * 5 // 4, size), Image.BILINEAR).save(root / "images" / f"{i}.jpg",
                                                                                 quality=90)
-        rows.append({"sample_id": f"img{i:05d}", "split": "test", "label": 0, "label_name": "thing",
-                     "image": f"images/{i}.jpg", "caption": ""})
-    write_dataset(root, name="bench", source="bench", samples=pd.DataFrame(rows), classes=["thing"])
+        rows.append({"sample_id": f"img{i:05d}", "split": splits[i % len(splits)], "label": i % n_classes,
+                     "label_name": classes[i % n_classes], "image": f"images/{i}.jpg", "caption": ""})
+    write_dataset(root, name="bench", source="bench", samples=pd.DataFrame(rows), classes=classes)
     return Dataset.load(root)
 
 

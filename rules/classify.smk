@@ -1,7 +1,8 @@
 # Classifiers (Revelio's quantitative half) on the extracted features of every extraction model and data set:
 # linear probes on the pooled vectors (one job per model and data set: every layer x timestep x target), Diff-C on
 # the spatial maps (one job per model, data set, layer, timestep and target, so SLURM spreads them), an accuracy
-# table per model and data set, and PCA views. Library: scripts/difflens/classify/.
+# table per model and data set (with the external baselines' probes, when configured), and PCA views.
+# Library: scripts/difflens/classify/.
 
 
 localrules:
@@ -66,10 +67,38 @@ rule train_diffc:
         "../scripts/train_diffc.py"
 
 
+rule baseline_probes:
+    input:
+        data=lambda w: dataset_json(w.dataset),
+        model=lambda w: baseline_marker(w.baseline),
+    output:
+        f"{R}/classify/baselines/{{baseline}}/{{dataset}}/probes.csv",
+    wildcard_constraints:
+        baseline="|".join(b["name"] for b in CL["baselines"]) or "no-baseline",
+    params:
+        source=lambda w: baseline_source(w.baseline),
+        targets=CL["probe_targets"],
+        seed=config["seed"],
+    threads: 2
+    resources:
+        gpu=1,
+        runtime=lambda w, attempt: 60 * attempt,
+        mem_mb=lambda w, attempt: 16000 * attempt,
+    log:
+        f"{R}/logs/baseline_probes/{{baseline}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/baseline_probes/{{baseline}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/baseline_probes.py"
+
+
 rule collect_accuracy:
     input:
         probes=f"{R}/classify/{{model}}/{{dataset}}/probes.csv",
         diffc=lambda w: diffc_results(w.model, w.dataset),
+        baselines=lambda w: [f"{R}/classify/baselines/{b['name']}/{w.dataset}/probes.csv" for b in CL["baselines"]],
     output:
         f"{R}/classify/{{model}}/{{dataset}}/accuracy.csv",
     log:

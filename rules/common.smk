@@ -81,6 +81,23 @@ def model_marker(name):
     return [f"{model_dir(name)}/{FETCH_MARKER}"] if is_hub_model(name) else []
 
 
+def baseline_hub_id(name):
+    """The hub id of an external baseline, or None for a local folder."""
+    source = next(b["source"] for b in CL["baselines"] if b["name"] == name)
+    return source if is_hub_id(source) else None
+
+
+def baseline_source(name):
+    """Folder an external baseline loads from: the fetched copy of a hub id, or its local folder."""
+    hub = baseline_hub_id(name)
+    return f"{MODEL_CACHE}/{cache_folder_name(hub)}" if hub else next(b["source"] for b in CL["baselines"]
+                                                                      if b["name"] == name)
+
+
+def baseline_marker(name):
+    return [f"{baseline_source(name)}/{FETCH_MARKER}"] if baseline_hub_id(name) else []
+
+
 def get_model_marker(wildcards):
     return model_marker(wildcards.model)
 
@@ -145,6 +162,7 @@ def all_targets():
     """Every data set, every model's fetched weights (first, before any GPU job), checks and extraction indexes."""
     targets = [dataset_json(name) for name in config["datasets"]]
     targets += [marker for name in config["models"] if is_hub_model(name) for marker in model_marker(name)]
+    targets += [marker for b in CL["baselines"] for marker in baseline_marker(b["name"])]
     for name in shapes_models():
         targets += [f"{R}/models/{name}/check.json", f"{R}/models/{name}/samples.png"]
     targets += extraction_targets()

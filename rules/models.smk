@@ -3,9 +3,12 @@
 # layer and checked (held-out loss, caption choice, samples); the empty-prompt condition encoded once per model.
 from difflens.models.fetch import cache_folder_name as _cache_name
 
-# cache folder name -> (config name, kind, hub id) of the hub models (two names may share one hub id)
-HUB_MODELS = {_cache_name(m["source"]): (n, m["kind"], m["source"]) for n, m in config["models"].items()
-              if is_hub_model(n)}
+# cache folder name -> (config name, kind, hub id, config key) of the hub models and the external baselines' hub
+# image models (two names may share one hub id)
+HUB_MODELS = {_cache_name(m["source"]): (n, m["kind"], m["source"], f"models.{n}.source")
+              for n, m in config["models"].items() if is_hub_model(n)}
+HUB_MODELS.update({_cache_name(b["source"]): (b["name"], "image_encoder", b["source"], "classify.baselines")
+                   for b in CL["baselines"] if is_hub_id(b["source"])})
 
 
 localrules:
@@ -21,6 +24,7 @@ rule download_model:
         model=lambda w: HUB_MODELS[w.hubdir][0],
         kind=lambda w: HUB_MODELS[w.hubdir][1],
         source=lambda w: HUB_MODELS[w.hubdir][2],
+        config_key=lambda w: HUB_MODELS[w.hubdir][3],
         mirror=config["hub_mirror"],
     retries: 2
     log:

@@ -24,7 +24,7 @@ if snakemake.input.empty_prompt:
     denoiser.set_condition("", load_file(snakemake.input.empty_prompt)["condition"])
 store = FeatureStore(Path(snakemake.input.index).parents[3])
 source = OnTheFlyMaps(store, denoiser, w.model, w.dataset, w.layer, t, seed=p.seed, noise_draws=p.noise_draws,
-                      prompt=p.prompt, augment=False)
+                      prompt=p.prompt, augment=())
 maps, _ = next(source.batches("test", p.n_images, epoch=0, train=False))
 ids = list(source.rows["test"]["sample_id"][:len(maps)])
 data = Dataset.load(Path(snakemake.input.data).parent)

@@ -56,10 +56,12 @@ def photos(tmp: Path) -> None:
 
 def tiny_backbones(tmp: Path) -> None:
     from difflens.data.shapes import CLASSES
-    from tiny_pipelines import build_tiny_dit, build_tiny_sd
+    from tiny_pipelines import build_tiny_clip, build_tiny_dinov2, build_tiny_dit, build_tiny_sd
 
     build_tiny_sd(tmp / "hub" / "tiny-org" / "tiny-sd")
     build_tiny_dit(tmp / "tiny-dit", CLASSES)
+    build_tiny_clip(tmp / "hub" / "tiny-org" / "tiny-clip")
+    build_tiny_dinov2(tmp / "tiny-dino")
 
 
 SETUP = {"extraction_options.yaml": photos, "tiny_backbones.yaml": tiny_backbones}
@@ -96,6 +98,7 @@ def check_extraction_options(results: Path, out: str) -> None:
     result = json.loads((results / "classify/shapes/shapes/diffc/colour/t25/up_ft1.json").read_text())
     assert result["mode"] == "cached" and result["class_names"] == ["blue", "green", "red", "yellow"]
     assert (results / "classify/shapes/shapes/pca/t25/up_ft1.png").stat().st_size > 1000
+    assert "no external baselines configured" in (results / "logs/collect_accuracy/shapes/shapes.log").read_text()
 
 
 def check_tiny_backbones(results: Path, out: str) -> None:
@@ -111,10 +114,18 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     assert "components ('denoiser', 'text')" in log  # a non-empty prompt: the text encoder is loaded
     assert not (results / "models/sd/empty_prompt.safetensors").exists()
     acc = pd.read_csv(results / "classify/dit/shapes/accuracy.csv")  # classify.models: the DiT alone, probes only
-    assert set(acc["classifier"]) == {"linear_probe"} and acc["timestep"].nunique() == 2
-    assert {"label", "colour", "has_red"} <= set(acc["target"]) and not (results / "classify/sd").exists()
-    # the hub model was fetched once, by the local download job, and its jobs loaded the cached folder
-    assert "localrule download_model:" in out and out.count("rule download_model:") == 1
+    assert set(acc["classifier"]) == {"linear_probe"} and set(acc["model"]) == {"dit", "clip", "dino"}
+    dit_rows, external = acc[acc["model"] == "dit"], acc[acc["model"] != "dit"]
+    assert dit_rows["timestep"].nunique() == 2 and not (results / "classify/sd").exists()
+    assert {"label", "colour", "has_red"} <= set(dit_rows["target"]) == set(external["target"])
+    assert (external["layer"] == "image").all() and external["timestep"].isna().all()
+    assert "no external baselines" not in (results / "logs/collect_accuracy/dit/shapes.log").read_text()
+    # the hub models (a pipeline and a baseline's image model) were fetched once each, by local download jobs, and
+    # their jobs loaded the cached folders
+    assert "localrule download_model:" in out and out.count("rule download_model:") == 2
+    clip = results.parent / "model_cache" / "tiny-org--tiny-clip"
+    assert sorted(p.name for p in clip.iterdir()) == [".difflens-fetched.json", "config.json", "model.safetensors",
+                                                     "preprocessor_config.json"]
     fetched = results.parent / "model_cache" / "tiny-org--tiny-sd"
     assert sd["source"] == str(fetched) and (fetched / ".difflens-fetched.json").is_file()
     assert not (fetched / "safety_checker").exists()
@@ -171,7 +182,7 @@ def test_config_runs(path, tmp_path):
         SETUP[path.name](tmp_path)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(load_matrix_config(path, tmp_path), sort_keys=False))
-    options = ["--cores", "2", "--replace-workflow-config"] + (["-n"] if mode(path) == "dry-run" else [])
+    options = ["--cores", "2", "--max-threads", "1", "--replace-workflow-config"] + (["-n"] if mode(path) == "dry-run" else [])
     proc = run(snakemake_cmd([], cfg, *options), env={"HF_HUB_OFFLINE": "1"})
     out = proc.stdout + proc.stderr
     if mode(path) == "run":

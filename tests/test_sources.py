@@ -22,9 +22,9 @@ def model(tmp_path_factory):
 
 @pytest.mark.parametrize("layer,timestep,target", [("up_ft1", 500, "label"), ("mid_block", 25, "colour")])
 def test_cached_and_on_the_fly_maps_are_identical(store, model, layer, timestep, target):
-    cached = CachedMaps(store, "tiny", "shapes", layer, timestep, target=target, augment=False)
+    cached = CachedMaps(store, "tiny", "shapes", layer, timestep, target=target, augment=())
     live = OnTheFlyMaps(store, model, "tiny", "shapes", layer, timestep, target=target, seed=SETTINGS["seed"],
-                        augment=False)
+                        augment=())
     assert (cached.channels, cached.map_size) == (live.channels, live.map_size)
     assert cached.class_names == live.class_names and cached.n("train") == live.n("train") > 20
     for split in ("train", "val", "test"):
@@ -43,7 +43,7 @@ def test_targets_codes_and_undefined_rows(store):
     assert names == ["horizontal", "vertical"] and ((codes == -1) == (rows["n_objects"] == 1)).all()
     codes, names = target_codes(rows, "label")
     assert [names[c] for c in codes] == list(rows["label_name"])
-    source = CachedMaps(store, "tiny", "shapes", "mid_block", 25, target="axis", augment=False)
+    source = CachedMaps(store, "tiny", "shapes", "mid_block", 25, target="axis", augment=())
     assert source.n("train") == int(((rows["split"] == "train") & (rows["n_objects"] == 2)).sum())
     with pytest.raises(TargetError, match=r"unknown target column 'colur'.*'colour'"):
         target_codes(rows, "colur")
@@ -69,3 +69,16 @@ def test_augment_is_seeded_and_keeps_shape():
     b = augment(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
     assert float(a.min()) >= float(x.min()) and float(a.max()) <= float(x.max())
+
+
+def test_augment_does_only_the_listed_operations():
+    x = torch.arange(64 * 3 * 4 * 6, dtype=torch.float32).view(64, 3, 4, 6)
+    flipped = augment(x, torch.Generator().manual_seed(2), ["flip"])
+    is_flip = [torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x)]
+    assert all(f or torch.equal(a, o) for f, a, o in zip(is_flip, flipped, x)) and 16 < sum(is_flip) < 48
+    cropped = augment(x, torch.Generator().manual_seed(2), ["crop"])
+    # a crop keeps each row's values increasing left to right (no flip), and changes most items
+    assert bool((cropped[..., 1:] >= cropped[..., :-1]).all()) and sum(not torch.equal(c, o) for c, o in zip(cropped, x)) > 32
+    assert torch.equal(augment(x, torch.Generator().manual_seed(2), []), x)
+    with pytest.raises(TargetError, match=r"unknown augmentation\(s\) \['rotate'\]"):
+        augment(x, torch.Generator(), ["crop", "rotate"])

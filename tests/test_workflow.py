@@ -21,7 +21,9 @@ def test_paper_configs_dry_run(config_file):
 
     import yaml
 
-    hub = {m["source"] for m in yaml.safe_load(config_file.read_text())["models"].values() if m["kind"] != "shapes"}
+    cfg = yaml.safe_load(config_file.read_text())
+    hub = {m["source"] for m in cfg["models"].values() if m["kind"] != "shapes"}
+    hub |= {b["source"] for b in cfg.get("classify", {}).get("baselines", [])}  # the baselines' image models
     assert hub and re.search(rf"^download_model\s+{len(hub)}$", text, flags=re.M), text[-3000:]
     assert text.count("rule download_model:") == len(hub)
 

@@ -85,3 +85,31 @@ def build_tiny_shapes(out_dir: Path, seed: int = 0) -> Path:
     card = {"kind": "shapes", "classes": ["circle", "square", "triangle"], "train_config": {"arch": asdict(arch)}}
     save_model(Path(out_dir), tokenizer, text_encoder, unet, scheduler, card)
     return Path(out_dir)
+
+
+def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
+    """A random-weight CLIP (image and text towers, 32 px images, 8 px patches) and its image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 2, "num_attention_heads": 2},
+        projection_dim=8)
+    CLIPModel(config).save_pretrained(out_dir)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_dinov2(out_dir: Path, seed: int = 0) -> Path:
+    """A random-weight DINOv2 (32 px images, 8 px patches) and its image processor."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2)).save_pretrained(out_dir)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    return out_dir

@@ -138,6 +138,11 @@ def check_classify(cfg: dict) -> None:
         if bad:
             raise ConfigError(f"config key classify.{key}: {bad} are not {pool} of any extraction model; allowed: "
                               f"{known}")
+    names = [b["name"] for b in cl["baselines"]]
+    bad = sorted({n for n in names if names.count(n) > 1 or n in cfg["models"]})
+    if bad:
+        raise ConfigError(f"config key classify.baselines: names {bad} are used twice or by a model; a baseline's "
+                          f"name is its model column in the accuracy tables, so it must be unique")
     if cl["mode"] == "cached" and not ex["save_maps"]:
         raise ConfigError("config key classify.mode: cached needs the maps saved (extraction.save_maps: true); "
                           "allowed without them: auto, on_the_fly")

@@ -9,8 +9,10 @@
     up_ft1 map is 2.6 MB in float16: Oxford Pets alone would need ~19 GB per layer and timestep). Maps are rounded
     to float16 as extraction stores them, so both sources give the same features for the same sample.
 
-Training batches are augmented (random resized crop, scale 0.8-1, and horizontal flip, seeded by (seed, epoch)):
-on the latents before noising for ``OnTheFlyMaps``, on the maps for ``CachedMaps``. Targets are integer codes of
+Training batches are augmented by the listed operations (``crop``: random resized crop, scale 0.8-1; ``flip``:
+horizontal flip), seeded by (seed, epoch): on the latents before noising for ``OnTheFlyMaps``, on the maps for
+``CachedMaps``. Leave ``flip`` out when the target reads left from right (the shapes world's ``label`` names the
+left object of a horizontal pair, so a flipped image carries the other object's label). Targets are integer codes of
 one column of the store's row table (``label`` or an attribute column); rows where the column is undefined (-1 or
 empty) are left out.
 """
@@ -30,6 +32,7 @@ from .diffc import epoch_generator
 
 SPLITS = ("train", "val", "test")
 CROP_SCALE = (0.8, 1.0)
+AUGMENTATIONS = ("crop", "flip")
 
 
 class TargetError(ValueError):
@@ -53,20 +56,35 @@ def target_codes(rows, target: str) -> tuple[np.ndarray, list[str]]:
     return np.asarray([index.get(v, -1) for v in values], np.int64), names
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random resized crop (scale 0.8-1, aspect 3/4-4/3, back to the input size) and horizontal flip, per item."""
+def check_augment(ops) -> tuple[str, ...]:
+    """``ops`` as a tuple of known augmentation names; TargetError naming any other."""
+    ops = tuple(ops)
+    unknown = [op for op in ops if op not in AUGMENTATIONS]
+    if unknown:
+        raise TargetError(f"unknown augmentation(s) {unknown}; allowed: {list(AUGMENTATIONS)}")
+    return ops
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, ops=AUGMENTATIONS) -> torch.Tensor:
+    """Per item, the operations of ``ops`` in order: ``crop`` (random resized crop, scale 0.8-1, aspect 3/4-4/3, back
+    to the input size), ``flip`` (horizontal flip with probability 1/2)."""
+    ops = check_augment(ops)
     out = torch.empty_like(x)
     h, w = x.shape[-2:]
     for i in range(len(x)):
-        scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * float(torch.rand((), generator=gen))
-        ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand((), generator=gen)))
-        ch = max(1, min(h, round(math.sqrt(scale * h * w / ratio))))
-        cw = max(1, min(w, round(math.sqrt(scale * h * w * ratio))))
-        top = int(torch.randint(0, h - ch + 1, (), generator=gen))
-        left = int(torch.randint(0, w - cw + 1, (), generator=gen))
-        crop = x[i:i + 1, ..., top:top + ch, left:left + cw].float()
-        item = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0].to(x.dtype)
-        out[i] = item.flip(-1) if bool(torch.rand((), generator=gen) < 0.5) else item
+        item = x[i]
+        if "crop" in ops:
+            scale = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * float(torch.rand((), generator=gen))
+            ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand((), generator=gen)))
+            ch = max(1, min(h, round(math.sqrt(scale * h * w / ratio))))
+            cw = max(1, min(w, round(math.sqrt(scale * h * w * ratio))))
+            top = int(torch.randint(0, h - ch + 1, (), generator=gen))
+            left = int(torch.randint(0, w - cw + 1, (), generator=gen))
+            crop = item[None, ..., top:top + ch, left:left + cw].float()
+            item = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0].to(x.dtype)
+        if "flip" in ops and bool(torch.rand((), generator=gen) < 0.5):
+            item = item.flip(-1)
+        out[i] = item
     return out
 
 
@@ -74,9 +92,9 @@ class _SplitSource:
     """Rows by split (target defined), batching order and augmentation; subclasses say how maps are made."""
 
     def __init__(self, store: FeatureStore, model: str, dataset: str, layer: str, timestep: int, target: str,
-                 seed: int, augment: bool):
+                 seed: int, augment):
         self.store, self.model_name, self.dataset, self.layer, self.timestep = store, model, dataset, layer, timestep
-        self.target, self.seed, self.augment = target, int(seed), augment
+        self.target, self.seed, self.augment = target, int(seed), check_augment(augment)
         self.rows, self.codes = {}, {}
         table = store.rows(model, dataset, layer, timestep)
         codes, self.class_names = target_codes(table, target)  # one coding for every split
@@ -117,7 +135,7 @@ class CachedMaps(_SplitSource):
     """Maps saved by extraction; each split held in memory (float16) when it fits in ``max_bytes``."""
 
     def __init__(self, store: FeatureStore, model: str, dataset: str, layer: str, timestep: int, *,
-                 target: str = "label", seed: int = 0, augment: bool = True, max_bytes: int = 2 ** 31):
+                 target: str = "label", seed: int = 0, augment=AUGMENTATIONS, max_bytes: int = 2 ** 31):
         super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
         self._maps_of = {}
         for split in SPLITS:
@@ -136,7 +154,7 @@ class CachedMaps(_SplitSource):
         else:
             data, keep = self._maps_of[split]
             x = torch.stack([data[int(keep[i])][0] for i in idx])
-        return augment(x, gen) if gen is not None else x
+        return augment(x, gen, self.augment) if gen is not None else x
 
 
 class OnTheFlyMaps(_SplitSource):
@@ -145,7 +163,7 @@ class OnTheFlyMaps(_SplitSource):
 
     def __init__(self, store: FeatureStore, denoiser, model: str, dataset: str, layer: str, timestep: int, *,
                  target: str = "label", seed: int = 0, noise_draws: int = 1, prompt: str = "",
-                 augment: bool = True):
+                 augment=AUGMENTATIONS):
         super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
         self.denoiser, self.noise_draws, self.prompt = denoiser, int(noise_draws), prompt
         self._latents = {}
@@ -160,7 +178,7 @@ class OnTheFlyMaps(_SplitSource):
         data, where = self._latents[split]
         x0 = torch.stack([data[int(where[i])][0] for i in idx])
         if gen is not None:
-            x0 = augment(x0, gen)
+            x0 = augment(x0, gen, self.augment)
         rows = self.rows[split].iloc[idx]
         cond = self.denoiser.encode_text([format_prompt(self.prompt, n) for n in rows["label_name"]])
         got = capture_rows(self.denoiser, x0.to(self.denoiser.device), list(rows["sample_id"]), cond,

@@ -29,39 +29,50 @@ def probe_targets(store: FeatureStore, model: str, dataset: str, layer: str, tim
     return ["label"] + [c for c in columns if c not in ("sample_id", "split", "label", "label_name")]
 
 
-def probe_rows(store: FeatureStore, model: str, dataset: str, entries: list[tuple[int, str]], targets: list[str], *,
-               seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """A linear probe (``fit_probe``) on the pooled vectors of every (timestep, layer) in ``entries`` for every
-    target; one accuracy-table row each. A target with one class in train is logged and left out of the table."""
-    from tqdm import tqdm
-
+def probe_split_rows(features: dict, rows: dict, targets: list[str], meta: dict, *, seed: int = 0) -> list[dict]:
+    """A linear probe (``fit_probe``) of ``features[split]`` (n, d) for each target column of ``rows[split]`` (the
+    row tables of the same samples); one accuracy-table row each, starting from ``meta`` (model, data set, layer,
+    timestep). A target with one class in train or an empty split is logged and left out."""
     from .probe import fit_probe
     from .sources import target_codes
 
     out = []
+    for target in targets:
+        start = time.time()
+        codes = {s: target_codes(rows[s], target)[0] for s in SPLITS}
+        keep = {s: codes[s] >= 0 for s in SPLITS}
+        sizes = {s: int(keep[s].sum()) for s in SPLITS}
+        if len(np.unique(codes["train"][keep["train"]])) < 2 or not all(sizes.values()):
+            log.warning("%s: target %r has one class in train or an empty split (rows %s); no probe",
+                        " ".join(str(v) for v in meta.values()), target, sizes)
+            continue
+        fit = fit_probe(*[a for s in SPLITS for a in (features[s][keep[s]], codes[s][keep[s]])], seed=seed)
+        out.append({**meta, "target": target, "classifier": "linear_probe", "val_accuracy": fit["val_accuracy"],
+                    "test_accuracy": fit["test_accuracy"], "epochs": 0, "seconds": round(time.time() - start, 2),
+                    "n_train": fit["n_train"], "n_classes": fit["n_classes"]})
+    return out
+
+
+def probe_rows(store: FeatureStore, model: str, dataset: str, entries: list[tuple[int, str]], targets: list[str], *,
+               seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Linear probes on the pooled vectors of every (timestep, layer) in ``entries`` for every target
+    (``probe_split_rows``)."""
+    from tqdm import tqdm
+
+    out = []
     for t, layer in tqdm(entries, desc=f"probes {model}/{dataset}", disable=not progress, mininterval=5):
-        feats = {s: store.pooled(model, dataset, layer, t, split=s) for s in SPLITS}
+        feats = {s: store.pooled(model, dataset, layer, t, split=s).x for s in SPLITS}
         rows = {s: store.rows(model, dataset, layer, t, split=s) for s in SPLITS}
-        for target in probe_targets(store, model, dataset, layer, t, targets):
-            start = time.time()
-            codes = {s: target_codes(rows[s], target)[0] for s in SPLITS}
-            keep = {s: codes[s] >= 0 for s in SPLITS}
-            sizes = {s: int(keep[s].sum()) for s in SPLITS}
-            if len(np.unique(codes["train"][keep["train"]])) < 2 or not all(sizes.values()):
-                log.warning("%s/%s %s t%d: target %r has one class in train or an empty split (rows %s); no probe",
-                            model, dataset, layer, t, target, sizes)
-                continue
-            fit = fit_probe(*[a for s in SPLITS for a in (feats[s].x[keep[s]], codes[s][keep[s]])], seed=seed)
-            out.append({"model": model, "dataset": dataset, "layer": layer, "timestep": int(t), "target": target,
-                        "classifier": "linear_probe", "val_accuracy": fit["val_accuracy"],
-                        "test_accuracy": fit["test_accuracy"], "epochs": 0, "seconds": round(time.time() - start, 2),
-                        "n_train": fit["n_train"], "n_classes": fit["n_classes"]})
+        meta = {"model": model, "dataset": dataset, "layer": layer, "timestep": int(t)}
+        out += probe_split_rows(feats, rows, probe_targets(store, model, dataset, layer, t, targets), meta, seed=seed)
     return pd.DataFrame(out, columns=ACCURACY_COLUMNS)
 
 
-def accuracy_table(probes: str | Path | None, diffc_results: list[str | Path]) -> pd.DataFrame:
-    """The probes' CSV and every Diff-C result JSON as one accuracy table, sorted."""
-    parts = [pd.read_csv(probes)] if probes else []
+def accuracy_table(probes: str | Path | None, diffc_results: list[str | Path],
+                   baselines: list[str | Path] = ()) -> pd.DataFrame:
+    """The probes' CSV, every Diff-C result JSON and the external baselines' CSVs (their timestep empty) as one
+    accuracy table, sorted."""
+    parts = [pd.read_csv(p) for p in ([probes] if probes else []) + list(baselines)]
     rows = []
     for path in diffc_results:
         r = json.loads(Path(path).read_text())
@@ -71,4 +82,5 @@ def accuracy_table(probes: str | Path | None, diffc_results: list[str | Path]) -
     parts.append(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
     table = pd.concat([p for p in parts if not p.empty] or [pd.DataFrame(columns=ACCURACY_COLUMNS)],
                       ignore_index=True)
+    table["timestep"] = table["timestep"].astype("Int64")
     return table[ACCURACY_COLUMNS].sort_values(["classifier", "target", "layer", "timestep"], ignore_index=True)

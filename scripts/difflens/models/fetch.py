@@ -7,7 +7,8 @@ that every model job then loads with ``local_files_only``. A local folder as ``s
 What is fetched (``select_files``): ``model_index.json`` and, for each component the adapter of the model's kind
 loads (``COMPONENT_FOLDERS``), its ``*.json`` and ``*.txt`` files (configs, tokenizer vocabulary and merges) and one
 set of weights: the plain ``*.safetensors`` files, else the plain ``*.bin`` files (never fp16 / ema / non-ema
-variants, Flax, ONNX or single-file ``.ckpt`` copies, which the loaders do not read).
+variants, Flax, ONNX or single-file ``.ckpt`` copies, which the loaders do not read). An external baseline's
+transformers image model (kind ``image_encoder``) brings its top-level ``*.json`` files and one set of weights.
 
 ``mirror``: a local folder laid out like the hub (``<mirror>/<org>/<name>/...``), for sites that keep their own
 copy of the hub's repositories (and for the tests); None = the Hugging Face Hub.
@@ -51,8 +52,30 @@ def cache_folder_name(source: str) -> str:
     return str(source).replace("/", "--")
 
 
+def _weights(paths: list[PurePosixPath]) -> list[PurePosixPath]:
+    """One set of weights among ``paths``: the plain ``*.safetensors``, else the plain ``*.bin``."""
+    plain = [p for p in paths if not _VARIANT.search(p.name)]
+    return [p for p in plain if p.suffix == ".safetensors"] or [p for p in plain if p.suffix == ".bin"]
+
+
+def select_image_encoder_files(files: list[str]) -> list[str]:
+    """A transformers image model (``kind`` ``image_encoder``, the external baselines): its top-level ``*.json``
+    files (config, image processor, weight index) and one set of top-level weights."""
+    top = [PurePosixPath(f) for f in files if "/" not in f]
+    chosen = [str(p) for p in top if p.suffix == ".json"] + [str(p) for p in _weights(top)]
+    missing = [what for what, ok in (("config.json", "config.json" in chosen),
+                                     ("preprocessor_config.json", "preprocessor_config.json" in chosen),
+                                     ("weights (*.safetensors or *.bin)", bool(_weights(top)))) if not ok]
+    if missing:
+        raise ModelFetchError(f"the repository lacks {missing} that an image model needs (it has {len(files)} "
+                              f"files, e.g. {sorted(files)[:8]})")
+    return sorted(chosen)
+
+
 def select_files(kind: str, files: list[str]) -> list[str]:
     """The repository files (posix paths) that the ``kind`` adapter loads; raises when a component is missing."""
+    if kind == "image_encoder":
+        return select_image_encoder_files(files)
     if kind not in COMPONENT_FOLDERS:
         raise ModelConfigError(f"models of kind {kind!r} are not fetched from a hub; fetched kinds: "
                                f"{sorted(COMPONENT_FOLDERS)}")
@@ -67,8 +90,7 @@ def select_files(kind: str, files: list[str]) -> list[str]:
         here = by_folder.get(folder, [])
         chosen += [str(p) for p in here if p.suffix in (".json", ".txt")]
         if folder in WEIGHT_FOLDERS:
-            plain = [p for p in here if not _VARIANT.search(p.name)]
-            weights = [p for p in plain if p.suffix == ".safetensors"] or [p for p in plain if p.suffix == ".bin"]
+            weights = _weights(here)
             if not weights:
                 missing.append(f"{folder}/ weights (*.safetensors or *.bin)")
             chosen += [str(p) for p in weights]
@@ -107,9 +129,10 @@ def _copy_files(source: str, files: list[str], dest: Path, mirror: Path | None, 
 
 
 def fetch_model(name: str, kind: str, source: str, dest: str | Path, *, mirror: str | Path | None = None,
-                token: str | None = None) -> dict:
+                token: str | None = None, config_key: str | None = None) -> dict:
     """Download the files of hub model ``source`` that a ``kind`` adapter loads into ``dest``; write the marker
-    ``dest/.difflens-fetched.json`` last and return its content. ``name`` is the model's config name (for errors).
+    ``dest/.difflens-fetched.json`` last and return its content. ``name`` is the model's config name and
+    ``config_key`` the key holding ``source`` (default ``models.<name>.source``), both for errors.
 
     Files already in ``dest`` with the right size are kept (a rerun after an interruption resumes).
     """
@@ -127,8 +150,8 @@ def fetch_model(name: str, kind: str, source: str, dest: str | Path, *, mirror: 
         raise ModelFetchError(
             f"model {name!r}: could not fetch {source!r} from {where} into the cache folder {dest} "
             f"({type(exc).__name__}: {exc}). Run this rule where the network is reachable (it is a local rule: "
-            f"the login node), log in with `hf auth login` for gated models, or copy a diffusers folder there "
-            f"and point models.{name}.source at it.") from None
+            f"the login node), log in with `hf auth login` for gated models, or copy the model's folder there "
+            f"and point {config_key or f'models.{name}.source'} at it.") from None
     sizes = {f: (dest / f).stat().st_size for f in files}
     marker = {"model": name, "kind": kind, "source": source, "from": where, "files": sizes,
               "bytes": sum(sizes.values()), "seconds": round(time.time() - start, 1)}
