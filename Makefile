@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= all
+# GPUs the GPU rules may share (gpu=1 each); 0 on a machine without one, so that they run side by side on the CPU
+GPUS ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv demo test lint clean-venv
@@ -16,7 +18,7 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local
+	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS)
 
 test: $(STAMP)
 	@$(VENV)/bin/python -m pytest -q tests; rc=$$?; \

@@ -52,7 +52,7 @@ rule train_diffc:
         noise_draws=EX["noise_draws"],
         prompt=lambda w: EX["prompt"],
         work=lambda w: f"{R}/classify/{w.model}/{w.dataset}/diffc/{w.target}/t{w.timestep}/{w.layer}.work",
-    threads: 2
+    threads: 1  # small nets: on a CPU-only machine two jobs side by side beat one job on two threads
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,

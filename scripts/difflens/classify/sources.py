@@ -140,13 +140,22 @@ class CachedMaps(_SplitSource):
         self._maps_of = {}
         for split in SPLITS:
             data = store.maps_dataset(model, dataset, layer, timestep, split=split)
-            keep = np.flatnonzero(np.isin(data.sample_ids, self.rows[split]["sample_id"]))
+            wanted = set(self.rows[split]["sample_id"])  # (np.isin on string ids took seconds)
+            keep = np.flatnonzero([sid in wanted for sid in data.sample_ids])
             self._maps_of[split] = (data, keep)
         first = self._maps_of["train"][0][0][0]
         self.channels, self.map_size = int(first.shape[0]), tuple(first.shape[-2:])
         per_row = 2 * int(np.prod(first.shape))
-        self._memory = {s: torch.stack([self._maps_of[s][0][int(i)][0].half() for i in self._maps_of[s][1]])
-                        for s in SPLITS} if per_row * len(self.codes["train"]) * 1.25 <= max_bytes else None
+        fits = per_row * len(self.codes["train"]) * 1.25 <= max_bytes
+        self._memory = {split: self._read_split(split) for split in SPLITS} if fits else None
+
+    def _read_split(self, split: str) -> torch.Tensor:
+        """The split's maps (float16) in the order of its rows, read in large slices."""
+        parts = list(self.store.iter_maps(self.model_name, self.dataset, self.layer, self.timestep, split=split,
+                                          batch_size=1024, dtype=np.float16))
+        position = {sid: i for i, sid in enumerate(np.concatenate([p.sample_id for p in parts]))}
+        order = np.asarray([position[sid] for sid in self.rows[split]["sample_id"]])
+        return torch.from_numpy(np.concatenate([p.x for p in parts])[order])
 
     def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
         if self._memory is not None:
