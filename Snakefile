@@ -9,6 +9,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/extraction.smk"
 include: "rules/classify.smk"
+include: "rules/sae.smk"
 
 
 rule all:

@@ -17,7 +17,7 @@ rule probe_features:
     params:
         targets=CL["probe_targets"],
         seed=config["seed"],
-    threads: 2
+    threads: 1  # many small LBFGS fits: bound by Python, not by cores
     resources:
         runtime=lambda w, attempt: 60 * attempt,
         mem_mb=lambda w, attempt: 8000 * attempt,

@@ -23,6 +23,7 @@ R = config["results"]
 MODEL_CACHE = config["model_cache"]
 EX = config["extraction"]
 CL = config["classify"]
+SAE = config["sae"]
 EXTRACT_MODELS = EX["models"] or list(config["models"])
 
 
@@ -150,6 +151,25 @@ def classify_targets():
     return out
 
 
+def sae_run(name):
+    """A run's SAE settings (check_config filled in the defaults)."""
+    return SAE["runs"][name]
+
+
+def sae_summaries(model, dataset):
+    m = config["models"][model]
+    layers = [l for l in m["layers"] if not SAE["layers"] or l in SAE["layers"]]
+    timesteps = [t for t in m["timesteps"] if not SAE["timesteps"] or t in SAE["timesteps"]]
+    return [f"{R}/sae/{model}/{dataset}/{run}/{inp}/t{t}/{layer}/summary.json" for run in SAE["runs"]
+            for inp in SAE["inputs"] for t in timesteps for layer in layers]
+
+
+def sae_targets():
+    """One summary table per (SAE model, data set)."""
+    return [f"{R}/sae/{name}/{ds}/summary.csv" for name in SAE["models"] or EXTRACT_MODELS for ds in EX["datasets"]
+            if SAE["runs"]]
+
+
 def shard_plan(w):
     return checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0]
 
@@ -167,4 +187,5 @@ def all_targets():
         targets += [f"{R}/models/{name}/check.json", f"{R}/models/{name}/samples.png"]
     targets += extraction_targets()
     targets += classify_targets()
+    targets += sae_targets()
     return targets

@@ -2,3 +2,30 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import pytest  # noqa: E402
+
+SCIENCE_LAYERS = ["down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]
+SCIENCE_TIMESTEPS = [25, 500, 900]
+
+
+@pytest.fixture(scope="session")
+def science_store(tmp_path_factory):
+    """The science tests' small run: 3,000 shapes-world images (80/10/10) through the shipped shapes model, every
+    layer at t = 25, 500 and 900, maps saved; a FeatureStore over it."""
+    import torch
+
+    from difflens.data.common import Dataset
+    from difflens.data.shapes import ShapesConfig, generate
+    from difflens.extract.dataset import extract_dataset
+    from difflens.extract.store import FeatureStore
+    from difflens.models import load_model
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("science")
+    generate(root / "data", ShapesConfig(n_images=3000), progress=False)
+    model = load_model("shapes", str(Path(__file__).resolve().parents[1] / "resources" / "shapes_model"),
+                       device="cpu")
+    extract_dataset(model, Dataset.load(root / "data"), root / "results", "shapes", layers=SCIENCE_LAYERS,
+                    timesteps=SCIENCE_TIMESTEPS, save_maps=True, progress=False)
+    return FeatureStore(root / "results")

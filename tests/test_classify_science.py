@@ -14,32 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import SCIENCE_LAYERS as LAYERS, SCIENCE_TIMESTEPS as TIMESTEPS
 from difflens.classify.diffc import DiffCSettings, train_diffc
 from difflens.classify.sources import CachedMaps
 from difflens.classify.tables import probe_rows
-from difflens.data.common import Dataset
-from difflens.data.shapes import ShapesConfig, generate
-from difflens.extract.dataset import extract_dataset
-from difflens.extract.store import FeatureStore
-from difflens.models import load_model
-from test_shapes_model import SHIPPED
 
-LAYERS = ["down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]
-TIMESTEPS = [25, 500, 900]
 SETTINGS = DiffCSettings(epochs=14, lr=3e-3, batch_size=32, width=64, dropout=0.5, seed=0)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("science")
-    generate(root / "data", ShapesConfig(n_images=3000), progress=False)
-    model = load_model("shapes", str(SHIPPED), device="cpu")
-    extract_dataset(model, Dataset.load(root / "data"), root / "results", "shapes", layers=LAYERS,
-                    timesteps=TIMESTEPS, save_maps=True, progress=False)
-    return FeatureStore(root / "results")
+def store(science_store):
+    return science_store
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,16 @@ def check_extraction_options(results: Path, out: str) -> None:
     assert result["mode"] == "cached" and result["class_names"] == ["blue", "green", "red", "yellow"]
     assert (results / "classify/shapes/shapes/pca/t25/up_ft1.png").stat().st_size > 1000
     assert "no external baselines configured" in (results / "logs/collect_accuracy/shapes/shapes.log").read_text()
+    sae = pd.read_csv(results / "sae/shapes/shapes/summary.csv")
+    assert sorted(sae["input"]) == ["pooled", "spatial"] and set(sae["layer"]) == {"mid_block"}
+    assert (sae["n_latents"] == 2 * 64).all() and (sae["k"] == 2).all() and sae["val_fvu"].notna().all()
+    run = results / "sae/shapes/shapes/tiny/spatial/t25/mid_block"
+    trained = json.loads((run / "sae_config.json").read_text())
+    assert trained["positions_per_image"] == 4 and trained["activation"] == "batchtopk"
+    assert trained["n_train_vectors"] == 4 * (rows["split"] == "train").sum() > 0  # 4 of the 16 positions each
+    latents = pd.read_csv(run / "latents.csv")
+    assert {"latent", "frequency", "purity", "sigma", "best_attribute", "auroc"} <= set(latents.columns)
+    assert (run / "top_images.png").stat().st_size > 1000
 
 
 def check_tiny_backbones(results: Path, out: str) -> None:
@@ -210,7 +220,7 @@ def config_keys(cfg: dict, prefix: str = "") -> set[str]:
         path = prefix + key
         out.add(path)
         if isinstance(value, dict):
-            named = path in ("datasets", "models")
+            named = path in ("datasets", "models", "sae.runs")  # objects keyed by names of the user's
             for k, v in value.items():
                 if named:
                     out |= config_keys(v, f"{path}.*.") if isinstance(v, dict) else set()

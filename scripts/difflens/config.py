@@ -122,6 +122,38 @@ def check_config(cfg: dict) -> None:
             if name not in pool:
                 raise ConfigError(f"config key extraction.{key}: {name!r} is not configured; allowed: {list(pool)}")
     check_classify(cfg)
+    check_sae(cfg)
+
+
+def sae_run_defaults(schema_path: Path = SCHEMA_PATH) -> dict:
+    """The default of every setting of an SAE run (``sae.runs.<name>``), from the schema."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    run = schema["properties"]["sae"]["properties"]["runs"]["additionalProperties"]["properties"]
+    return {key: sub["default"] for key, sub in run.items()}
+
+
+def check_sae(cfg: dict) -> None:
+    """sae names extraction models, their layers and timesteps; spatial input needs saved maps; every run gets its
+    defaults filled in."""
+    ex, sae = cfg["extraction"], cfg["sae"]
+    models = ex["models"] or list(cfg["models"])
+    bad = [m for m in sae["models"] if m not in models]
+    if bad:
+        raise ConfigError(f"config key sae.models: {bad} are not extraction models; allowed: {models}")
+    for key in ("layers", "timesteps"):
+        known = sorted({v for m in models for v in cfg["models"][m][key]}, key=str)
+        bad = [v for v in sae[key] if v not in known]
+        if bad:
+            raise ConfigError(f"config key sae.{key}: {bad} are not {key} of any extraction model; allowed: {known}")
+    if "spatial" in sae["inputs"] and not ex["save_maps"]:
+        raise ConfigError("config key sae.inputs: spatial reads the saved maps; set extraction.save_maps: true, or "
+                          "use inputs: [pooled]")
+    defaults = sae_run_defaults()
+    for name, run in sae["runs"].items():
+        for key, value in defaults.items():
+            run.setdefault(key, value)
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"config key sae.runs: run name {name!r} must be letters, digits, _ or -")
 
 
 def check_classify(cfg: dict) -> None:

@@ -1,0 +1,21 @@
+"""Rule collect_sae: every SAE summary of one (model, data set) as one table (one row per run, input, timestep,
+layer) that the figure stage reads."""
+import json
+
+from difflens.runlog import start_log
+
+log = start_log(snakemake.log[0])
+
+import pandas as pd  # noqa: E402
+
+rows = []
+for path in snakemake.input:
+    s = json.loads(open(path).read())
+    flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
+    flat.update({f"random_{m}_{q}": v for m, qs in s["random"].items() for q, v in qs.items()})
+    best = s["best_auroc"]
+    flat["best_auroc_max"] = max(best.values()) if best else float("nan")
+    rows.append(flat)
+table = pd.DataFrame(rows).sort_values(["run", "input", "layer", "timestep"], ignore_index=True)
+table.to_csv(snakemake.output[0], index=False, lineterminator="\n")
+log.info("%d SAE runs:\n%s", len(table), table.to_string(index=False))

@@ -1,0 +1,166 @@
+"""What a k-SAE's latents mean, read from the sparse code (never from the dense pre-activations, as the Revelio code
+did) against the images' known labels and attributes.
+
+An image's score for a latent is its code value (pooled input) or the maximum of its code over the map positions
+(spatial input): ``image_scores``. From the scores (images x latents):
+
+* ``top_images``: each latent's top-10 images;
+* ``sigma_label`` (Revelio): over the latents that fire on more than 10 images, ranked by mean activation, the
+  standard deviation of the class ids of each latent's top 10, averaged; with the cumulative mean at 100, 200, ...
+  latents. It depends on the arbitrary order of class ids, so ``purity`` (the share of the majority label among
+  the top 10) stands beside it; both also for random sets of 10 images (``random_baseline``: mean, 5th and 95th
+  percentile);
+* ``attribute_auroc``: for every latent, the AUROC of its score for each label value and each attribute value (a
+  0/1 column as itself, any other column one value against the rest), and its best match.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+
+from .model import KSAE, SAEError
+
+TOP = 10
+
+
+@torch.no_grad()
+def image_scores(sae: KSAE, x: torch.Tensor, positions: int = 1, batch_size: int = 8192) -> torch.Tensor:
+    """(images, n_latents) float32 scores of the rows of ``x``: ``positions`` consecutive rows per image (1 =
+    pooled vectors; H x W = map positions, scored by their maximum). Built from the sparse code by a scatter-max,
+    never as a dense code per vector."""
+    if len(x) % positions:
+        raise SAEError(f"SAE analysis: {len(x)} vectors are not a whole number of images of {positions} positions")
+    n = sae.config.n_latents
+    scores = torch.zeros(len(x) // positions, n)
+    batch = max(positions, batch_size // positions * positions)
+    for a in range(0, len(x), batch):
+        code = sae.encode(x[a:a + batch].to(sae.b_pre.device).float())
+        image = (code.rows().cpu() + a) // positions
+        scores.view(-1).scatter_reduce_(0, image * n + code.indices.cpu(), code.values.float().cpu(), "amax")
+    return scores
+
+
+def top_images(scores: torch.Tensor, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values), each (n_latents, top): every latent's highest-scoring images, best first."""
+    values, indices = scores.topk(min(top, len(scores)), dim=0)
+    return indices.T.numpy(), values.T.numpy()
+
+
+def sigma_and_purity(labels_of_top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of class ids (m, 10): their standard deviation, and the share of the most common id."""
+    sigma = labels_of_top.std(axis=1)
+    purity = np.array([np.bincount(row).max() / len(row) for row in labels_of_top]) if len(labels_of_top) else \
+        np.zeros(0)
+    return sigma, purity
+
+
+def sigma_label(scores: torch.Tensor, labels: np.ndarray, top: int = TOP, step: int = 100) -> dict:
+    """Revelio's sigma_label and the purity beside it, over the latents that fire on more than ``top`` images,
+    ranked by mean activation (module docstring). ``labels``: class ids (images,) >= 0."""
+    fires = (scores > 0).sum(0).numpy()
+    eligible = np.flatnonzero(fires > top)
+    order = eligible[np.argsort(-scores.mean(0).numpy()[eligible], kind="stable")]
+    idx, _ = top_images(scores, top)
+    sigma, purity = sigma_and_purity(labels[idx[order]])
+    cumulative = {int(m): float(sigma[:m].mean()) for m in range(step, len(order) + 1, step)}
+    return {"latents": order, "sigma": sigma, "purity": purity, "n_eligible": int(len(order)),
+            "sigma_label": float(sigma.mean()) if len(order) else float("nan"),
+            "purity_mean": float(purity.mean()) if len(order) else float("nan"), "cumulative": cumulative}
+
+
+def random_baseline(labels: np.ndarray, draws: int = 1000, top: int = TOP, seed: int = 0) -> dict:
+    """sigma and purity of ``draws`` random sets of ``top`` images (without replacement): mean, 5th and 95th
+    percentile."""
+    rng = np.random.default_rng(seed)
+    sets = np.stack([rng.choice(len(labels), size=min(top, len(labels)), replace=False) for _ in range(draws)])
+    sigma, purity = sigma_and_purity(labels[sets])
+    return {name: {"mean": float(v.mean()), "p5": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95))}
+            for name, v in (("sigma", sigma), ("purity", purity))}
+
+
+def indicator_columns(rows: pd.DataFrame, columns: list[str]) -> tuple[list[str], np.ndarray]:
+    """0/1 indicators (images, m) named ``column=value`` of the given columns of a row table: a 0/1 column as
+    itself (``column=1``), another column one indicator per value; undefined entries (-1, "") are 0 and values
+    that every or no image has are left out."""
+    names, out = [], []
+    for column in columns:
+        if column not in rows.columns:
+            raise SAEError(f"SAE analysis: unknown column {column!r}; the rows have {list(rows.columns)}")
+        values = rows[column].astype(str).to_numpy()
+        distinct = sorted(set(values) - {"", "-1"})
+        if set(distinct) <= {"0", "1"}:
+            distinct = ["1"]
+        for v in distinct:
+            hit = values == v
+            if 0 < hit.sum() < len(hit):
+                names.append(f"{column}={v}")
+                out.append(hit)
+    return names, np.stack(out, axis=1).astype(np.float64) if out else np.zeros((len(rows), 0))
+
+
+def attribute_auroc(scores: torch.Tensor, indicators: np.ndarray, latents: np.ndarray | None = None) -> np.ndarray:
+    """AUROC (latents, m) of each latent's scores for each indicator column: the Mann-Whitney statistic from
+    ranks, tied scores sharing their mean rank (most images score 0 for a sparse latent)."""
+    s = scores.numpy() if latents is None else scores.numpy()[:, latents]
+    ranks = rankdata(s, axis=0)  # (images, latents)
+    pos = indicators.sum(0)  # (m,)
+    neg = len(indicators) - pos
+    rank_sums = ranks.T @ indicators  # (latents, m)
+    return (rank_sums - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def live_latents(scores: torch.Tensor) -> np.ndarray:
+    """Latents that fire (score > 0) on at least one image."""
+    return np.flatnonzero((scores > 0).sum(0).numpy() > 0)
+
+
+def latent_table(scores: torch.Tensor, labels: np.ndarray, names: list[str], auc: np.ndarray,
+                 top: int = TOP) -> pd.DataFrame:
+    """One row per live latent (``live_latents``, the rows of ``auc``): frequency (share of images it fires on),
+    mean activation, top-``top`` purity and sigma, the indicator ``names`` of its best AUROC and that AUROC, and its
+    top images (row positions)."""
+    fires = (scores > 0).sum(0).numpy()
+    live = live_latents(scores)
+    if auc.shape != (len(live), len(names)):
+        raise SAEError(f"SAE analysis: AUROC table {auc.shape} does not match {len(live)} live latents x "
+                       f"{len(names)} indicators")
+    idx, _ = top_images(scores, top)
+    sigma, purity = sigma_and_purity(labels[idx[live]])
+    best = auc.argmax(1) if len(names) else np.zeros(len(live), int)
+    return pd.DataFrame({
+        "latent": live, "frequency": fires[live] / len(scores), "mean_activation": scores.mean(0).numpy()[live],
+        "purity": purity, "sigma": sigma,
+        "best_attribute": [names[b] for b in best] if len(names) else "",
+        "auroc": auc[np.arange(len(live)), best] if len(names) else np.nan,
+        "top_images": [" ".join(map(str, idx[i])) for i in live]})
+
+
+def save_top_image_grid(path, dataset, rows: pd.DataFrame, table: pd.DataFrame, latents: list[int],
+                        title: str, top: int = TOP) -> None:
+    """A PNG: one row per latent of ``latents`` (in order), its top images from ``dataset`` (a ``Dataset``), each
+    titled with its label; the row named by latent id, top-10 purity and best attribute with its AUROC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = table.set_index("latent")
+    shown = [int(v) for v in latents if int(v) in info.index]
+    fig, axes = plt.subplots(max(1, len(shown)), top, figsize=(1.1 * top, 1.25 * max(1, len(shown))), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, latent in enumerate(shown):
+        row = info.loc[latent]
+        for c, pos in enumerate(map(int, str(row["top_images"]).split()[:top])):
+            sample = rows.iloc[pos]
+            axes[r, c].imshow(dataset.load_image(sample["sample_id"]))
+            axes[r, c].set_title(str(sample["label_name"]), fontsize=5)
+        axes[r, 0].text(-0.15, 0.5, f"#{latent}\npurity {row['purity']:.1f}\n{row['best_attribute']}\n"
+                        f"AUROC {row['auroc']:.2f}", transform=axes[r, 0].transAxes, ha="right", va="center",
+                        fontsize=5)
+    fig.suptitle(title, fontsize=7)
+    fig.tight_layout(rect=(0.1, 0, 1, 0.97))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

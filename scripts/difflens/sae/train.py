@@ -1,0 +1,182 @@
+"""Training and evaluating a k-SAE on feature vectors held in memory (pooled vectors, or map positions).
+
+``train_sae`` draws seeded batches from the train vectors, minimises the scaled reconstruction error plus, when on,
+the AuxK loss, and keeps decoder rows unit-norm. AuxK (``aux_coef`` > 0): the latents that have not fired for
+``dead_after`` vectors are "dead"; the ``aux_k`` largest pre-activations among them reconstruct the **detached**
+residual x - x_hat, decoded **without** b_pre (the residual has none), and that error, over the residual's variance,
+is added with weight ``aux_coef``. ``evaluate`` gives FVU, explained variance, L0, the fraction of latents that never
+fire on a set and each latent's firing frequency and mean activation.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from .model import KSAE, SAEConfig, SAEError, SparseCode
+
+logger = logging.getLogger(__name__)
+
+
+def default_lr(n_latents: int) -> float:
+    """2e-4 / sqrt(n_latents / 2^14), the scaling the SAE libraries use."""
+    return 2e-4 / math.sqrt(n_latents / 2 ** 14)
+
+
+@dataclass
+class SAETrainSettings:
+    """Optimisation of a k-SAE. ``lr`` None = ``default_lr``; ``aux_k`` None = d / 2; ``aux_coef`` 0 = no AuxK (the
+    paper); ``dead_after`` vectors without firing make a latent dead for AuxK."""
+
+    steps: int = 2000
+    batch_size: int = 4096
+    lr: float | None = None
+    aux_coef: float = 1 / 32
+    aux_k: int | None = None
+    dead_after: int = 200_000
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
+                  "lr": self.lr is None or self.lr > 0, "aux_coef": self.aux_coef >= 0,
+                  "aux_k": self.aux_k is None or self.aux_k >= 1, "dead_after": self.dead_after >= 1}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise SAEError("SAE training settings out of range: " + ", ".join(f"{k}={getattr(self, k)!r}"
+                                                                               for k in bad))
+
+
+def _aux_loss(sae: KSAE, x: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor,
+              aux_k: int) -> torch.Tensor:
+    """AuxK: the dead latents' top ``aux_k`` pre-activations (``pre``, no gradient) reconstruct the detached
+    residual, decoded without b_pre (the residual has none)."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k = min(aux_k, n_dead)
+    masked = torch.where(dead[None, :], pre, torch.full_like(pre, -1.0))
+    values, indices = masked.topk(k, dim=1)
+    b = len(pre)
+    code = SparseCode(indices.flatten(), values.clamp_min(0).flatten(), torch.arange(0, b * k + 1, k,
+                                                                                        device=pre.device))
+    aux = sae.decode_scaled(sae.with_grad(x, code), bias=False)
+    variance = (residual - residual.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
+    return (aux - residual).pow(2).sum(1).mean() / variance
+
+
+class SAETrainer:
+    """One optimisation step at a time (``step``) of a k-SAE whose input scale and b_pre are set: Adam, AuxK against
+    the latents dead for ``dead_after`` vectors, unit-norm decoder rows, the BatchTopK threshold."""
+
+    def __init__(self, sae: KSAE, settings: SAETrainSettings):
+        self.sae, self.settings = sae, settings
+        config = sae.config
+        self.lr = settings.lr or default_lr(config.n_latents)
+        self.opt = torch.optim.Adam(sae.parameters(), lr=self.lr)
+        self.aux_k = settings.aux_k or max(1, config.d // 2)
+        self.since_fired = torch.zeros(config.n_latents, dtype=torch.long, device=sae.b_pre.device)
+
+    def dead(self) -> torch.Tensor:
+        return self.since_fired >= self.settings.dead_after
+
+    def step(self, xb: torch.Tensor) -> dict:
+        """One step on the batch ``xb`` (b, d) in input units; returns its losses (tensors, not synchronised)."""
+        sae, settings = self.sae, self.settings
+        target = xb / sae.input_scale
+        with torch.no_grad():
+            pre = sae.pre_activations(xb)
+            code = sae.sparsify(pre, train=True)
+        residual = target - sae.decode_scaled(sae.with_grad(xb, code))
+        mse = residual.pow(2).sum(1).mean()
+        fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
+        fired[code.indices[code.values > 0]] = True
+        self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + len(xb))
+        aux = _aux_loss(sae, xb, pre, residual.detach(), self.dead(), self.aux_k) if settings.aux_coef > 0 \
+            else mse.new_zeros(())
+        loss = mse + settings.aux_coef * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grad()
+        self.opt.step()
+        sae.normalize_decoder()
+        if sae.config.activation == "batchtopk":
+            sae.update_threshold(code)
+        variance = (target - target.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
+        return {"loss": loss.detach(), "fvu": mse.detach() / variance, "aux": aux.detach()}
+
+
+def train_sae(x: torch.Tensor, config: SAEConfig, settings: SAETrainSettings | None = None, *, device=None,
+              progress: bool = True, log: logging.Logger | None = None) -> tuple[KSAE, list[dict]]:
+    """A k-SAE trained on the rows of ``x`` (N, d) (kept on the CPU; batches move to ``device``), batches drawn
+    with replacement by a generator seeded with ``settings.seed``. Returns the model (in eval mode) and the loss
+    curve (about 100 entries)."""
+    settings = settings or SAETrainSettings()
+    log = log or logger
+    if x.dim() != 2 or len(x) == 0:
+        raise SAEError(f"SAE: training vectors must be a non-empty (N, d) array, got shape {tuple(x.shape)}")
+    if x.shape[1] != config.d:
+        raise SAEError(f"SAE: training vectors have d = {x.shape[1]} but the SAE's d is {config.d}")
+    if not torch.isfinite(x).all():
+        raise SAEError(f"SAE: training vectors hold {int((~torch.isfinite(x)).sum())} non-finite values")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    sae = KSAE(config)
+    sae.init_from_sample(x[torch.randperm(len(x), generator=gen)[:min(len(x), 16384)]].float())
+    trainer = SAETrainer(sae.to(device).train(), settings)
+    curve, every = [], max(1, settings.steps // 100)
+    start = time.time()
+    bar = tqdm(range(settings.steps), desc="k-SAE", disable=not progress, mininterval=2)
+    for step in bar:
+        rows = torch.randint(0, len(x), (min(settings.batch_size, len(x)),), generator=gen)
+        out = trainer.step(x[rows].to(device, non_blocking=True).float())
+        if step % every == 0 or step == settings.steps - 1:
+            curve.append({"step": step + 1, **{k: float(v) for k, v in out.items()},
+                          "dead_fraction": float(trainer.dead().float().mean())})
+            bar.set_postfix(fvu=f"{curve[-1]['fvu']:.3f}")
+    log.info("k-SAE: %d steps of %d vectors in %.1f s (lr %.2e, AuxK %s)", settings.steps, settings.batch_size,
+             time.time() - start, trainer.lr,
+             f"coef {settings.aux_coef:g}, k_aux {trainer.aux_k}" if settings.aux_coef else "off")
+    return sae.eval(), curve
+
+
+@torch.no_grad()
+def encode_all(sae: KSAE, x: torch.Tensor, batch_size: int = 8192):
+    """Yield (rows slice, SparseCode) over the rows of x, in order."""
+    device = sae.b_pre.device
+    for a in range(0, len(x), batch_size):
+        yield slice(a, min(a + batch_size, len(x))), sae.encode(x[a:a + batch_size].to(device).float())
+
+
+@torch.no_grad()
+def evaluate(sae: KSAE, x: torch.Tensor, batch_size: int = 8192) -> dict:
+    """FVU (squared error over the variance around the set's mean, in input units), explained variance, mean L0,
+    the fraction of latents that never fire on ``x``, and per latent its firing frequency and mean activation (over
+    all vectors)."""
+    n = sae.config.n_latents
+    device = sae.b_pre.device
+    err, total, l0 = 0.0, 0.0, 0.0
+    count = torch.zeros(n, dtype=torch.float64, device=device)
+    sums = torch.zeros(n, dtype=torch.float64, device=device)
+    mean = x.float().mean(0).to(device)
+    for rows, code in encode_all(sae, x, batch_size):
+        xb = x[rows].to(device).float()
+        err += float((xb - sae.decode(code)).pow(2).sum())
+        total += float((xb - mean).pow(2).sum())
+        l0 += float(code.l0().sum())
+        active = code.values > 0
+        count.index_add_(0, code.indices[active], torch.ones_like(code.values[active], dtype=torch.float64))
+        sums.index_add_(0, code.indices, code.values.double())
+    fvu = err / max(total, 1e-12)
+    return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": l0 / len(x),
+            "dead_fraction": float((count == 0).double().mean()), "frequency": (count / len(x)).cpu().numpy(),
+            "mean_activation": (sums / len(x)).cpu().numpy()}
+
+
+def settings_dict(config: SAEConfig, settings: SAETrainSettings) -> dict:
+    return {**asdict(config), **{f"train_{k}": v for k, v in asdict(settings).items()}}
+
