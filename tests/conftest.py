@@ -5,6 +5,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import pytest  # noqa: E402
 
+@pytest.fixture
+def two_threads():
+    """Torch on two CPU threads for the test (the CI machine's cores), restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 SCIENCE_LAYERS = ["down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]
 SCIENCE_TIMESTEPS = [25, 500, 900]
 

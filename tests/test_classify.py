@@ -17,12 +17,7 @@ SPLIT_ROWS = {"train": 192, "val": 96, "test": 192}
 FAST = DiffCSettings(epochs=3, lr=1e-3, width=32, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def quadrant_maps(n: int, seed: int, channels: int = 4, size: int = 8, bump: float = 1.0):

@@ -13,12 +13,7 @@ from difflens.sae.model import KSAE, SAEConfig, SAEError, SparseCode, geometric_
 from difflens.sae.train import SAETrainSettings, default_lr, evaluate, train_sae
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def sparse_data(n: int = 4096, d: int = 16, atoms: int = 32, k: int = 3, seed: int = 0):
