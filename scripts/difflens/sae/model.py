@@ -8,8 +8,9 @@ and at inference a latent fires where its pre-activation exceeds it, so a vector
 Kept values pass a ReLU (the Revelio code let negative codes through).
 
 Decoder rows are unit-norm (renormalised after every step, with the gradient component parallel to each row removed
-before it: ``remove_parallel_grad``). ``b_pre`` starts at the geometric median of a sample. Inputs are scaled by a
-constant (stored with the model) so that their mean squared norm is 1.
+before it: ``remove_parallel_grad``); the encoder starts tied to them, with a zero bias. ``b_pre`` starts at the
+geometric median of a sample. Inputs are scaled by a constant (stored with the model) so that their mean squared
+distance to b_pre is 1.
 
 Speed: the code is held sparse, as (flat latent indices, values, offsets per vector), and decoded by gathering the
 active decoder rows (``embedding_bag`` with per-sample weights), never as a dense n-wide vector; the encoder runs
@@ -120,11 +121,15 @@ class KSAE(nn.Module):
         self.config = config
         d, n = config.d, config.n_latents
         self.encoder = nn.Linear(d, n)
-        self.W_dec = nn.Parameter(self.encoder.weight.detach().clone())  # tied at init, as in the SAE libraries
+        self.W_dec = nn.Parameter(torch.empty(n, d))
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.register_buffer("threshold", torch.tensor(-1.0))  # batchtopk: < 0 until training has estimated it
         self.register_buffer("input_scale", torch.tensor(1.0))
-        self.normalize_decoder()
+        with torch.no_grad():  # unit decoder rows, the encoder tied to them and no encoder bias at the start, so
+            self.W_dec.copy_(self.encoder.weight)  # that which latents fire depends on the input, not on b_enc
+            self.normalize_decoder()
+            self.encoder.weight.copy_(self.W_dec)
+            self.encoder.bias.zero_()
 
     # ---- set-up ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -140,11 +145,15 @@ class KSAE(nn.Module):
 
     @torch.no_grad()
     def init_from_sample(self, x: torch.Tensor, iterations: int = 100) -> None:
-        """Input scale (mean squared norm 1) and b_pre = the geometric median of the scaled sample ``x`` (n, d)."""
+        """b_pre and the input scale from a sample ``x`` (n, d): b_pre is the geometric median of the scaled sample,
+        and the scale makes the mean squared norm of the scaled inputs around b_pre 1. (Scaling the raw norms would
+        leave features with a large common offset, such as pooled ones, tiny once b_pre is taken off, and the
+        encoder bias would then pick the active latents.)"""
         self._check_input(x)
         x = x.float()
-        self.input_scale.fill_(float(x.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)))
-        self.b_pre.copy_(geometric_median(x / self.input_scale, iterations))
+        median = geometric_median(x, iterations)
+        self.input_scale.fill_(float((x - median).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)))
+        self.b_pre.copy_(median / self.input_scale)
 
     # ---- forward --------------------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
