@@ -127,12 +127,18 @@ def empty_prompt_input(w):
     return [] if EX["prompt"] else f"{R}/models/{w.model}/empty_prompt.safetensors"
 
 
-def classify_grid(name):
-    """(timestep, layer) pairs Diff-C trains on for a model: classify.layers / timesteps within the model's own."""
+def selected_grid(name, section):
+    """(timestep, layer) pairs of a model that a stage's section (classify, sae) selects with its layers / timesteps
+    keys ([] = all of the model's)."""
     m = config["models"][name]
-    layers = [l for l in m["layers"] if not CL["layers"] or l in CL["layers"]]
-    timesteps = [t for t in m["timesteps"] if not CL["timesteps"] or t in CL["timesteps"]]
+    layers = [l for l in m["layers"] if not section["layers"] or l in section["layers"]]
+    timesteps = [t for t in m["timesteps"] if not section["timesteps"] or t in section["timesteps"]]
     return [(t, l) for t in timesteps for l in layers]
+
+
+def classify_grid(name):
+    """(timestep, layer) pairs Diff-C trains on for a model."""
+    return selected_grid(name, CL)
 
 
 def diffc_results(model, dataset):
@@ -157,11 +163,8 @@ def sae_run(name):
 
 
 def sae_summaries(model, dataset):
-    m = config["models"][model]
-    layers = [l for l in m["layers"] if not SAE["layers"] or l in SAE["layers"]]
-    timesteps = [t for t in m["timesteps"] if not SAE["timesteps"] or t in SAE["timesteps"]]
     return [f"{R}/sae/{model}/{dataset}/{run}/{inp}/t{t}/{layer}/summary.json" for run in SAE["runs"]
-            for inp in SAE["inputs"] for t in timesteps for layer in layers]
+            for inp in SAE["inputs"] for t, layer in selected_grid(model, SAE)]
 
 
 def sae_targets():

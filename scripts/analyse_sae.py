@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.extract.store import FeatureStore  # noqa: E402
+from difflens.extract.store import FeatureStore, target_columns  # noqa: E402
 from difflens.sae.analysis import (attribute_auroc, image_scores, indicator_columns, latent_table,  # noqa: E402
                                    live_latents, random_baseline, save_top_image_grid, sigma_label)
 from difflens.sae.data import load_vectors  # noqa: E402
@@ -28,8 +28,7 @@ store = FeatureStore(Path(snakemake.input.index).parents[3])
 x, rows, per_image = load_vectors(store, w.model, w.dataset, w.layer, t, input=w.input, split="test")
 scores = image_scores(sae, x, positions=per_image)
 labels = rows["label"].to_numpy()
-columns = ["label"] + [c for c in rows.columns if c not in ("sample_id", "split", "label", "label_name")]
-names, indicators = indicator_columns(rows, columns)
+names, indicators = indicator_columns(rows, target_columns(rows.columns))
 live = live_latents(scores)
 auc = attribute_auroc(scores, indicators, live)
 table = latent_table(scores, labels, names, auc, top=p.top)

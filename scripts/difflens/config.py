@@ -136,15 +136,7 @@ def check_sae(cfg: dict) -> None:
     """sae names extraction models, their layers and timesteps; spatial input needs saved maps; every run gets its
     defaults filled in."""
     ex, sae = cfg["extraction"], cfg["sae"]
-    models = ex["models"] or list(cfg["models"])
-    bad = [m for m in sae["models"] if m not in models]
-    if bad:
-        raise ConfigError(f"config key sae.models: {bad} are not extraction models; allowed: {models}")
-    for key in ("layers", "timesteps"):
-        known = sorted({v for m in models for v in cfg["models"][m][key]}, key=str)
-        bad = [v for v in sae[key] if v not in known]
-        if bad:
-            raise ConfigError(f"config key sae.{key}: {bad} are not {key} of any extraction model; allowed: {known}")
+    check_selection(cfg, "sae")
     if "spatial" in sae["inputs"] and not ex["save_maps"]:
         raise ConfigError("config key sae.inputs: spatial reads the saved maps; set extraction.save_maps: true, or "
                           "use inputs: [pooled]")
@@ -156,20 +148,28 @@ def check_sae(cfg: dict) -> None:
             raise ConfigError(f"config key sae.runs: run name {name!r} must be letters, digits, _ or -")
 
 
+def check_selection(cfg: dict, section: str) -> list[str]:
+    """A stage's section (classify, sae) names in its models / layers / timesteps keys only what extraction
+    produces; returns the extraction models."""
+    models = cfg["extraction"]["models"] or list(cfg["models"])
+    chosen = cfg[section]
+    bad = [m for m in chosen["models"] if m not in models]
+    if bad:
+        raise ConfigError(f"config key {section}.models: {bad} are not extraction models; allowed: {models}")
+    for key in ("layers", "timesteps"):
+        known = sorted({v for m in models for v in cfg["models"][m][key]}, key=str)
+        bad = [v for v in chosen[key] if v not in known]
+        if bad:
+            raise ConfigError(f"config key {section}.{key}: {bad} are not {key} of any extraction model; allowed: "
+                              f"{known}")
+    return models
+
+
 def check_classify(cfg: dict) -> None:
     """classify and pca name layers, timesteps and models that extraction produces; cached mode needs saved maps."""
     ex = cfg["extraction"]
-    models = ex["models"] or list(cfg["models"])
+    models = check_selection(cfg, "classify")
     cl = cfg["classify"]
-    bad = [m for m in cl["models"] if m not in models]
-    if bad:
-        raise ConfigError(f"config key classify.models: {bad} are not extraction models; allowed: {models}")
-    for key, pool in (("layers", "layers"), ("timesteps", "timesteps")):
-        known = sorted({v for m in models for v in cfg["models"][m][pool]}, key=str)
-        bad = [v for v in cl[key] if v not in known]
-        if bad:
-            raise ConfigError(f"config key classify.{key}: {bad} are not {pool} of any extraction model; allowed: "
-                              f"{known}")
     names = [b["name"] for b in cl["baselines"]]
     bad = sorted({n for n in names if names.count(n) > 1 or n in cfg["models"]})
     if bad:

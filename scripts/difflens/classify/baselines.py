@@ -16,11 +16,9 @@ import torch
 from tqdm import tqdm
 
 from ..data.common import Dataset, DatasetError
+from ..extract.store import ID_COLUMNS, target_columns
 
 log = logging.getLogger(__name__)
-
-ROW_COLUMNS = ("sample_id", "split", "label", "label_name")
-
 
 class BaselineError(ValueError):
     """A baseline model cannot be loaded or run; the message names it."""
@@ -72,7 +70,7 @@ def image_features(processor, encoder, dataset: Dataset, *, batch_size: int = 32
 def sample_rows(dataset: Dataset, unreadable: list[str] = ()) -> pd.DataFrame:
     """The data set's rows as the feature store lays them out (sample id, split, label, label name, attribute
     columns), without the unreadable samples."""
-    rows = dataset.samples[list(ROW_COLUMNS) + dataset.attributes]
+    rows = dataset.samples[list(ID_COLUMNS) + dataset.attributes]
     return rows[~rows["sample_id"].isin(set(unreadable))].reset_index(drop=True)
 
 
@@ -84,7 +82,7 @@ def baseline_probe_table(name: str, dataset: str, features: np.ndarray, rows: pd
 
     if len(features) != len(rows):
         raise BaselineError(f"baseline {name!r}: {len(features)} feature vectors for {len(rows)} rows")
-    targets = list(targets) or ["label"] + [c for c in rows.columns if c not in ROW_COLUMNS]
+    targets = list(targets) or target_columns(rows.columns)
     split = rows["split"].to_numpy()
     feats = {s: features[split == s] for s in SPLITS}
     parts = {s: rows[split == s].reset_index(drop=True) for s in SPLITS}

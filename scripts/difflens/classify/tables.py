@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..extract.store import FeatureStore
+from ..extract.store import FeatureStore, target_columns
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ def probe_targets(store: FeatureStore, model: str, dataset: str, layer: str, tim
     """The columns to probe: ``targets``, or (empty) label and every attribute column of the row table."""
     if targets:
         return list(targets)
-    columns = store.rows(model, dataset, layer, timestep).columns
-    return ["label"] + [c for c in columns if c not in ("sample_id", "split", "label", "label_name")]
+    return target_columns(store.rows(model, dataset, layer, timestep).columns)
 
 
 def probe_split_rows(features: dict, rows: dict, targets: list[str], meta: dict, *, seed: int = 0) -> list[dict]:

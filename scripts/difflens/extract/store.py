@@ -20,6 +20,13 @@ from .layout import ShardPlan, activations_dir, latents_dir, read_shard_plan
 from .prompts import format_prompt
 
 ROW_COLUMNS = ("sample_id", "split", "label", "label_name", "valid")
+#: the identifying columns of a row table; every other column is a ground-truth attribute
+ID_COLUMNS = ("sample_id", "split", "label", "label_name")
+
+
+def target_columns(columns) -> list[str]:
+    """What a row table can be read for: ``label`` and every attribute column (any column but the ids)."""
+    return ["label"] + [c for c in columns if c not in ID_COLUMNS]
 _SHARD_RE = re.compile(r"^shard-(\d+)\.h5$")
 _T_RE = re.compile(r"^t(\d+)$")
 
