@@ -53,6 +53,7 @@ rule analyse_sae:
         layer=r"[A-Za-z0-9_.\-]+",
         run=r"[A-Za-z0-9_\-]+",
     params:
+        split=SAE["split"],
         top=SAE["top"],
         grid_latents=SAE["grid_latents"],
         seed=config["seed"],

@@ -1,6 +1,6 @@
-"""Rule analyse_sae: a trained k-SAE read on the test split against the labels and attribute columns -> latents.csv
-(one row per live latent), summary.json (sigma_label, purity, their random baselines, best AUROC per attribute value,
-the training metrics) and a PNG grid of the top images of the highest-ranked latents."""
+"""Rule analyse_sae: a trained k-SAE read on one split (sae.split) against the labels and attribute columns ->
+latents.csv (one row per live latent), summary.json (sigma_label, purity, their random baselines, best AUROC per
+attribute value, the training metrics) and a PNG grid of the top images of the highest-ranked latents."""
 import json
 from pathlib import Path
 
@@ -25,7 +25,7 @@ folder = Path(snakemake.input.sae).parent
 sae = KSAE.load(folder)
 trained = json.loads((folder / CONFIG_FILE).read_text())
 store = FeatureStore(Path(snakemake.input.index).parents[3])
-x, rows, per_image = load_vectors(store, w.model, w.dataset, w.layer, t, input=w.input, split="test")
+x, rows, per_image = load_vectors(store, w.model, w.dataset, w.layer, t, input=w.input, split=p.split)
 scores = image_scores(sae, x, positions=per_image)
 labels = rows["label"].to_numpy()
 names, indicators = indicator_columns(rows, target_columns(rows.columns))
@@ -41,19 +41,19 @@ best = {name: float(auc[:, j].max()) for j, name in enumerate(names)} if len(liv
 summary = {**{k: trained[k] for k in ("model", "dataset", "layer", "timestep", "input", "run", "k", "n_latents",
                                       "activation") if k in trained},
            **{k: v for k, v in trained.items() if k.startswith(("train_", "val_"))},
-           "n_test_images": len(rows), "live_latents": int(len(live)), "sigma_eligible": sig["n_eligible"],
+           "split": p.split, "n_images": len(rows), "live_latents": int(len(live)), "sigma_eligible": sig["n_eligible"],
            "sigma_label": sig["sigma_label"], "purity": sig["purity_mean"], "sigma_cumulative": sig["cumulative"],
            "random": base, "best_auroc": best}
 Path(snakemake.output.summary).write_text(json.dumps(summary, indent=1) + "\n")
-title = (f"{w.model}/{w.dataset} {w.layer} t{t} {w.input} ({w.run}): top {p.top} test images of the "
-         f"{p.grid_latents} latents of highest mean activation")
+title = (f"{w.model}/{w.dataset} {w.layer} t{t} {w.input} ({w.run}): top {p.top} images of the "
+         f"{p.grid_latents} latents of highest mean activation ({p.split} split)")
 save_top_image_grid(snakemake.output.grid, Dataset.load(Path(snakemake.input.data).parent), rows, table,
                     list(sig["latents"][:p.grid_latents]) or list(table["latent"][:p.grid_latents]), title, p.top)
-log.info("%d of %d latents live on %d test images; sigma_label %.3f (random %.3f, 5th pct %.3f), purity %.3f "
-         "(random %.3f, 95th pct %.3f)", len(live), sae.config.n_latents, len(rows), sig["sigma_label"],
+log.info("%d of %d latents live on %d %s images; sigma_label %.3f (random %.3f, 5th pct %.3f), purity %.3f "
+         "(random %.3f, 95th pct %.3f)", len(live), sae.config.n_latents, len(rows), p.split, sig["sigma_label"],
          base["sigma"]["mean"], base["sigma"]["p5"], sig["purity_mean"], base["purity"]["mean"],
          base["purity"]["p95"])
 top_matches = sorted(best.items(), key=lambda kv: -kv[1])[:10]
 log.info("best AUROC per attribute value (top 10): %s", ", ".join(f"{k} {v:.3f}" for k, v in top_matches))
 if not np.isfinite(sig["sigma_label"]):
-    log.warning("no latent fires on more than %d test images: sigma_label is undefined", p.top)
+    log.warning("no latent fires on more than %d %s images: sigma_label is undefined", p.top, p.split)

@@ -1,5 +1,6 @@
 """Rule collect_sae: every SAE summary of one (model, data set) as one table (one row per run, input, timestep,
-layer) that the figure stage reads."""
+layer) that the figure stage reads; ``auroc:<column>=<value>`` columns hold the best latent's AUROC for each
+attribute value."""
 import json
 
 from difflens.runlog import start_log
@@ -15,6 +16,7 @@ for path in snakemake.input:
     flat.update({f"random_{m}_{q}": v for m, qs in s["random"].items() for q, v in qs.items()})
     best = s["best_auroc"]
     flat["best_auroc_max"] = max(best.values()) if best else float("nan")
+    flat.update({f"auroc:{name}": v for name, v in best.items()})
     rows.append(flat)
 table = pd.DataFrame(rows).sort_values(["run", "input", "layer", "timestep"], ignore_index=True)
 table.to_csv(snakemake.output[0], index=False, lineterminator="\n")

@@ -2,6 +2,8 @@
 dictionary is known."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,7 +54,8 @@ def test_batchtopk_keeps_k_per_vector_on_average_and_thresholds_at_inference():
     assert float(sae.threshold) == pytest.approx(float(code.values.detach().min()))
     alone = sae.encode(x[:1]).dense(32)
     together = sae.encode(x).dense(32)[:1]
-    assert torch.equal(alone, together)  # an image's code does not depend on its batch
+    # an image's code does not depend on its batch (the same latents; values equal up to the matmul's rounding)
+    assert torch.equal(alone > 0, together > 0) and torch.allclose(alone, together, atol=1e-6)
     assert bool((alone[alone > 0] > sae.threshold).all())
 
 
@@ -84,7 +87,9 @@ def test_decoder_rows_stay_unit_norm_and_their_gradient_loses_its_parallel_part(
     sae = KSAE(SAEConfig(d=8, n_latents=16, k=2))
     sae(torch.randn(10, 8)).pow(2).sum().backward()
     sae.remove_parallel_grad()
-    assert float((sae.W_dec.grad * sae.W_dec).sum(1).abs().max()) < 1e-6
+    grad = sae.W_dec.grad.detach()
+    assert float(grad.abs().max()) > 0.1  # float32 rounding of the removal is relative to the gradient's size
+    assert float((grad * sae.W_dec.detach()).sum(1).abs().max()) < 1e-5 * float(grad.norm(dim=1).max())
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(16), atol=1e-6)
 
 
@@ -114,15 +119,16 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_pre():
     sae = KSAE(SAEConfig(d=4, n_latents=8, k=1))
     with torch.no_grad():
         sae.b_pre.fill_(5.0)  # must not enter the auxiliary reconstruction
-    x = torch.randn(6, 4)
+    x = torch.randn(6, 4) + 5.0  # around b_pre, so that the dead latents' pre-activations are not all 0
     pre = sae.pre_activations(x).detach()
+    assert float(pre[:, 5:].max()) > 0
     residual = torch.randn(6, 4)  # detached, as the trainer passes it
     dead = torch.tensor([False] * 5 + [True] * 3)
     loss = _aux_loss(sae, x, pre, residual, dead, aux_k=2)
     values, idx = torch.where(dead, pre, torch.full_like(pre, -1.0)).topk(2, dim=1)
     by_hand = (values.clamp_min(0)[..., None] * sae.W_dec[idx]).sum(1)
     variance = (residual - residual.mean(0)).pow(2).sum(1).mean()
-    assert float(loss) == pytest.approx(float((by_hand - residual).pow(2).sum(1).mean() / variance), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float((by_hand - residual).pow(2).sum(1).mean().detach() / variance), rel=1e-5)
     loss.backward()
     assert float(sae.W_dec.grad[~dead].abs().sum()) == 0 and float(sae.W_dec.grad[dead].abs().sum()) > 0
     assert float(_aux_loss(sae, x, pre, residual, torch.zeros(8, dtype=torch.bool), aux_k=2)) == 0.0
@@ -133,8 +139,11 @@ def test_training_is_seeded_and_save_load_round_trips(tmp_path):
     settings = SAETrainSettings(steps=20, batch_size=64, seed=3)
     a, _ = train_sae(x, SAEConfig(d=16, n_latents=32, k=2, activation="batchtopk"), settings, device="cpu",
                      progress=False)
-    b, _ = train_sae(x, SAEConfig(d=16, n_latents=32, k=2, activation="batchtopk"), settings, device="cpu",
-                     progress=False)
+    torch.manual_seed(123)  # the global RNG plays no part: the same fit, run in a thread beside another, is equal
+    with ThreadPoolExecutor(2) as pool:
+        b, _ = pool.map(lambda seed: train_sae(x, SAEConfig(d=16, n_latents=32, k=2, activation="batchtopk"),
+                                               SAETrainSettings(steps=20, batch_size=64, seed=seed), device="cpu",
+                                               progress=False)[0], [3, 4])
     assert torch.equal(a.W_dec, b.W_dec) and float(a.threshold) == float(b.threshold) > 0
     a.save(tmp_path / "sae", extra={"layer": "mid_block"})
     c = KSAE.load(tmp_path / "sae")

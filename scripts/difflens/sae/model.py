@@ -116,7 +116,10 @@ class _SelectedPreActivations(torch.autograd.Function):
 class KSAE(nn.Module):
     """A k-sparse autoencoder (module docstring)."""
 
-    def __init__(self, config: SAEConfig):
+    def __init__(self, config: SAEConfig, generator: torch.Generator | None = None):
+        """Decoder rows drawn uniformly (as nn.Linear draws its weights; from ``generator`` when given, so that
+        models built side by side in threads stay seeded) and made unit-norm; the encoder starts tied to them with
+        a zero bias, so which latents fire depends on the input, not on b_enc."""
         super().__init__()
         self.config = config
         d, n = config.d, config.n_latents
@@ -125,8 +128,9 @@ class KSAE(nn.Module):
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.register_buffer("threshold", torch.tensor(-1.0))  # batchtopk: < 0 until training has estimated it
         self.register_buffer("input_scale", torch.tensor(1.0))
-        with torch.no_grad():  # unit decoder rows, the encoder tied to them and no encoder bias at the start, so
-            self.W_dec.copy_(self.encoder.weight)  # that which latents fire depends on the input, not on b_enc
+        with torch.no_grad():
+            bound = 1 / d ** 0.5
+            self.W_dec.copy_(torch.rand(n, d, generator=generator) * (2 * bound) - bound)
             self.normalize_decoder()
             self.encoder.weight.copy_(self.W_dec)
             self.encoder.bias.zero_()

@@ -37,7 +37,7 @@ class SAETrainSettings:
     lr: float | None = None
     aux_coef: float = 1 / 32
     aux_k: int | None = None
-    dead_after: int = 200_000
+    dead_after: int = 10_000_000  # vectors (the SAE libraries count 10M tokens)
     seed: int = 0
 
     def __post_init__(self):
@@ -123,9 +123,8 @@ def train_sae(x: torch.Tensor, config: SAEConfig, settings: SAETrainSettings | N
     if not torch.isfinite(x).all():
         raise SAEError(f"SAE: training vectors hold {int((~torch.isfinite(x)).sum())} non-finite values")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
-    sae = KSAE(config)
+    gen = torch.Generator().manual_seed(settings.seed)  # the only random source: no global seed, so that fits
+    sae = KSAE(config, generator=gen)  # run side by side in threads stay reproducible
     sae.init_from_sample(x[torch.randperm(len(x), generator=gen)[:min(len(x), 16384)]].float())
     trainer = SAETrainer(sae.to(device).train(), settings)
     curve, every = [], max(1, settings.steps // 100)
@@ -137,7 +136,7 @@ def train_sae(x: torch.Tensor, config: SAEConfig, settings: SAETrainSettings | N
         if step % every == 0 or step == settings.steps - 1:
             curve.append({"step": step + 1, **{k: float(v) for k, v in out.items()},
                           "dead_fraction": float(trainer.dead().float().mean())})
-            bar.set_postfix(fvu=f"{curve[-1]['fvu']:.3f}")
+            bar.set_postfix(fvu=f"{curve[-1]['fvu']:.3f}", refresh=False)
     log.info("k-SAE: %d steps of %d vectors in %.1f s (lr %.2e, AuxK %s)", settings.steps, settings.batch_size,
              time.time() - start, trainer.lr,
              f"coef {settings.aux_coef:g}, k_aux {trainer.aux_k}" if settings.aux_coef else "off")
