@@ -9,8 +9,8 @@ Asserted:
 
 * every layer's pooled-input SAE reconstructs its val vectors with FVU <= 0.2, and at most 5% of its latents never
   fire on the train split;
-* AuxK keeps latents alive where they die: an overcomplete SAE (8 d latents, k = 8, 1,000 steps) on mid_block
-  loses more than 20% of them without AuxK and at most 5% with it;
+* AuxK keeps latents alive where they die: an overcomplete SAE (4 d latents, k = 8, 600 steps) on mid_block
+  loses more than 10% of them without AuxK and at most 5% with it;
 * at the layer of highest mean top-10 purity, that purity is above the 95th percentile of random sets of 10 images
   and sigma_label below their 5th percentile;
 * for every colour, some pooled-input latent (any layer) fires for that colour's presence with AUROC >= 0.9;
@@ -66,9 +66,9 @@ def runs(science_store):
     """Every fit of this module, two at a time (one torch thread each; each fit seeds its own generator)."""
     jobs = {("pooled", layer): (layer, "pooled") for layer in LAYERS}
     jobs.update({("spatial", layer): (layer, "spatial") for layer in SPATIAL_LAYERS})
-    longer = SAETrainSettings(**{**SETTINGS.__dict__, "steps": 1000})
-    jobs["overcomplete"] = ("mid_block", "pooled", 8, 8, longer)
-    jobs["overcomplete, no AuxK"] = ("mid_block", "pooled", 8, 8, SAETrainSettings(**{**longer.__dict__,
+    longer = SAETrainSettings(**{**SETTINGS.__dict__, "steps": 600})
+    jobs["overcomplete"] = ("mid_block", "pooled", 4, 8, longer)
+    jobs["overcomplete, no AuxK"] = ("mid_block", "pooled", 4, 8, SAETrainSettings(**{**longer.__dict__,
                                                                                        "aux_coef": 0.0}))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -92,9 +92,9 @@ def test_pooled_saes_reconstruct_and_keep_their_latents(runs):
 
 def test_auxk_keeps_latents_alive(runs):
     with_aux, without = runs["overcomplete"], runs["overcomplete, no AuxK"]
-    print(f"mid_block, 8 d latents, k 8, dead on train: AuxK {with_aux['train']['dead_fraction']:.3f}, "
+    print(f"mid_block, 4 d latents, k 8, dead on train: AuxK {with_aux['train']['dead_fraction']:.3f}, "
           f"without {without['train']['dead_fraction']:.3f}")
-    assert with_aux["train"]["dead_fraction"] <= 0.05 < 0.2 < without["train"]["dead_fraction"]
+    assert with_aux["train"]["dead_fraction"] <= 0.05 < 0.1 < without["train"]["dead_fraction"]
 
 
 def test_latents_are_purer_than_random_sets(runs):
