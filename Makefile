@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS)
 
 test: $(STAMP)
-	@$(VENV)/bin/python -m pytest -q tests; rc=$$?; \
+	@$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
 # The real-SLURM test (needs root): installs Debian's slurm-wlm and munge, starts a one-node cluster on this host,

@@ -10,6 +10,7 @@ include: "rules/models.smk"
 include: "rules/extraction.smk"
 include: "rules/classify.smk"
 include: "rules/sae.smk"
+include: "rules/info.smk"
 
 
 rule all:

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from difflens.config import ConfigError, LOCAL_SOURCES, check_config
+from difflens.config import ConfigError, LOCAL_SOURCES, check_config, info_models
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
 from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id
@@ -24,6 +24,7 @@ MODEL_CACHE = config["model_cache"]
 EX = config["extraction"]
 CL = config["classify"]
 SAE = config["sae"]
+INFO = config["infodecomp"]
 EXTRACT_MODELS = EX["models"] or list(config["models"])
 
 
@@ -173,6 +174,23 @@ def sae_targets():
             if SAE["runs"]]
 
 
+def info_model_params(w):
+    """What an information job loads: the whole text model (VAE, denoiser, text encoder)."""
+    m = config["models"][w.model]
+    return {"kind": m["kind"], "source": model_dir(w.model), "dtype": m["dtype"],
+            "options": load_options(w.model, ["vae", "denoiser", "text"])}
+
+
+def info_targets():
+    """The information stages' tables per (text model, data set) that each stage lists."""
+    out = []
+    for name in info_models(config):
+        out += [f"{R}/info/{name}/{ds}/aro.csv" for ds in INFO["aro"]["datasets"]]
+        out += [f"{R}/info/{name}/{ds}/localization.csv" for ds in INFO["localize"]["datasets"]]
+        out += [f"{R}/info/{name}/{ds}/intervention.csv" for ds in INFO["intervene"]["datasets"]]
+    return out
+
+
 def shard_plan(w):
     return checkpoints.plan_shards.get(model=w.model, dataset=w.dataset).output[0]
 
@@ -191,4 +209,5 @@ def all_targets():
     targets += extraction_targets()
     targets += classify_targets()
     targets += sae_targets()
+    targets += info_targets()
     return targets

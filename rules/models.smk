@@ -1,6 +1,6 @@
 # Models: hub weights fetched once (local rule, before any GPU job); the shapes model trained on demand
 # (models.<name>.retrain), else loaded from its shipped checkpoint; every shapes model is reloaded through the model
-# layer and checked (held-out loss, caption choice, samples); the empty-prompt condition encoded once per model.
+# layer and checked (held-out loss, samples); the empty-prompt condition encoded once per model.
 from difflens.models.fetch import cache_folder_name as _cache_name
 
 # cache folder name -> (config name, kind, hub id, config key) of the hub models and the external baselines' hub
@@ -73,7 +73,6 @@ rule check_model:
         source=lambda w: model_dir(w.model),
         dtype=lambda w: config["models"][w.model]["dtype"],
         check=config["check"],
-        infodecomp=config["infodecomp"],
         seed=config["seed"],
     threads: 2
     resources:

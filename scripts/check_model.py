@@ -10,7 +10,6 @@ import torch  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.check.model_check import check_text_model  # noqa: E402
-from difflens.info.estimators import LogSNRSampler  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
@@ -18,12 +17,9 @@ p = snakemake.params
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources))
 log.info("loaded %s model from %s on %s (%s); layers: %s", p.kind, p.source, model.device, model.dtype,
          model.layers())
-info = p.infodecomp
 c = p.check
 result = check_text_model(model, Dataset.load(Path(snakemake.input.data).parent), n_images=c["n_images"],
-                          n_draws=c["n_draws"], batch_size=c["batch_size"], seed=p.seed,
-                          sampler=LogSNRSampler(info["loc"], info["scale"], info["clip"]),
-                          grid_path=snakemake.output.grid, n_samples=c["n_samples"],
+                          seed=p.seed, grid_path=snakemake.output.grid, n_samples=c["n_samples"],
                           sample_steps=c["sample_steps"], guidance=c["guidance"])
 result["layers"] = model.layers()
 Path(snakemake.output.json).write_text(json.dumps(result, indent=1) + "\n")

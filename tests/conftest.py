@@ -1,17 +1,25 @@
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+#: torch threads per test process: the CI machine's 2 cores, or 1 in each of `make test`'s two pytest-xdist workers
+#: (two processes spinning 2 OpenMP threads each on 2 cores slow each other down many times over)
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
+
 
 @pytest.fixture
 def two_threads():
-    """Torch on two CPU threads for the test (the CI machine's cores), restored after it."""
+    """Torch on the test process's threads (two CPU threads, one per worker under xdist), restored after it."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
 
@@ -32,7 +40,7 @@ def science_store(tmp_path_factory):
     from difflens.extract.store import FeatureStore
     from difflens.models import load_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     root = tmp_path_factory.mktemp("science")
     generate(root / "data", ShapesConfig(n_images=3000), progress=False)
     model = load_model("shapes", str(Path(__file__).resolve().parents[1] / "resources" / "shapes_model"),

@@ -20,6 +20,10 @@ from difflens.classify.diffc import DiffCSettings, train_diffc
 from difflens.classify.sources import CachedMaps
 from difflens.classify.tables import probe_rows
 
+#: one xdist worker (make test) builds the shared science_store fixture once and runs every module using it
+pytestmark = pytest.mark.xdist_group("science_store")
+
+
 SETTINGS = DiffCSettings(epochs=14, lr=3e-3, batch_size=32, width=64, dropout=0.5, seed=0)
 
 

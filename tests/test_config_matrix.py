@@ -153,7 +153,7 @@ def check_retrain_and_check(results: Path, out: str) -> None:
     assert card["train_config"]["noise_levels"] == {"distribution": "logistic", "loc": 1.0, "scale": 2.0}
     check = json.loads((results / "models/shapes/check.json").read_text())
     assert check["model"].endswith("models/shapes/trained") and check["n_test_images"] == 4
-    assert {"loss_conditional", "loss_unconditional", "choice_relation", "choice_attribute", "samples"} <= set(check)
+    assert {"loss_conditional", "loss_unconditional", "samples"} <= set(check)
     assert check["layers"][:2] == ["down_blocks.0", "down_blocks.1"]
     for rule in ("prepare_dataset", "train_shapes_model", "check_model", "encode_latents", "extract_activations"):
         assert list((results / "logs" / rule).rglob("*.log")) and list((results / "benchmarks" / rule).rglob("*.tsv"))
@@ -168,6 +168,20 @@ def check_retrain_and_check(results: Path, out: str) -> None:
     assert result["mode"] == "on_the_fly" and result["epochs"] == 1 and len(result["curves"]) == 1
     log = (results / "logs/train_diffc/shapes/shapes/label/t25/mid_block.log").read_text()
     assert "on_the_fly maps 32x4x4" in log and "images/s on CPU" in log.splitlines()[-1]
+    info = results / "info" / "sd" / "shapes"
+    aro = pd.read_csv(info / "aro.csv")
+    assert set(aro["kind"]) == {"relation", "attribute", "order"} and set(aro["score"]) == {"i_o", "i_s", "err"}
+    items = pd.read_csv(info / "aro_items.csv")
+    val_ids = set(pd.read_csv(results / "data/shapes/samples.csv").query("split == 'val'")["sample_id"])
+    assert set(items["sample_id"]) == val_ids and len(list((info / "aro").glob("shard-*.csv"))) == 2  # one empty
+    loc = pd.read_csv(info / "localization.csv")
+    assert loc.iloc[0]["threshold_source"] == "val split" and loc["cmi"].between(0, 1).all()
+    maps = np.load(info / "localization_maps.npz")
+    assert maps["cmi"].shape[1:] == (8, 8) and (maps["mi"] >= 0).all()  # i^o maps: non-negative, latent grid
+    edits = pd.read_csv(info / "intervention_items.csv")
+    assert set(edits["edit"]) <= {"omit", "swap"} and "omit" in set(edits["edit"])
+    assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
+    assert not (results / "info" / "dit").exists()  # infodecomp.models: the SD model alone
 
 
 def check_downloads(results: Path, out: str) -> None:
@@ -242,5 +256,5 @@ def test_every_documented_option_is_set_by_a_test_config():
 def test_coverage_check_can_fail():
     """Without the retraining config, its keys are reported as documented but never set."""
     missing = uncovered([p for p in config_files() if p.name != "retrain_and_check.yaml"])
-    assert {"models.*.train.space_to_depth", "models.*.train.noise_levels.scale", "infodecomp.clip"} <= missing
+    assert {"models.*.train.space_to_depth", "models.*.train.noise_levels.scale", "models.*.train.p_uncond"} <= missing
     assert "extraction.map_compression" not in missing

@@ -1,37 +1,25 @@
-"""The information estimators: importance weights, draw sharing, batch/order invariance, a known answer."""
+"""The information estimators against closed forms (a Gaussian world), their draws, batching, seeding and range checks,
+and the ARO / localization / intervention bookkeeping on small synthetic inputs."""
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from difflens.info.estimators import LogSNRSampler, image_scores, information_scores
+from difflens.info.aro import SYMMETRIC_RELATIONS, aggregate, item_outcomes, score_shard, shard_of
+from difflens.info.estimators import LogSNRSampler, information_scores, mmse_curve, require_unconditional, score_item
+from difflens.info.intervene import bootstrap_ci, ode_path, pearson, swap_word
+from difflens.info.localize import daam_map, evaluate, iou_curves
+from difflens.info.toy import GaussianToyModel, linear_alphas_cumprod
+from difflens.models.catalog import ModelConfigError, schedule_log_snr
+
+V = torch.tensor([[[1.0, -0.5], [0.8, 0.3]]])
 
 
-class PointMassModel:
-    """Denoisers that are exact for a data distribution that is a point mass per prompt.
-
-    Prompt "p<k>" means x0 = k * ones; the empty prompt means x0 = 0. eps_hat(x_a | y) is then the exact noise
-    whenever x0 is the prompt's point, so the true prompt has zero error.
-    """
-
-    alphas_cumprod = torch.linspace(0.9999, 0.0001, 1000, dtype=torch.float64)
-
-    def __init__(self):
-        self.calls = 0
-
-    add_noise_logsnr = staticmethod(lambda x0, n, a: torch.sigmoid(a).sqrt().view(-1, 1, 1, 1) * x0
-                                    + torch.sigmoid(-a).sqrt().view(-1, 1, 1, 1) * n)
-
-    def timestep_for_logsnr(self, a):
-        return a.clone()  # the fake denoiser reads log-SNR straight from "t"
-
-    def encode_text(self, prompts):
-        return torch.tensor([0.0 if p == "" else float(p[1:]) for p in prompts])
-
-    def denoise(self, x, a, cond):
-        self.calls += 1
-        a = a.view(-1, 1, 1, 1).float()
-        x0 = cond.view(-1, 1, 1, 1) * torch.ones_like(x)
-        return (x - torch.sigmoid(a).sqrt() * x0) / torch.sigmoid(-a).sqrt()
+@pytest.fixture(scope="module")
+def toy():
+    return GaussianToyModel(V, 0.5)
 
 
 def test_importance_weights_integrate_a_constant():
@@ -39,43 +27,296 @@ def test_importance_weights_integrate_a_constant():
     a, w = s.draw(200_000, torch.Generator().manual_seed(0))
     assert a.min() >= 1 - 6 - 1e-9 and a.max() <= 1 + 6 + 1e-9
     assert float(w.mean()) == pytest.approx(12.0, rel=0.02)  # Int_{-5}^{7} 1 da
-    # and a non-constant integrand: Int sigmoid(a) da over the same range
     exact = float(torch.nn.functional.softplus(torch.tensor(7.0)) - torch.nn.functional.softplus(torch.tensor(-5.0)))
     assert float((w * torch.sigmoid(a)).mean()) == pytest.approx(exact, rel=0.02)
+    # the stratified grid: the same proposal (its quantiles), every stratum hit once
+    a, w, _ = LogSNRSampler(1.0, 2.0, 3.0, stratified=True).item_draws(1000, (1,), seed=0, item="x")
+    u = torch.sigmoid((a - 1.0) / 2.0)
+    lo, hi = torch.sigmoid(torch.tensor(-3.0)), torch.sigmoid(torch.tensor(3.0))
+    q = ((u - lo) / (hi - lo)).numpy()
+    assert np.all(np.floor(q * 1000) == np.arange(1000))
+    assert float(w.mean()) == pytest.approx(12.0, rel=1e-3)
 
 
-def test_true_prompt_wins_and_values_match_closed_form():
-    model = PointMassModel()
-    x0 = torch.full((1, 2, 2), 1.0)
-    sc = information_scores(model, x0[None], [["p1", "p3"]], n_draws=4000, sampler=LogSNRSampler(0, 2, 3))
-    # true prompt: zero error; i^s = i^o = 1/2 Int sigmoid(a)/sigmoid(-a) ||x0 - 0||^2 da ... > wrong prompt's
-    assert sc.mmse[0, 0] == pytest.approx(0.0, abs=1e-6)
-    assert sc.i_s[0, 0] > 0 > sc.i_s[0, 1]
-    assert sc.i_s[0, 0] == pytest.approx(sc.i_o[0, 0], rel=1e-4)
-    # closed form for the true prompt: 1/2 Int e^a * ||x0||^2 da over [-6, 6] (sigmoid(a)/sigmoid(-a) = e^a)
-    closed = 0.5 * 4 * (np.exp(6) - np.exp(-6))
-    assert sc.i_s[0, 0] == pytest.approx(closed, rel=0.1)
+def test_gaussian_world_closed_forms(toy):
+    """The toy itself: the MMSE gap integrates to the closed-form MI, and the mean of the closed-form errors of
+    sampled points is the MMSE; the estimators' MMSE curve matches the closed-form error of its points."""
+    assert toy.information_on((-30, 30)) == pytest.approx(toy.mutual_information(), rel=1e-5)
+    x, _ = toy.sample(2000, seed=3)
+    assert np.mean([toy.point_error(p, 0.5) for p in x]) == pytest.approx(toy.mmse(0.5), rel=0.03)
+    x = x[:32]
+    a = torch.tensor([-4.0, 0.0, 4.0], dtype=torch.float64)
+    curve = mmse_curve(toy, x, "", a, n_draws=128, seed=0)
+    exact = [np.mean([toy.point_error(p, float(toy.log_snr[t])) for p in x]) for t in toy.timestep_for_logsnr(a)]
+    np.testing.assert_allclose(curve, exact, rtol=0.03)
 
 
-def test_prompts_share_draws_and_pixelwise_sums_to_total():
-    model = PointMassModel()
-    x0 = torch.randn(1, 4, 4)
-    gen = torch.Generator().manual_seed(1)
-    f_s, f_o, err = image_scores(model, x0, ["p1", "p2"], 8, LogSNRSampler(), gen)
-    gen = torch.Generator().manual_seed(1)
-    p_s, p_o, p_err = image_scores(model, x0, ["p1", "p2"], 8, LogSNRSampler(), gen, pixelwise=True)
-    assert p_s.shape == (8, 2, 4, 4)
-    torch.testing.assert_close(p_s.sum((2, 3)), f_s)
-    torch.testing.assert_close(p_o.sum((2, 3)), f_o)
+def test_estimators_match_quadrature_within_their_monte_carlo_error(toy):
+    sampler = LogSNRSampler(0.0, 2.0, 3.0)
+    x, y = toy.sample(40, seed=1)
+    est_s, est_o, exact_s, exact_o, se_s, se_o = [], [], [], [], [], []
+    for k in range(len(x)):
+        sc = score_item(toy, x[k], [(f"y={y[k]}", "")], n_draws=200, sampler=sampler, seed=0, item=k)
+        est_s.append(sc.mean("i_s")[0]), est_o.append(sc.mean("i_o")[0])
+        se_s.append(sc.stderr("i_s")[0]), se_o.append(sc.stderr("i_o")[0])
+        es, eo = toy.point_information(x[k], y[k], sampler.interval, n=801)
+        exact_s.append(es), exact_o.append(eo)
+    z_s = (np.array(est_s) - exact_s) / np.array(se_s)
+    z_o = (np.array(est_o) - exact_o) / np.array(se_o)
+    # pointwise: errors in units of their own standard errors look standard normal
+    assert np.abs(z_s).max() < 4.5 and np.abs(z_o).max() < 4.5
+    assert abs(z_s.mean()) < 4 / np.sqrt(len(z_s)) and abs(z_o.mean()) < 4 / np.sqrt(len(z_o))
+    # the average over (x, y) estimates the mutual information restricted to the interval
+    target = toy.information_on(sampler.interval)
+    spread = np.std(est_s, ddof=1) / np.sqrt(len(est_s))
+    assert abs(np.mean(est_s) - target) < 4 * spread
 
 
-def test_scores_do_not_depend_on_batch_size_or_order():
-    x = torch.randn(5, 1, 3, 3)
-    prompts = [["p1", "p2"]] * 5
-    a = information_scores(PointMassModel(), x, prompts, n_draws=6, batch_size=64)
-    b = information_scores(PointMassModel(), x, prompts, n_draws=6, batch_size=5)
-    np.testing.assert_allclose(a.i_s, b.i_s, rtol=1e-6)  # identical draws; only float summation order differs
+class CoarseGrid:
+    """A model seen through every k-th timestep of its schedule (the grid a draw is snapped to)."""
+
+    def __init__(self, base, k: int):
+        self.base, self.k = base, k
+        self.kind, self.source = base.kind, base.source
+        self.log_snr = base.log_snr[::k]
+
+    def timestep_for_logsnr(self, a):
+        from difflens.models.base import nearest_timestep
+
+        return nearest_timestep(a, self.log_snr)
+
+    def add_noise_logsnr(self, x0, noise, a):
+        return self.base.add_noise_logsnr(x0, noise, a)
+
+    def encode_text(self, prompts):
+        return self.base.encode_text(prompts)
+
+    def denoise(self, x, t, cond):
+        return self.base.denoise(x, t * self.k, cond)
+
+
+def grid_shift(model, latents, pairs, k: int, noise_at: str, n_draws: int) -> tuple[float, float]:
+    """Mean |i^s(coarse grid) - i^s(full grid)| over items (same draws), and the mean standard error of i^s."""
+    diffs, ses = [], []
+    for i, (x, pair) in enumerate(zip(latents, pairs)):
+        kw = dict(n_draws=n_draws, sampler=LogSNRSampler(0.0, 2.0, 3.0), seed=0, item=i, noise_at=noise_at)
+        full, coarse = score_item(model, x, pair, **kw), score_item(CoarseGrid(model, k), x, pair, **kw)
+        diffs.append(coarse.mean("i_s")[0] - full.mean("i_s")[0])
+        ses.append(full.stderr("i_s")[0])
+    return float(np.mean(np.abs(diffs))), float(np.mean(ses))
+
+
+def test_noise_at_the_timesteps_log_snr_survives_a_coarser_grid():
+    """Every 20th timestep only: the estimate moves by a tenth of its standard error when x is noised at the chosen
+    timestep's own log-SNR (the exact Gaussian denoiser also tolerates the off-grid noise of the old scheme, so
+    the old scheme's shift is only printed here; tests/test_info_science.py compares both on the shapes model)."""
+    toy = GaussianToyModel(2 * V, 0.3)
+    x, y = toy.sample(12, seed=2)
+    pairs = [[(f"y={v}", "")] for v in y]
+    shift, se = grid_shift(toy, x, pairs, 20, "timestep", 300)
+    old, _ = grid_shift(toy, x, pairs, 20, "draw", 300)
+    print(f"toy, grid coarsened 20x: i^s moves {shift / se:.2f} standard errors noised at the timestep, "
+          f"{old / se:.2f} noised at the draw")
+    assert shift < 0.25 * se
+
+
+def test_stratified_draws_are_not_worse(toy):
+    """Spread of the estimate over 24 seeds, for one point, at several draw counts."""
+    x, y = toy.sample(1, seed=5)
+    pair = [(f"y={y[0]}", "")]
+    for n in (16, 64):
+        spread = {}
+        for strat in (False, True):
+            vals = [score_item(toy, x[0], pair, n_draws=n, sampler=LogSNRSampler(0, 2, 3, strat), seed=s,
+                               item=0).mean("i_o")[0] for s in range(24)]
+            spread[strat] = np.std(vals, ddof=1)
+        assert spread[True] <= spread[False], (n, spread)
+
+
+class CountingModel(GaussianToyModel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows = []
+
+    def denoise(self, x_t, t, cond):
+        self.rows.append(len(x_t))
+        return super().denoise(x_t, t, cond)
+
+
+def test_prompts_share_draws_base_runs_once_and_maps_sum_to_totals():
+    model = CountingModel(V, 0.5)
+    x, _ = model.sample(1, seed=0)
+    pairs = [("y=0.5", ""), ("y=-1", ""), ("y=2", "y=0.5")]
+    sc = score_item(model, x[0], pairs, n_draws=8, sampler=LogSNRSampler(0, 2, 3), seed=0, item="a",
+                    batch_size=1000, pixelwise=True)
+    assert model.rows == [8 * 4]  # 4 distinct prompts ("" once), every draw, one batch
+    for name in ("i_s", "i_o", "err"):
+        np.testing.assert_allclose(sc.maps[name].sum((1, 2)), sc.mean(name), rtol=1e-5)
+    # the same (a, eps) for every pair: a prompt paired with itself has exactly zero information
+    same = score_item(model, x[0], [("y=0.5", "y=0.5")], n_draws=8, sampler=LogSNRSampler(0, 2, 3), seed=0, item="a")
+    assert same.mean("i_s")[0] == 0 and same.mean("i_o")[0] == 0
+
+
+def test_scores_do_not_depend_on_batch_size_or_order(toy):
+    x, y = toy.sample(5, seed=4)
+    prompts = [[f"y={v}", "y=0"] for v in y]
+    a = information_scores(toy, x, prompts, n_draws=6, batch_size=64, sample_keys=list("abcde"))
+    b = information_scores(toy, x, prompts, n_draws=6, batch_size=5, sample_keys=list("abcde"))
+    np.testing.assert_allclose(a.i_s, b.i_s, rtol=1e-6)
     order = [4, 2, 0]
-    c = information_scores(PointMassModel(), x[order], [prompts[i] for i in order], n_draws=6, sample_keys=order)
-    np.testing.assert_allclose(c.i_s, a.i_s[order], rtol=1e-6)
+    c = information_scores(toy, x[order], [prompts[i] for i in order], n_draws=6, sample_keys=[list("abcde")[i]
+                                                                                               for i in order])
     np.testing.assert_allclose(c.i_o, a.i_o[order], rtol=1e-6)
+
+
+def test_log_snr_interval_outside_the_trained_range_is_rejected():
+    with pytest.raises(ModelConfigError, match=r"infodecomp.loc, infodecomp.scale, infodecomp.clip = 1.0, 2.0, "
+                                               r"4.0 .*\[-7.00, 9.00\].*-5.36 .. 7.07"):
+        LogSNRSampler(1.0, 2.0, 4.0).check_range((-5.36, 7.07), "SD")
+    LogSNRSampler(1.0, 2.0, 3.0).check_range((-5.36, 7.07), "SD")  # the paper's setting fits
+    sd = schedule_log_snr({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
+    assert min(sd) == pytest.approx(-5.364, abs=1e-3) and max(sd) == pytest.approx(7.069, abs=1e-3)
+
+
+def test_a_model_without_an_unconditional_branch_is_refused():
+    class ClassModel:
+        kind, source = "dit", "facebook/DiT-XL-2-256"
+
+    with pytest.raises(ModelConfigError, match="dit model 'facebook/DiT-XL-2-256' has no text-conditioned"):
+        require_unconditional(ClassModel())
+
+
+# ---- ARO bookkeeping -------------------------------------------------------------------------------------------
+def outcome_rows(kind, group, correct_list):
+    return [{"item": i, "sample_id": f"s{i}", "kind": kind, "group": group, "score": "i_o", "n_candidates": 2,
+             "margin_nats": 1.0 if c else -1.0, "correct": c} for i, c in enumerate(correct_list)]
+
+
+def test_aggregate_reports_aro_macro_accuracies():
+    rows = (outcome_rows("relation", "on", [True] * 3 + [False]) + outcome_rows("relation", "next to", [False] * 4)
+            + outcome_rows("relation", SYMMETRIC_RELATIONS[0], [False] * 10)
+            + outcome_rows("attribute", "red_blue", [True] * 30) + outcome_rows("attribute", "big_small", [False] * 3))
+    table = aggregate(pd.DataFrame(rows), min_group=25).set_index(["kind", "metric"])
+    assert table.loc[("relation", "accuracy"), "accuracy"] == pytest.approx(3 / 18)
+    # macro over "on" and "next to" (the symmetric relation is left out): (0.75 + 0) / 2
+    assert table.loc[("relation", "macro"), "accuracy"] == pytest.approx(0.375)
+    assert table.loc[("attribute", "macro"), "accuracy"] == 1.0  # only the group with >= 25 items
+
+
+def test_item_outcomes_precision_at_one_and_ties():
+    scores = pd.DataFrame([
+        {"item": 0, "sample_id": "a", "kind": "order", "group": "shuffle", "candidate": k, "caption": f"c{k}",
+         "i_o_nats": v, "i_s_nats": v, "err_nats": -v} for k, v in enumerate([2.0, 1.0, 3.0, 0.0, 1.5])] + [
+        {"item": 1, "sample_id": "b", "kind": "order", "group": "shuffle", "candidate": k, "caption": f"c{k}",
+         "i_o_nats": v, "i_s_nats": 5.0, "err_nats": -v} for k, v in enumerate([4.0, 1.0, 3.0, 0.0, 1.5])])
+    out = item_outcomes(scores).set_index(["item", "score"])
+    assert not out.loc[(0, "i_o"), "correct"] and out.loc[(1, "i_o"), "correct"]
+    assert out.loc[(0, "i_o"), "margin_nats"] == pytest.approx(-1.0)
+    assert not out.loc[(1, "i_s"), "correct"]  # a tie is not a win
+    assert out.loc[(1, "err"), "correct"]  # lower error wins
+
+
+class StopAfter(GaussianToyModel):
+    """Raises on the n-th denoiser call: a job killed half-way."""
+
+    def __init__(self, *args, stop_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop_at, self.n = stop_at, 0
+
+    def denoise(self, x_t, t, cond):
+        self.n += 1
+        if self.stop_at is not None and self.n == self.stop_at:
+            raise RuntimeError("killed")
+        return super().denoise(x_t, t, cond)
+
+
+class ToyDataset:
+    """Images of the toy world as a data set: load_image is never called (encode_samples is patched)."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+@pytest.fixture
+def toy_aro(monkeypatch):
+    x, y = GaussianToyModel(V, 0.5).sample(6, seed=9)
+    ids = [f"img{k}" for k in range(6)]
+    monkeypatch.setattr("difflens.info.aro.encode_samples", lambda model, ds, sids: ds.x[[ids.index(s) for s in sids]])
+    rows = pd.DataFrame([{"sample_id": ids[k], "kind": "relation", "group": "g", "caption": f"y={y[k]}",
+                          "negatives": json.dumps([f"y={-y[k]}"]), "item": k} for k in range(6)])
+    return ToyDataset(x), rows
+
+
+def test_aro_shards_resume_and_do_not_change_the_numbers(tmp_path, toy_aro):
+    ds, rows = toy_aro
+    kw = dict(n_draws=5, sampler=LogSNRSampler(0, 2, 3), seed=0, batch_size=4, progress=False)
+    whole = score_shard(StopAfter(V, 0.5), ds, rows, tmp_path / "whole.csv", **kw)
+    parts = pd.concat([score_shard(StopAfter(V, 0.5), ds, shard_of(rows, k, 3), tmp_path / f"s{k}.csv", **kw)
+                       for k in range(3)]).sort_values(["item", "candidate"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(whole, parts)
+    # killed in the 4th image (15 rows per image: 4 denoiser calls at batch 4): the first 3 images are kept
+    with pytest.raises(RuntimeError, match="killed"):
+        score_shard(StopAfter(V, 0.5, stop_at=3 * 4 + 2), ds, rows, tmp_path / "r.csv", **kw)
+    partial = pd.read_csv(tmp_path / "r.csv.partial")
+    assert partial["sample_id"].nunique() == 3 and not (tmp_path / "r.csv").exists()
+    resumed = StopAfter(V, 0.5)
+    again = score_shard(resumed, ds, rows, tmp_path / "r.csv", **kw)
+    assert resumed.n == 3 * 4  # only the 3 remaining images
+    pd.testing.assert_frame_equal(again, whole)
+    assert not (tmp_path / "r.csv.partial").exists()
+
+
+# ---- localization and intervention bookkeeping -----------------------------------------------------------------
+def test_iou_and_threshold_chosen_on_held_out_rows():
+    masks = np.zeros((4, 8, 8), bool)
+    masks[:, :4] = True
+    maps = np.zeros((4, 8, 8))
+    maps[:, :4] = 1.0
+    maps[:, 4:6] = 0.6  # a halo: thresholds above 0.6 give IoU 1, below it 0.5
+    curves = iou_curves(maps, masks, np.array([0.5, 0.7]))
+    np.testing.assert_allclose(curves, [[32 / 48, 1.0]] * 4)
+    rows = pd.DataFrame({"sample_id": list("abcd"), "word": "w", "word_type": "object",
+                         "split": ["val", "val", "test", "test"]})
+    # on the held-out rows the halo is brighter (0.9): their best threshold (>= 0.9) is worse on the test rows
+    maps_all = {k: maps.copy() for k in ("mi", "cmi", "attention")}
+    for m in maps_all.values():
+        m[:2, :, :][:, 4:6] = 0.95
+    per_row, summary = evaluate(rows, maps_all, masks, calibration_split="val", seed=0, n_thresholds=19)
+    s = summary.set_index("word_type").loc["all"]
+    assert s["threshold_source"] == "val split" and s["n"] == 2
+    assert s["cmi:oracle"] == 1.0 and s["cmi"] == 1.0  # 0.95 threshold also separates the test rows
+    assert s["whole_image"] == pytest.approx(0.5)
+    rows["split"] = "test"  # no held-out split: a 2-fold cross-fit, every row evaluated
+    _, summary = evaluate(rows, maps_all, masks, calibration_split="val", seed=0, n_thresholds=19)
+    assert summary.iloc[0]["threshold_source"] == "2-fold cross-fit" and summary.iloc[0]["n"] == 4
+
+
+def test_daam_map_drops_the_lowest_resolution_and_clamps():
+    maps = {"hi": torch.ones(1, 2, 8, 8), "mid": torch.full((1, 2, 4, 4), 3.0), "low": torch.full((1, 2, 2, 2), 99.)}
+    out = daam_map(maps, (8, 8))
+    assert out.shape == (2, 8, 8)
+    np.testing.assert_allclose(out.numpy(), 2.0, rtol=1e-5)
+    neg = daam_map({"a": -torch.ones(1, 1, 4, 4)}, (8, 8))  # a single resolution is kept; negatives clamp to 0
+    assert float(neg.min()) == 0.0
+
+
+def test_ode_inversion_reconstructs_and_heun_is_more_accurate():
+    model = GaussianToyModel(V, 0.5)
+    x, y = model.sample(4, seed=6)
+    prompts = [f"y={v}" for v in y]
+    errs = {}
+    for solver in ("ddim", "heun"):
+        grid = torch.linspace(0, 999, 21).round().long()
+        noise = ode_path(model, x, prompts, grid, solver)
+        back = ode_path(model, noise, prompts, grid.flip(0), solver)
+        errs[solver] = float(((back - x) ** 2).mean() / (x ** 2).mean())
+    assert errs["heun"] < errs["ddim"] < 0.05, errs
+
+
+def test_swaps_pearson_and_bootstrap():
+    assert swap_word("a red circle above a redder square", "red", {"red": "blue"}) == "a blue circle above a redder square"
+    assert swap_word("a red circle", "circle", {"red": "blue"}) is None
+    a = np.arange(10.0)
+    assert pearson(a, 2 * a + 1) == pytest.approx(1.0) and np.isnan(pearson(a, np.ones(10)))
+    lo, hi = bootstrap_ci(10, lambda i: a[i].mean(), 500, seed=0)
+    assert lo < a.mean() < hi and hi - lo < 6

@@ -35,6 +35,10 @@ from difflens.sae.data import load_vectors
 from difflens.sae.model import SAEConfig
 from difflens.sae.train import SAETrainSettings, evaluate, train_sae
 
+#: one xdist worker (make test) builds the shared science_store fixture once and runs every module using it
+pytestmark = pytest.mark.xdist_group("science_store")
+
+
 T = 25
 SETTINGS = SAETrainSettings(steps=500, batch_size=512, lr=3e-3, aux_coef=1 / 32, dead_after=20_000, seed=0)
 SPATIAL_LAYERS = ["up_blocks.0", "up_blocks.1"]

@@ -12,7 +12,7 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CLIP_TOKENIZER = FIXTURES / "tiny_clip_tokenizer"  # character-level vocab.json + merges.txt (version line only)
-MAX_TOKENS = 16
+MAX_TOKENS = 64  # a shapes-world caption (about 50 characters) fits the character-level vocabulary
 
 
 def tiny_clip_tokenizer():

@@ -11,7 +11,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .models.catalog import LAYER_ALIASES, ModelConfigError, resolve_layer, static_num_timesteps
+from .models.catalog import (LAYER_ALIASES, ModelConfigError, resolve_layer, static_log_snr_range,
+                             static_num_timesteps)
 from .models.fetch import COMPONENT_FOLDERS, is_hub_id
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -123,6 +124,44 @@ def check_config(cfg: dict) -> None:
                 raise ConfigError(f"config key extraction.{key}: {name!r} is not configured; allowed: {list(pool)}")
     check_classify(cfg)
     check_sae(cfg)
+    check_infodecomp(cfg)
+
+
+#: model kinds with a text-conditioned denoiser whose empty prompt is the unconditional branch
+TEXT_KINDS = ("shapes", "sd")
+
+
+def info_models(cfg: dict) -> list[str]:
+    """The models the information stages score: ``infodecomp.models``, or every text model."""
+    return cfg["infodecomp"]["models"] or [n for n, m in cfg["models"].items() if m["kind"] in TEXT_KINDS]
+
+
+def check_infodecomp(cfg: dict) -> None:
+    """infodecomp names text models and configured data sets; the log-SNR interval stays inside the trained range
+    of every model an estimator runs on (the information stages' models, and every shapes model's check)."""
+    info = cfg["infodecomp"]
+    for name in info["models"]:
+        if name not in cfg["models"]:
+            raise ConfigError(f"config key infodecomp.models: {name!r} is not configured; allowed: "
+                              f"{list(cfg['models'])}")
+        kind = cfg["models"][name]["kind"]
+        if kind not in TEXT_KINDS:
+            raise ConfigError(f"config key infodecomp.models: model {name!r} (kind {kind}) has no text-conditioned "
+                              f"denoiser with an empty-prompt (unconditional) branch; allowed kinds: "
+                              f"{list(TEXT_KINDS)}")
+    for stage in ("aro", "localize", "intervene"):
+        for ds in info[stage]["datasets"]:
+            if ds not in cfg["datasets"]:
+                raise ConfigError(f"config key infodecomp.{stage}.datasets: {ds!r} is not a configured data set; "
+                                  f"allowed: {list(cfg['datasets'])}")
+    lo, hi = info["loc"] - info["clip"] * info["scale"], info["loc"] + info["clip"] * info["scale"]
+    for name in dict.fromkeys(info_models(cfg) + [n for n, m in cfg["models"].items() if m["kind"] == "shapes"]):
+        mn, mx = static_log_snr_range(cfg["models"][name]["source"], cfg["models"][name]["kind"])
+        if lo < mn - 1e-6 or hi > mx + 1e-6:
+            raise ConfigError(f"config keys infodecomp.loc, infodecomp.scale, infodecomp.clip = {info['loc']}, "
+                              f"{info['scale']}, {info['clip']} give log-SNR draws in [{lo:.2f}, {hi:.2f}], outside "
+                              f"the range {mn:.2f} .. {mx:.2f} that model {name!r} was trained on; lower clip or "
+                              f"scale, or move loc")
 
 
 def sae_run_defaults(schema_path: Path = SCHEMA_PATH) -> dict:

@@ -14,7 +14,8 @@ A data set directory ``<root>/`` holds:
     ``mask`` (relative path of a PNG, 255 inside), plus source-specific columns (colour, shape, bbox, ...).
 ``words.csv`` (optional, COCO-IT style)
     ``sample_id``, ``word``, ``caption``, ``context`` (caption with the word removed, whole-word match),
-    ``objects`` (``;``-joined object indices whose union is the word's ground-truth mask; empty if none).
+    ``objects`` (``;``-joined object indices whose union is the word's ground-truth mask; empty if none);
+    optionally ``word_type`` (object, colour, relation, ...: the rows a localization table groups by).
 ``aro.csv`` (optional, ARO style)
     ``sample_id``, ``kind`` (relation/attribute/order), ``group`` (relation or attribute name), ``caption``
     (the true one), ``negatives`` (JSON list of wrong captions).

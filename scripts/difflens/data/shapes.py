@@ -215,9 +215,12 @@ def generate(root: str | Path, cfg: ShapesConfig, progress: bool = True) -> Path
             objects.append({"sample_id": sid, "object": k, "name": obj["shape"], "mask": mask_rel,
                             "colour": obj["colour"], "shape": obj["shape"], "size": obj["size"],
                             "cx": round(obj["cx"], 3), "cy": round(obj["cy"], 3)})
-            for word in (obj["shape"], obj["colour"]):
-                words.append({"sample_id": sid, "word": word, "caption": caption,
+            for word, word_type in ((obj["shape"], "object"), (obj["colour"], "colour")):
+                words.append({"sample_id": sid, "word": word, "caption": caption, "word_type": word_type,
                               "context": remove_word(caption, word), "objects": str(k)})
+        if scene["relation"]:  # the relation's own word ("left", "above", ...): its ground truth is the pair
+            words.append({"sample_id": sid, "word": scene["relation"], "caption": caption, "word_type": "relation",
+                          "context": remove_word(caption, scene["relation"]), "objects": "0;1"})
         rng = np.random.default_rng([cfg.seed, i, 1])
         aro += [{"sample_id": sid, **row} for row in negatives_of(scene, rng)]
     (root / "shapes_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")

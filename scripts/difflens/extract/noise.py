@@ -1,7 +1,8 @@
 """Seeded noise, prompts and out-of-memory-tolerant batching shared by the extraction steps.
 
 Noise for (sample id, timestep, draw) comes from a generator seeded by a hash of ``(seed, sample id, timestep,
-draw)``, drawn on the CPU in float32, so features never depend on batch size, shard size, order or device.
+draw)``, drawn on the CPU in float32, so features never depend on batch size, shard size, order or device. The
+information estimators use the same scheme (``derive_seed(seed, "info", item id, draw)``).
 """
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def derive_seed(*parts) -> int:
+    """A 63-bit generator seed from the parts' text forms joined by a unit separator (SHA-256)."""
+    key = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2 ** 63 - 1)
+
+
 def noise_seed(seed: int, sample_id: str, timestep: int, draw: int) -> int:
     """A 63-bit generator seed that depends only on (seed, sample id, timestep, draw)."""
-    key = f"{int(seed)}\x1f{sample_id}\x1f{int(timestep)}\x1f{int(draw)}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2 ** 63 - 1)
+    return derive_seed(int(seed), sample_id, int(timestep), int(draw))
 
 
 def sample_noise(shape: tuple[int, ...], seed: int, sample_ids, timestep: int, draw: int) -> torch.Tensor:

@@ -38,13 +38,19 @@ def _grid(n: int, size: tuple[int, int] | None) -> tuple[int, int]:
 
 
 class CrossAttentionRecorder:
-    """Holds per-layer attention maps: ``maps[layer]`` (B, n_tokens, h, w), summed over ``calls[layer]`` calls."""
+    """Holds per-layer attention maps: ``maps[layer]`` (B, n_tokens, h, w), summed over ``calls[layer]`` calls.
+
+    With ``select`` set to a (B,) bool mask before a call, only the selected rows of that call are recorded, summed
+    into one row: ``maps[layer]`` is then (1, n_tokens, h, w) whatever the batches looked like (a caller that
+    mixes several prompts in one batch records one prompt's rows, over as many calls as it takes).
+    """
 
     def __init__(self, tokens_of_interest: list[int] | None = None):
         self.tokens = list(tokens_of_interest) if tokens_of_interest is not None else None
         self.maps: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
         self.latent_size: tuple[int, int] | None = None
+        self.select: torch.Tensor | None = None
 
     def reset(self) -> None:
         """Forget every map (e.g. before the next batch of images)."""
@@ -54,6 +60,10 @@ class CrossAttentionRecorder:
     def add(self, layer: str, probs: torch.Tensor) -> None:
         """Store head-averaged probabilities (B, heads, N, T) of one call of ``layer``."""
         p = probs.float().mean(dim=1)  # (B, N, T)
+        if self.select is not None:
+            if not bool(self.select.any()):
+                return
+            p = p[self.select.to(p.device)].sum(dim=0, keepdim=True)
         if self.tokens is not None:
             p = p[..., self.tokens]
         h, w = _grid(p.shape[1], self.latent_size)

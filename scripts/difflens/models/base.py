@@ -98,7 +98,8 @@ class DiffusionModel(ABC):
         self.source = source
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
         self.log_snr = log_snr_of(self.alphas_cumprod)
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
+        self._pinned: dict[str, torch.Tensor] = {}  # set_condition entries, never evicted
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -152,20 +153,38 @@ class DiffusionModel(ABC):
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Uncached condition encoding of a batch of prompts (text models) or class names (class models)."""
 
+    #: most prompt encodings kept (least recently used evicted): ARO's ~125k COCO-Order prompts, unbounded, would
+    #: hold ~20 GB of SD text states on the GPU; a few thousand cover every prompt of a batch many times over
+    text_cache_size: int = 4096
+
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Condition tensor for each prompt, batched; each distinct prompt is encoded once and cached."""
-        pending = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        """Condition tensor for each prompt, batched; each distinct prompt is encoded once and kept in a
+        least-recently-used cache of ``text_cache_size`` entries (``set_condition`` entries are never evicted)."""
+        cache = self._text_cache
+        pending = [p for p in dict.fromkeys(prompts) if p not in cache and p not in self._pinned]
+        if len(dict.fromkeys(prompts)) > self.text_cache_size:
+            raise ValueError(f"{len(set(prompts))} distinct prompts in one call exceed text_cache_size "
+                             f"{self.text_cache_size}: split the call")
         if pending:
             self.require("text", f"encoding the prompt(s) {pending[:3]}")
             with torch.no_grad():
                 enc = self._encode_prompts(pending)
             for p, e in zip(pending, enc):
-                self._text_cache[p] = e
-        return torch.stack([self._text_cache[p] for p in prompts])
+                cache[p] = e
+        out = []
+        for p in prompts:
+            if p in self._pinned:
+                out.append(self._pinned[p])
+            else:
+                cache.move_to_end(p)
+                out.append(cache[p])
+        while len(cache) > self.text_cache_size:
+            cache.popitem(last=False)
+        return torch.stack(out)
 
     def set_condition(self, prompt: str, condition: torch.Tensor) -> None:
         """Use ``condition`` for ``prompt`` without the condition encoder (e.g. a stored empty-prompt encoding)."""
-        self._text_cache[prompt] = condition.to(self.device)
+        self._pinned[prompt] = condition.to(self.device)
 
     # ---- noise --------------------------------------------------------------------------------------------
     @property

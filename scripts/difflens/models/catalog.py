@@ -6,6 +6,7 @@ kind's public checkpoints (SD 1.x/2.x: 4 down blocks, mid block, 4 up blocks; Di
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 #: the difflens model card of a folder (shapes models; DiT folders may carry one with class names)
@@ -45,6 +46,45 @@ def static_num_timesteps(source: str) -> int:
     """Training timesteps of the model's scheduler (its config when local, else the usual 1000)."""
     cfg = _local_config(source, "scheduler", "scheduler_config.json")
     return int(cfg.get("num_train_timesteps", 1000)) if cfg else 1000
+
+
+#: the scheduler of Stable Diffusion 1.x / 2.x, assumed for a hub model whose config is not on disk yet
+SD_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+               "num_train_timesteps": 1000}
+
+
+def schedule_log_snr(cfg: dict) -> list[float]:
+    """log(abar / (1 - abar)) of every training timestep of a diffusers scheduler config, in pure Python (the
+    betas as diffusers builds them for ``linear``, ``scaled_linear``, ``squaredcos_cap_v2`` or ``trained_betas``)."""
+    n = int(cfg.get("num_train_timesteps", 1000))
+    start, end = float(cfg.get("beta_start", 0.0001)), float(cfg.get("beta_end", 0.02))
+    kind = cfg.get("beta_schedule", "linear")
+    if cfg.get("trained_betas"):
+        betas = [float(b) for b in cfg["trained_betas"]]
+    elif kind == "linear":
+        betas = [start + (end - start) * i / (n - 1) for i in range(n)]
+    elif kind == "scaled_linear":
+        betas = [(start ** 0.5 + (end ** 0.5 - start ** 0.5) * i / (n - 1)) ** 2 for i in range(n)]
+    elif kind == "squaredcos_cap_v2":
+        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        betas = [min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)]
+    else:
+        raise ModelConfigError(f"scheduler beta_schedule {kind!r} is not one of linear, scaled_linear, "
+                               f"squaredcos_cap_v2 (or trained_betas)")
+    out, abar = [], 1.0
+    for b in betas:
+        abar *= 1 - b
+        out.append(math.log(abar / (1 - abar)))
+    return out
+
+
+def static_log_snr_range(source: str, kind: str = "sd") -> tuple[float, float]:
+    """(lowest, highest) log-SNR the model at ``source`` was trained on: its scheduler config when local, else
+    the kind's usual schedule (Stable Diffusion's, about -5.4 .. 7.1; a shapes model not trained yet: DDPM's
+    linear schedule, about -10.1 .. 9.2)."""
+    default = {"beta_schedule": "linear", "num_train_timesteps": 1000} if kind == "shapes" else SD_SCHEDULE
+    table = schedule_log_snr(_local_config(source, "scheduler", "scheduler_config.json") or default)
+    return min(table), max(table)
 
 
 def resolve_layer(kind: str, source: str, name: str, available: list[str] | None = None) -> str:

@@ -1,0 +1,174 @@
+"""ARO-style caption choice scored by information (Kong et al.) and by the denoising error (DiffITM-style).
+
+Every row of a data set's ``aro.csv`` is an item: a true caption and its negatives. Each candidate gets i^o (the
+paper's score), i^s and the denoising error against the empty prompt, from draws shared by every candidate of the
+image (an image's rows of several kinds run in one batch). An item counts as right for a score when the true caption
+scores best (highest information, lowest error; ties count as wrong).
+
+Per-item scores are written in shards (``score_shard``): a shard appends each finished image to a partial file and a
+restarted job skips what that file holds, so a run stopped half-way resumes; ``aggregate`` turns the per-item table
+into accuracies (per kind, per group, macro over groups as ARO reports them), without recomputing anything.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .estimators import LogSNRSampler, require_unconditional, score_item
+from .inputs import encode_samples
+
+log = logging.getLogger(__name__)
+
+#: the scores, and whether higher is better
+SCORES = {"i_o": True, "i_s": True, "err": False}
+#: relations the ARO reference evaluation leaves out of the VG-Relation macro accuracy (its ``symmetric`` list)
+SYMMETRIC_RELATIONS = (
+    "adjusting", "attached to", "between", "bigger than", "biting", "boarding", "brushing", "chewing", "cleaning",
+    "climbing", "close to", "coming from", "coming out of", "contain", "crossing", "dragging", "draped over",
+    "drinking", "drinking from", "driving", "driving down", "driving on", "eating from", "eating in", "enclosing",
+    "exiting", "facing", "filled with", "floating in", "floating on", "flying", "flying above", "flying in",
+    "flying over", "flying through", "full of", "going down", "going into", "going through", "grazing in",
+    "growing in", "growing on", "guiding", "hanging from", "hanging in", "hanging off", "hanging over",
+    "higher than", "holding onto", "hugging", "in between", "jumping off", "jumping on", "jumping over", "kept in",
+    "larger than", "leading", "leaning over", "leaving", "licking", "longer than", "looking in", "looking into",
+    "looking out", "looking over", "looking through", "lying next to", "lying on top of", "making", "mixed with",
+    "mounted on", "moving", "on the back of", "on the edge of", "on the front of", "on the other side of", "opening",
+    "painted on", "parked at", "parked beside", "parked by", "parked in", "parked in front of", "parked near",
+    "parked next to", "perched on", "petting", "piled on", "playing", "playing in", "playing on", "playing with",
+    "pouring", "reaching for", "reading", "reflected on", "riding on", "running in", "running on",
+    "running through", "seen through", "sitting behind", "sitting beside", "sitting by", "sitting in front of",
+    "sitting near", "sitting next to", "sitting under", "skiing down", "skiing on", "sleeping in", "sleeping on",
+    "smiling at", "sniffing", "splashing", "sprinkled on", "stacked on", "standing against", "standing around",
+    "standing behind", "standing beside", "standing in front of", "standing near", "standing next to", "staring at",
+    "stuck in", "surrounding", "swimming in", "swinging", "talking to", "topped with", "touching", "traveling down",
+    "traveling on", "tying", "typing on", "underneath", "wading in", "waiting for", "walking across", "walking by",
+    "walking down", "walking next to", "walking through", "working in", "working on", "worn on", "wrapped around",
+    "wrapped in")
+ITEM_COLUMNS = ["sample_id", "item", "kind", "group", "candidate", "caption"]
+
+
+def select_items(aro: pd.DataFrame, samples: pd.DataFrame, split: str, max_items: int, dataset: str) -> pd.DataFrame:
+    """The aro.csv rows of ``split`` images (the first ``max_items`` per kind; 0 = all), with an ``item`` number
+    (the row's position in aro.csv, a stable key); raises naming the data set when none or a bad row is found."""
+    if aro is None:
+        raise ValueError(f"data set {dataset!r} has no aro.csv: it has no ARO items to score")
+    rows = aro.assign(item=np.arange(len(aro)))
+    rows = rows[rows["sample_id"].isin(set(samples.loc[samples["split"] == split, "sample_id"]))]
+    if max_items:
+        rows = rows.groupby("kind", sort=False).head(max_items)
+    if not len(rows):
+        raise ValueError(f"data set {dataset!r}: no aro.csv rows on split {split!r}")
+    for r in rows.itertuples():
+        negatives = json.loads(r.negatives)
+        if not str(r.caption).strip() or not negatives or not all(str(n).strip() for n in negatives):
+            raise ValueError(f"data set {dataset!r}: aro.csv row {r.item} (sample {r.sample_id!r}) has an empty "
+                             f"caption or negative: {r.caption!r} vs {negatives}")
+    return rows
+
+
+def shard_of(rows: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
+    """The rows of the images whose rank (sorted sample ids) is ``shard`` modulo ``n_shards``."""
+    images = sorted(rows["sample_id"].unique())
+    mine = set(images[shard::n_shards])
+    return rows[rows["sample_id"].isin(mine)]
+
+
+def score_image_rows(model, x0: torch.Tensor, rows: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler,
+                     seed: int, item, batch_size: int) -> pd.DataFrame:
+    """One image's items (rows of aro.csv): every candidate caption's scores, one line per (item, candidate)."""
+    cands = [(r, k, c) for r in rows.itertuples() for k, c in enumerate([r.caption, *json.loads(r.negatives)])]
+    prompts = list(dict.fromkeys(c for _, _, c in cands))
+    sc = score_item(model, x0, [(p, "") for p in prompts], n_draws=n_draws, sampler=sampler, seed=seed, item=item,
+                    batch_size=batch_size)
+    pos = {p: i for i, p in enumerate(prompts)}
+    out = []
+    for r, k, c in cands:
+        line = {"sample_id": r.sample_id, "item": r.item, "kind": r.kind, "group": r.group, "candidate": k,
+                "caption": c}
+        for name in SCORES:
+            line[f"{name}_nats"] = float(sc.mean(name)[pos[c]])
+            line[f"{name}_se"] = float(sc.stderr(name)[pos[c]])
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def score_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws: int, sampler: LogSNRSampler,
+                seed: int, batch_size: int = 256, progress: bool = True) -> pd.DataFrame:
+    """Score every image of ``rows`` into ``out_path`` (CSV), resuming from ``<out_path>.partial``."""
+    from tqdm import tqdm
+
+    require_unconditional(model)
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + ".partial")
+    done = pd.read_csv(partial, keep_default_na=False, dtype={"sample_id": str}) \
+        if partial.is_file() and partial.stat().st_size else pd.DataFrame(columns=ITEM_COLUMNS)
+    finished = set(done["sample_id"])
+    if finished:
+        log.info("resuming %s: %d images already scored", partial, len(finished))
+    todo = [s for s in sorted(rows["sample_id"].unique()) if s not in finished]
+    by_image = dict(tuple(rows.groupby("sample_id")))
+    for sid in tqdm(todo, desc="ARO images", disable=not progress, mininterval=5):
+        x0 = encode_samples(model, ds, [sid])[0]
+        part = score_image_rows(model, x0, by_image[sid], n_draws=n_draws, sampler=sampler, seed=seed,
+                                item=sid, batch_size=batch_size)
+        part.to_csv(partial, mode="a", header=not partial.is_file() or not partial.stat().st_size, index=False)
+    result = pd.read_csv(partial, keep_default_na=False, dtype={"sample_id": str}) \
+        if partial.is_file() and partial.stat().st_size else pd.DataFrame(columns=ITEM_COLUMNS)
+    result = result.sort_values(["item", "candidate"]).reset_index(drop=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    result.to_csv(tmp, index=False)
+    os.replace(tmp, out_path)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def item_outcomes(scores: pd.DataFrame) -> pd.DataFrame:
+    """One line per (item, score): whether the true caption (candidate 0) won, and its margin over the best
+    negative (positive = right, in nats)."""
+    out = []
+    for item, g in scores.groupby("item", sort=True):
+        g = g.sort_values("candidate")
+        true, neg = g.iloc[0], g.iloc[1:]
+        for name, higher in SCORES.items():
+            col = f"{name}_nats"
+            best_neg = neg[col].max() if higher else neg[col].min()
+            margin = (true[col] - best_neg) if higher else (best_neg - true[col])
+            out.append({"item": item, "sample_id": true["sample_id"], "kind": true["kind"], "group": true["group"],
+                        "score": name, "n_candidates": len(g), "margin_nats": float(margin),
+                        "correct": bool(margin > 0)})
+    return pd.DataFrame(out)
+
+
+def aggregate(outcomes: pd.DataFrame, *, min_group: int = 25,
+              exclude_relations: tuple[str, ...] = SYMMETRIC_RELATIONS) -> pd.DataFrame:
+    """Accuracy tables from ``item_outcomes``: one line per (kind, score, metric, group).
+
+    Metrics: ``accuracy`` (all items; Precision@1 for kinds with several negatives), ``group`` accuracy per
+    relation / attribute, and ``macro`` (mean of group accuracies): for kind relation without the symmetric
+    relations, for kind attribute over groups with at least ``min_group`` items (ARO's reporting).
+    """
+    lines = []
+    for (kind, score), g in outcomes.groupby(["kind", "score"], sort=True):
+        lines.append({"kind": kind, "score": score, "metric": "accuracy", "group": "", "n": len(g),
+                      "accuracy": float(g["correct"].mean()),
+                      "stderr": float(g["correct"].std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else np.nan})
+        groups = g.groupby("group")["correct"].agg(["mean", "size"])
+        for name, row in groups.iterrows():
+            lines.append({"kind": kind, "score": score, "metric": "group", "group": name, "n": int(row["size"]),
+                          "accuracy": float(row["mean"]), "stderr": np.nan})
+        if kind == "relation":
+            kept = groups[~groups.index.isin(exclude_relations)]
+        elif kind == "attribute":
+            kept = groups[groups["size"] >= min_group]
+        else:
+            kept = groups.iloc[:0]
+        if len(kept):
+            lines.append({"kind": kind, "score": score, "metric": "macro", "group": f"{len(kept)} groups",
+                          "n": int(kept["size"].sum()), "accuracy": float(kept["mean"].mean()), "stderr": np.nan})
+    return pd.DataFrame(lines)

@@ -1,0 +1,74 @@
+"""What the information stage reads from a data set: model latents of its images, ground-truth masks on the grid
+the model sees, and word rows checked before any denoiser runs."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+
+def encode_samples(model, ds, sample_ids: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Model latents of the given samples (float32, CPU): the deterministic encoding (VAE mode, or a reshape)."""
+    out = []
+    for i in range(0, len(sample_ids), batch_size):
+        pixels = model.preprocess([ds.load_image(s) for s in sample_ids[i:i + batch_size]])
+        with torch.no_grad():
+            out.append(model.encode_images(pixels.to(model.device)).float().cpu())
+    return torch.cat(out)
+
+
+def preprocess_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
+    """A bool mask (H, W) of an image, through the geometry of ``DiffusionModel.preprocess`` (shorter side resized
+    to ``resolution``, centre crop): the ground truth on the pixels the model sees."""
+    im = Image.fromarray(mask.astype(np.uint8) * 255)
+    w, h = im.size
+    r = resolution
+    if (w, h) != (r, r):
+        scale = r / min(w, h)
+        im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - r) // 2, (h - r) // 2
+        im = im.crop((left, top, left + r, top + r))
+    return np.asarray(im) >= 128
+
+
+def has_word(caption: str, word: str) -> bool:
+    """Whether ``word`` occurs in ``caption`` as a whole word (case-insensitive)."""
+    return bool(word.strip()) and re.search(rf"(?<![\w-]){re.escape(word.strip())}(?![\w-])", caption,
+                                            flags=re.IGNORECASE) is not None
+
+
+def word_rows(ds, splits: list[str], max_images: int, need_masks: bool) -> pd.DataFrame:
+    """The words.csv rows of the first ``max_images`` images (0 = all) of each split in ``splits``, with their
+    ``split`` and ``word_type`` (the table's own column, else its ``word_class``, else ``object`` when the data set
+    has masks and ``word`` when not); checked: a non-empty caption, the word in
+    it as a whole word, and (``need_masks``, a data set with objects.csv) a mask for every row."""
+    if ds.words is None:
+        raise ValueError(f"data set {ds.name!r} has no words.csv: no words to localize or edit")
+    words = ds.words.merge(ds.samples[["sample_id", "split"]], on="sample_id")
+    parts = []
+    for split in splits:
+        w = words[words["split"] == split]
+        if max_images:
+            keep = list(dict.fromkeys(w["sample_id"]))[:max_images]
+            w = w[w["sample_id"].isin(keep)]
+        parts.append(w)
+    rows = pd.concat(parts)
+    if not len(rows):
+        raise ValueError(f"data set {ds.name!r}: no words.csv rows on split(s) {splits}")
+    if "word_type" not in rows.columns:  # COCO-WL names its word classes; COCO-IT's words are object categories
+        rows = rows.assign(word_type=rows["word_class"] if "word_class" in rows.columns else
+                           "object" if ds.objects is not None else "word")
+    for r in rows.itertuples():
+        if not str(r.caption).strip():
+            raise ValueError(f"data set {ds.name!r}: sample {r.sample_id!r} has an empty caption for word {r.word!r}")
+        if not has_word(r.caption, r.word):
+            raise ValueError(f"data set {ds.name!r}: sample {r.sample_id!r}: word {r.word!r} is not in its caption "
+                             f"{r.caption!r}")
+        if need_masks and ds.objects is not None and not str(r.objects).strip():
+            raise ValueError(f"data set {ds.name!r}: sample {r.sample_id!r}: word {r.word!r} has no mask (empty "
+                             f"objects in words.csv)")
+    return rows.reset_index(drop=True)

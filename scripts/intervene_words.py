@@ -1,0 +1,37 @@
+"""Rule intervene_words: invert images of one (model, data set), regenerate them with a word omitted or swapped,
+and correlate the change with the word's CMI and attention maps -> intervention_items.csv (one line per edit),
+intervention.csv (image- and pixel-level Pearson correlations with bootstrap intervals) and intervention_maps.npz."""
+from pathlib import Path
+
+from difflens.runlog import job_device, start_log
+
+log = start_log(snakemake.log[0])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from difflens.data.common import Dataset  # noqa: E402
+from difflens.info.estimators import sampler_for  # noqa: E402
+from difflens.info.inputs import word_rows  # noqa: E402
+from difflens.info.intervene import run_intervention  # noqa: E402
+from difflens.models import load_model  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+p = snakemake.params
+info, cfg = p.infodecomp, p.infodecomp["intervene"]
+ds = Dataset.load(Path(snakemake.input.data).parent)
+rows = word_rows(ds, [cfg["split"]], cfg["max_images"], need_masks=False)
+model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
+sampler = sampler_for(info, model)
+log.info("%d images of %s, %d word(s) each, %s %d steps, %d draws for the maps", rows["sample_id"].nunique(),
+         ds.name, cfg["words_per_image"], cfg["solver"], cfg["steps"], info["n_draws"])
+edits, change, preds, table = run_intervention(
+    model, ds, rows, swaps=cfg["swaps"], words_per_image=cfg["words_per_image"], steps=cfg["steps"],
+    solver=cfg["solver"], n_draws=info["n_draws"], sampler=sampler, seed=p.seed, batch_size=info["batch_size"],
+    n_boot=cfg["n_boot"])
+edits.to_csv(snakemake.output.per_item, index=False, lineterminator="\n")
+table.to_csv(snakemake.output.table, index=False, lineterminator="\n")
+np.savez_compressed(snakemake.output.maps, change=change.astype(np.float32), **{k: v.astype(np.float32)
+                                                                                for k, v in preds.items()})
+log.info("Pearson correlation of the change with each map (95%% bootstrap interval over edits):\n%s",
+         table.to_string(index=False))
