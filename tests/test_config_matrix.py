@@ -138,6 +138,20 @@ def check_tiny_backbones(results: Path, out: str) -> None:
                                                      "preprocessor_config.json"]
     fetched = results.parent / "model_cache" / "tiny-org--tiny-sd"
     assert sd["source"] == str(fetched) and (fetched / ".difflens-fetched.json").is_file()
+    info = results / "info" / "sd" / "shapes"
+    aro = pd.read_csv(info / "aro.csv")
+    assert set(aro["kind"]) == {"relation", "attribute", "order"} and set(aro["score"]) == {"i_o", "i_s", "err"}
+    items = pd.read_csv(info / "aro_items.csv")
+    val_ids = set(pd.read_csv(results / "data/shapes/samples.csv").query("split == 'val'")["sample_id"])
+    assert set(items["sample_id"]) == val_ids and len(list((info / "aro").glob("shard-*.csv"))) == 2  # one empty
+    loc = pd.read_csv(info / "localization.csv")
+    assert loc.iloc[0]["threshold_source"] == "val split" and loc["cmi"].between(0, 1).all()
+    maps = np.load(info / "localization_maps.npz")
+    assert maps["cmi"].shape[1:] == (8, 8) and (maps["mi"] >= 0).all()  # i^o maps: non-negative, latent grid
+    edits = pd.read_csv(info / "intervention_items.csv")
+    assert set(edits["edit"]) <= {"omit", "swap"} and "omit" in set(edits["edit"])
+    assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
+    assert not (results / "info" / "dit").exists()  # infodecomp.models: the SD model alone
     assert not (fetched / "safety_checker").exists()
 
 
@@ -168,20 +182,6 @@ def check_retrain_and_check(results: Path, out: str) -> None:
     assert result["mode"] == "on_the_fly" and result["epochs"] == 1 and len(result["curves"]) == 1
     log = (results / "logs/train_diffc/shapes/shapes/label/t25/mid_block.log").read_text()
     assert "on_the_fly maps 32x4x4" in log and "images/s on CPU" in log.splitlines()[-1]
-    info = results / "info" / "sd" / "shapes"
-    aro = pd.read_csv(info / "aro.csv")
-    assert set(aro["kind"]) == {"relation", "attribute", "order"} and set(aro["score"]) == {"i_o", "i_s", "err"}
-    items = pd.read_csv(info / "aro_items.csv")
-    val_ids = set(pd.read_csv(results / "data/shapes/samples.csv").query("split == 'val'")["sample_id"])
-    assert set(items["sample_id"]) == val_ids and len(list((info / "aro").glob("shard-*.csv"))) == 2  # one empty
-    loc = pd.read_csv(info / "localization.csv")
-    assert loc.iloc[0]["threshold_source"] == "val split" and loc["cmi"].between(0, 1).all()
-    maps = np.load(info / "localization_maps.npz")
-    assert maps["cmi"].shape[1:] == (8, 8) and (maps["mi"] >= 0).all()  # i^o maps: non-negative, latent grid
-    edits = pd.read_csv(info / "intervention_items.csv")
-    assert set(edits["edit"]) <= {"omit", "swap"} and "omit" in set(edits["edit"])
-    assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
-    assert not (results / "info" / "dit").exists()  # infodecomp.models: the SD model alone
 
 
 def check_downloads(results: Path, out: str) -> None:

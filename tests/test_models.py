@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tiny_pipelines import build_tiny_dit, build_tiny_sd, build_tiny_shapes, tiny_clip_tokenizer  # noqa: E402
+from tiny_pipelines import MAX_TOKENS, build_tiny_dit, build_tiny_sd, build_tiny_shapes, tiny_clip_tokenizer  # noqa: E402
 
 from difflens.models import ModelConfigError, load_model  # noqa: E402
 from difflens.models.attention import (aggregate_maps, cross_attention_modules, record_cross_attention,  # noqa: E402
@@ -90,6 +90,25 @@ def test_sd_encode_images_is_vae_mode_times_scaling(sd, sd_dir):
     assert sd.decode_latents(got).shape == px.shape
 
 
+def test_text_cache_is_bounded_and_keeps_pinned_conditions(sd):
+    """A least-recently-used cache of text_cache_size encodings; set_condition entries are never evicted."""
+    before = sd.text_cache_size
+    fresh = {p: sd._encode_prompts([p])[0].detach().clone() for p in ("a", "b", "c")}
+    try:
+        sd.text_cache_size = 2
+        sd._text_cache.clear()
+        sd.set_condition("pinned", torch.zeros(MAX_TOKENS, 32))
+        for p in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" arrives
+            torch.testing.assert_close(sd.encode_text([p])[0], fresh[p])
+        assert list(sd._text_cache) == ["a", "c"]
+        assert float(sd.encode_text(["pinned"]).abs().sum()) == 0
+        with pytest.raises(ValueError, match="3 distinct prompts in one call exceed text_cache_size 2"):
+            sd.encode_text(["a", "b", "c"])
+    finally:
+        sd.text_cache_size = before
+        sd._pinned.pop("pinned", None)
+
+
 def test_encode_text_batches_and_caches(sd):
     calls = []
     handle = sd.text_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
@@ -97,14 +116,14 @@ def test_encode_text_batches_and_caches(sd):
         sd._text_cache.clear()
         first = sd.encode_text(["a red cat", "", "a red cat"])
         assert calls == [2]  # one batched call for the two distinct prompts
-        assert first.shape == (3, 16, 32)
+        assert first.shape == (3, MAX_TOKENS, 32)
         torch.testing.assert_close(first[0], first[2])
         again = sd.encode_text(["", "a red cat"])
         assert calls == [2]  # served from the cache
         torch.testing.assert_close(again, first[[1, 0]])
     finally:
         handle.remove()
-    ids = sd.tokenizer(["a red cat"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    ids = sd.tokenizer(["a red cat"], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(first[0], sd.text_encoder(ids)[0][0])
 
@@ -308,12 +327,12 @@ def test_attention_probe_matches_default_processor(sd):
 
     assert set(rec.maps) == set(originals) and all(c == 1 for c in rec.calls.values())
     for name, m in rec.maps.items():
-        assert m.shape[:2] == (2, 16)
+        assert m.shape[:2] == (2, MAX_TOKENS)
         torch.testing.assert_close(m.sum(dim=1), torch.ones(2, *m.shape[2:]))  # probabilities over tokens
     sizes = {tuple(m.shape[-2:]) for m in rec.maps.values()}
     assert sizes == {(4, 4)}  # the cross-attention blocks run at half the 8x8 latent size
     heat = aggregate_maps(rec.maps, size=(8, 8))
-    assert heat.shape == (2, 16, 8, 8)
+    assert heat.shape == (2, MAX_TOKENS, 8, 8)
     torch.testing.assert_close(heat.sum(dim=1), torch.ones(2, 8, 8))
 
 

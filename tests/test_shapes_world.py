@@ -111,7 +111,12 @@ def test_aro_negatives(world):
 
 def test_word_table_contexts_and_masks(world):
     w = world.words
-    assert len(w) == 2 * len(world.objects)
+    pairs = int((world.samples["n_objects"] == 2).sum())
+    # each object's shape and colour word, and each pair's relation word (its mask: both objects)
+    assert len(w) == 2 * len(world.objects) + pairs
+    assert w["word_type"].value_counts().to_dict() == {"object": len(world.objects), "colour": len(world.objects),
+                                                        "relation": pairs}
+    assert set(w.loc[w["word_type"] == "relation", "objects"]) == {"0;1"}
     for row in w.head(50).itertuples():
         assert has_word(row.caption, row.word) and not has_word(row.context, row.word)
         assert len(row.context.split()) == len(row.caption.split()) - 1

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..extract.noise import derive_seed
-from ..models.attention import record_cross_attention, word_token_indices
+from ..models.attention import aggregate_maps, record_cross_attention, word_token_indices
 from .estimators import LogSNRSampler, require_unconditional, score_item
 from .inputs import encode_samples, preprocess_mask
 
@@ -35,13 +35,7 @@ METHODS = ("whole_image",) + MAP_METHODS
 def daam_map(layer_maps: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """(T, H, W) token maps from per-layer (1, T, h, w) recorded sums: lowest resolution dropped (unless it is the
     only one), bicubic to ``size``, clamped at 0, mean over layers."""
-    if not layer_maps:
-        raise ValueError("no cross-attention maps were recorded")
-    areas = {k: m.shape[-2] * m.shape[-1] for k, m in layer_maps.items()}
-    lowest = min(areas.values())
-    keep = [m for k, m in layer_maps.items() if areas[k] > lowest] or list(layer_maps.values())
-    ups = [F.interpolate(m.float(), size=size, mode="bicubic", align_corners=False).clamp(min=0)[0] for m in keep]
-    return torch.stack(ups).mean(0)
+    return aggregate_maps(layer_maps, size, mode="bicubic", drop_lowest=True, clamp=True)[0]
 
 
 def normalise(m: np.ndarray) -> np.ndarray:

@@ -169,15 +169,27 @@ def record_cross_attention(model, tokens_of_interest: list[int] | None = None):
             m.set_processor(originals[name])
 
 
-def aggregate_maps(maps: dict[str, torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
-    """DAAM aggregation: upsample every layer's (B, T, h, w) map bilinearly to ``size`` (default: the largest
-    layer's), then average over layers -> (B, T, H, W). Maps are already summed over calls/timesteps."""
+def aggregate_maps(maps: dict[str, torch.Tensor], size: tuple[int, int] | None = None, *, mode: str = "bilinear",
+                   drop_lowest: bool = False, clamp: bool = False) -> torch.Tensor:
+    """Average per-layer (B, T, h, w) maps (already summed over calls / timesteps) on one grid -> (B, T, H, W).
+
+    Each map is upsampled with ``mode`` to ``size`` (default: the largest layer's), clamped at 0 with ``clamp``;
+    ``drop_lowest`` leaves out the layers of the lowest resolution when there are others. DAAM's aggregation is
+    ``mode="bicubic", drop_lowest=True, clamp=True``.
+    """
     if not maps:
         raise ValueError("no cross-attention maps recorded (did a forward pass run inside record_cross_attention?)")
     if size is None:
         size = max((tuple(m.shape[-2:]) for m in maps.values()), key=lambda s: s[0] * s[1])
     size = tuple(int(s) for s in size)
-    ups = [F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for m in maps.values()]
+    layers = list(maps.values())
+    if drop_lowest:
+        lowest = min(m.shape[-2] * m.shape[-1] for m in layers)
+        layers = [m for m in layers if m.shape[-2] * m.shape[-1] > lowest] or layers
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    ups = [F.interpolate(m.float(), size=size, mode=mode, **kw) for m in layers]
+    if clamp:
+        ups = [u.clamp(min=0) for u in ups]
     return torch.stack(ups).mean(dim=0)
 
 
