@@ -140,3 +140,27 @@ def test_job_device_follows_the_gpu_resource():
 
     assert job_device(SimpleNamespace(gpu=0)) == "cpu" and job_device({"gpu": 0}) == "cpu"
     assert job_device(SimpleNamespace(gpu=1)) is None and job_device(SimpleNamespace()) is None
+
+
+def test_infodecomp_names_text_models_and_configured_data_sets(cfg):
+    dit = {"kind": "dit", "source": "facebook/DiT-XL-2-256", "layers": ["transformer_blocks.0"]}
+    msg = _error(cfg, lambda c: (c["models"].update(dit=dit), c["infodecomp"].update(models=["dit"])))
+    assert "infodecomp.models" in msg and "'dit' (kind dit) has no text-conditioned" in msg and "'sd'" in msg
+    msg = _error(cfg, lambda c: c["infodecomp"]["localize"].update(datasets=["coco"]))
+    assert "infodecomp.localize.datasets" in msg and "'coco'" in msg and "['shapes']" in msg
+
+
+def test_log_snr_interval_must_stay_in_the_trained_range(cfg):
+    # the shapes model's linear schedule spans -10.12 .. 9.21; loc 0 +- 2 x 5.5 does not fit
+    msg = _error(cfg, lambda c: c["infodecomp"].update(clip=5.5))
+    assert "infodecomp.loc, infodecomp.scale, infodecomp.clip = 0.0, 2.0, 5.5" in msg
+    assert "[-11.00, 11.00]" in msg and "-10.12 .. 9.21" in msg and "'shapes'" in msg
+    # Stable Diffusion (hub id, no local config: its scaled-linear schedule, -5.36 .. 7.07): loc 1 +- 2 x 3 fits,
+    # the default shapes-world interval (-6 .. 6) does not
+    sd = {"kind": "sd", "source": "stabilityai/stable-diffusion-2-1-base", "layers": ["bottleneck"]}
+    msg = _error(cfg, lambda c: (c["models"].update(sd=sd), c["infodecomp"].update(models=["shapes", "sd"])))
+    assert "-5.36 .. 7.07" in msg and "model 'sd'" in msg
+    ok = copy.deepcopy(cfg)
+    ok["models"]["sd"] = sd
+    ok["infodecomp"].update(models=["sd"], loc=1.0)
+    validate_config(ok)

@@ -251,9 +251,12 @@ def test_aro_shards_resume_and_do_not_change_the_numbers(tmp_path, toy_aro):
     ds, rows = toy_aro
     kw = dict(n_draws=5, sampler=LogSNRSampler(0, 2, 3), seed=0, batch_size=4, progress=False)
     whole = score_shard(StopAfter(V, 0.5), ds, rows, tmp_path / "whole.csv", **kw)
-    parts = pd.concat([score_shard(StopAfter(V, 0.5), ds, shard_of(rows, k, 3), tmp_path / f"s{k}.csv", **kw)
-                       for k in range(3)]).sort_values(["item", "candidate"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(whole, parts)
+    parts = [score_shard(StopAfter(V, 0.5), ds, shard_of(rows, k, 8), tmp_path / f"s{k}.csv", **kw) for k in range(8)]
+    assert [len(p) for p in parts] == [2] * 6 + [0, 0]  # 6 images in 8 shards: two empty ones, header only
+    joined = pd.concat([pd.read_csv(tmp_path / f"s{k}.csv", dtype={"sample_id": str}) for k in range(8)])
+    pd.testing.assert_frame_equal(whole, joined.sort_values(["item", "candidate"]).reset_index(drop=True),
+                                  check_dtype=False)
+    assert len(aggregate(item_outcomes(joined))) > 0
     # killed in the 4th image (15 rows per image: 4 denoiser calls at batch 4): the first 3 images are kept
     with pytest.raises(RuntimeError, match="killed"):
         score_shard(StopAfter(V, 0.5, stop_at=3 * 4 + 2), ds, rows, tmp_path / "r.csv", **kw)
@@ -320,3 +323,30 @@ def test_swaps_pearson_and_bootstrap():
     assert pearson(a, 2 * a + 1) == pytest.approx(1.0) and np.isnan(pearson(a, np.ones(10)))
     lo, hi = bootstrap_ci(10, lambda i: a[i].mean(), 500, seed=0)
     assert lo < a.mean() < hi and hi - lo < 6
+
+
+def test_bad_word_rows_name_the_sample_and_word(tmp_path):
+    from difflens.data.common import Dataset
+    from difflens.data.shapes import ShapesConfig, generate
+    from difflens.info.aro import select_items
+    from difflens.info.inputs import word_rows
+
+    generate(tmp_path, ShapesConfig(n_images=40), progress=False)
+    ds = Dataset.load(tmp_path)
+    assert set(word_rows(ds, ["test"], 0, need_masks=True)["word_type"]) <= {"object", "colour", "relation"}
+    first = ds.words.index[0]
+    sid, caption = ds.words.loc[first, "sample_id"], ds.words.loc[first, "caption"]
+    split = ds.samples.set_index("sample_id").loc[sid, "split"]
+    cases = [("word", "zebra", f"word 'zebra' is not in its caption {caption!r}"),
+             ("caption", "", "has an empty caption for word"),
+             ("objects", "", "has no mask (empty objects in words.csv)")]
+    for column, value, message in cases:
+        bad = Dataset.load(tmp_path)
+        bad.words.loc[first, column] = value
+        with pytest.raises(ValueError, match=rf"sample '{sid}'.*" + message.replace("(", r"\(").replace(")", r"\)")):
+            word_rows(bad, [split], 0, need_masks=True)
+    bad = Dataset.load(tmp_path)
+    bad.aro.loc[bad.aro.index[0], "negatives"] = json.dumps([""])
+    with pytest.raises(ValueError, match=rf"aro.csv row 0 \(sample '{bad.aro.iloc[0]['sample_id']}'\) has an empty"):
+        select_items(bad.aro, bad.samples, bad.samples.set_index("sample_id").loc[bad.aro.iloc[0]["sample_id"],
+                                                                                   "split"], 0, "shapes")

@@ -11,7 +11,6 @@ import torch
 
 from difflens.data.shapes import (ShapesConfig, caption_of, choice_prompts, generate, heldout_scenes, render,
                                   vocabulary)
-from difflens.info.estimators import LogSNRSampler, information_scores
 from difflens.models import load_model
 from difflens.models.shapes_arch import ShapesArch, block_types, build_model, build_tokenizer, save_model, tokenize
 from difflens.train.shapes import TrainConfig, _lr_at, diffusion_loss, draw_timesteps, train
@@ -210,17 +209,6 @@ def test_training_rejects_mismatched_image_size(tiny_world, tmp_path):
 def shipped():
     assert (SHIPPED / "difflens_model.json").is_file(), f"the shipped shapes model is missing under {SHIPPED}"
     return load_model("shapes", str(SHIPPED))
-
-
-@pytest.mark.parametrize("kind", ["relation", "attribute"])
-def test_shipped_model_prefers_the_true_caption(shipped, kind):
-    scenes = heldout_scenes(24)
-    pixels = torch.from_numpy(np.stack([render(s, 32)[0] for _, s in scenes])).permute(0, 3, 1, 2) / 127.5 - 1
-    latents = shipped.encode_images(pixels)
-    sc = information_scores(shipped, latents, choice_prompts(scenes, kind), n_draws=16,
-                            sampler=LogSNRSampler(0.0, 2.0, 3.0), sample_keys=[i for i, _ in scenes])
-    accuracy = float(np.mean(sc.i_s[:, 0] > sc.i_s[:, 1]))
-    assert accuracy >= 0.9, f"i^s picked the true caption over the {kind} swap on only {accuracy:.2f}"
 
 
 def test_shipped_model_uses_its_caption(shipped):

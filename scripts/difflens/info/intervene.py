@@ -122,7 +122,7 @@ def word_maps(model, ds, edits: pd.DataFrame, *, n_draws: int, sampler: LogSNRSa
     for sid, g in tqdm(list(words.groupby("sample_id", sort=False)), desc="CMI maps", disable=not progress):
         x0 = encode_samples(model, ds, [sid])[0]
         maps = image_maps(model, x0, g["caption"].iloc[0], list(g["word"]), list(g["context"]), n_draws=n_draws,
-                          sampler=sampler, seed=seed, item=sid, batch_size=batch_size)
+                          sampler=sampler, seed=seed, item=sid, batch_size=batch_size, with_mi=False)
         for k, w in enumerate(g["word"]):
             got[(sid, w)] = {"cmi": maps["cmi"][k], "attention": maps["attention"][k]}
     return {m: np.stack([got[(r.sample_id, r.word)][m] for r in edits.itertuples()]) for m in ("cmi", "attention")}

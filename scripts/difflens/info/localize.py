@@ -45,14 +45,14 @@ def normalise(m: np.ndarray) -> np.ndarray:
 
 
 def image_maps(model, x0: torch.Tensor, caption: str, words: list[str], contexts: list[str], *, n_draws: int,
-               sampler: LogSNRSampler, seed: int, item, batch_size: int) -> dict[str, np.ndarray]:
-    """Latent-grid maps (n_words, h, w) of one image and caption: ``mi``, ``cmi`` (pixel-wise i^o, nats),
-    ``cmi_s`` (pixel-wise i^s), ``attention``; plus totals ``mi_nats`` and ``cmi_nats`` (n_words,)."""
-    pairs = [(w, "") for w in words] + [(caption, c) for c in contexts]
+               sampler: LogSNRSampler, seed: int, item, batch_size: int, with_mi: bool = True) -> dict[str, np.ndarray]:
+    """Latent-grid maps (n_words, h, w) of one image and caption: ``cmi`` (pixel-wise i^o, nats), ``cmi_s``
+    (pixel-wise i^s), ``attention``, and with ``with_mi`` also ``mi``; totals ``cmi_nats`` (and ``mi_nats``)."""
+    pairs = ([(w, "") for w in words] if with_mi else []) + [(caption, c) for c in contexts]
     with record_cross_attention(model) as rec:
         sc = score_item(model, x0, pairs, n_draws=n_draws, sampler=sampler, seed=seed, item=item,
                         batch_size=batch_size, pixelwise=True, recorder=rec, attention_prompt=caption)
-    n = len(words)
+    n = len(words) if with_mi else 0
     tokens = daam_map(sc.attention, tuple(x0.shape[-2:]))
     att = []
     for w in words:
@@ -62,8 +62,10 @@ def image_maps(model, x0: torch.Tensor, caption: str, words: list[str], contexts
                              f"encoder's {model.tokenizer.model_max_length} tokens")
         att.append(tokens[idx].mean(0).numpy())
     io = sc.maps["i_o"]
-    return {"mi": io[:n], "cmi": io[n:], "cmi_s": sc.maps["i_s"][n:], "attention": np.stack(att),
-            "mi_nats": sc.mean("i_o")[:n], "cmi_nats": sc.mean("i_o")[n:]}
+    out = {"cmi": io[n:], "cmi_s": sc.maps["i_s"][n:], "attention": np.stack(att), "cmi_nats": sc.mean("i_o")[n:]}
+    if with_mi:
+        out.update(mi=io[:n], mi_nats=sc.mean("i_o")[:n])
+    return out
 
 
 def compute_maps(model, ds, rows: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler, seed: int,
