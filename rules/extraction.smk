@@ -52,6 +52,7 @@ rule encode_latents:
         shard_size=EX["shard_size"],
         batch_size=EX["batch_size"],
     threads: 4
+    priority: 10  # the long chain first (every feature stage waits for it); the information stages fill the gaps
     resources:
         gpu=1,
         runtime=lambda w, attempt: 120 * attempt,
@@ -96,6 +97,7 @@ for _name in EXTRACT_MODELS:
             save_maps=EX["save_maps"],
             compression=EX["map_compression"],
         threads: 2
+        priority: 10
         resources:
             gpu=1,
             runtime=lambda w, attempt: 240 * attempt,

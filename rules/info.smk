@@ -22,7 +22,7 @@ rule score_aro:
         options=lambda w: info_model_params(w)["options"],
         infodecomp=INFO,
         seed=config["seed"],
-    threads: 2
+    threads: 1  # small denoiser batches on a CPU: two jobs side by side beat one job on two threads
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,
@@ -72,7 +72,7 @@ rule localize_words:
         options=lambda w: info_model_params(w)["options"],
         infodecomp=INFO,
         seed=config["seed"],
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,
@@ -102,7 +102,7 @@ rule intervene_words:
         options=lambda w: info_model_params(w)["options"],
         infodecomp=INFO,
         seed=config["seed"],
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,

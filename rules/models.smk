@@ -101,6 +101,7 @@ rule encode_empty_prompt:
         source=lambda w: model_dir(w.model),
         options=lambda w: load_options(w.model, ["text"]),
     threads: 1
+    priority: 10
     resources:
         runtime=lambda w, attempt: 30 * attempt,
         mem_mb=lambda w, attempt: 4000 * attempt,
