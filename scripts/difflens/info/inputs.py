@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..models.base import fit_square
+
 
 def encode_samples(model, ds, sample_ids: list[str], batch_size: int = 256) -> torch.Tensor:
     """Model latents of the given samples (float32, CPU): the deterministic encoding (VAE mode, or a reshape)."""
@@ -23,15 +25,7 @@ def encode_samples(model, ds, sample_ids: list[str], batch_size: int = 256) -> t
 def preprocess_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
     """A bool mask (H, W) of an image, through the geometry of ``DiffusionModel.preprocess`` (shorter side resized
     to ``resolution``, centre crop): the ground truth on the pixels the model sees."""
-    im = Image.fromarray(mask.astype(np.uint8) * 255)
-    w, h = im.size
-    r = resolution
-    if (w, h) != (r, r):
-        scale = r / min(w, h)
-        im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - r) // 2, (h - r) // 2
-        im = im.crop((left, top, left + r, top + r))
+    im = fit_square(Image.fromarray(mask.astype(np.uint8) * 255), resolution, Image.BILINEAR)
     return np.asarray(im) >= 128
 
 

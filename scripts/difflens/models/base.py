@@ -83,6 +83,18 @@ def nearest_timestep(logsnr: torch.Tensor, log_snr_table: torch.Tensor) -> torch
     return (logsnr.to(torch.float64)[:, None] - table[None, :]).abs().argmin(dim=1)
 
 
+def fit_square(im: Image.Image, r: int, resample=Image.BICUBIC) -> Image.Image:
+    """The image geometry every model input goes through: shorter side resized to ``r``, then a centre crop."""
+    w, h = im.size
+    if (w, h) == (r, r):
+        return im
+    scale = r / min(w, h)
+    im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), resample)
+    w, h = im.size
+    left, top = (w - r) // 2, (h - r) // 2
+    return im.crop((left, top, left + r, top + r))
+
+
 class DiffusionModel(ABC):
     """Base class of the model adapters. Subclasses set ``kind`` and implement the abstract methods."""
 
@@ -131,18 +143,7 @@ class DiffusionModel(ABC):
     # ---- encoders -----------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> (B, 3, R, R) float32 in [-1, 1]: shorter side resized to R (bicubic), centre crop."""
-        out = []
-        r = self.resolution
-        for im in images:
-            im = im.convert("RGB")
-            w, h = im.size
-            if (w, h) != (r, r):
-                scale = r / min(w, h)
-                im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BICUBIC)
-                w, h = im.size
-                left, top = (w - r) // 2, (h - r) // 2
-                im = im.crop((left, top, left + r, top + r))
-            out.append(np.asarray(im, dtype=np.float32))
+        out = [np.asarray(fit_square(im.convert("RGB"), self.resolution), dtype=np.float32) for im in images]
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
     @abstractmethod
