@@ -81,20 +81,21 @@ def edits_of(rows: pd.DataFrame, swaps: dict[str, str], words_per_image: int) ->
     return pd.DataFrame(out)
 
 
-def change_maps(model, ds, edits: pd.DataFrame, *, steps: int, solver: str, batch_size: int = 256,
+def change_maps(model, latents_of: dict, edits: pd.DataFrame, *, steps: int, solver: str, batch_size: int = 256,
                 progress: bool = True) -> np.ndarray:
     """(n_edits, h, w) squared change (channels summed) of each edit's regeneration against the image's own
-    reconstruction, all images inverted and regenerated in batches along the same ODE grid."""
+    reconstruction, all images inverted and regenerated in batches along the same ODE grid (``latents_of``: sample
+    id -> latents (C, h, w))."""
     from tqdm import tqdm
 
     grid = sampling_timesteps(model.num_train_timesteps, steps + 1).flip(0)  # 0 .. T-1, increasing
     images = list(dict.fromkeys(edits["sample_id"]))
     captions = edits.drop_duplicates("sample_id").set_index("sample_id")["caption"]
-    out = np.zeros((len(edits), *model_grid(model, ds, images[0])))
+    out = np.zeros((len(edits), *latents_of[images[0]].shape[-2:]))
     chunk = max(1, batch_size // 4)
     for s in tqdm(range(0, len(images), chunk), desc="invert + regenerate", disable=not progress):
         ids = images[s:s + chunk]
-        x0 = encode_samples(model, ds, ids)
+        x0 = torch.stack([latents_of[i] for i in ids])
         noise = ode_path(model, x0, [captions[i] for i in ids], grid, solver, batch_size)
         sub = edits[edits["sample_id"].isin(ids)]
         at = {sid: k for k, sid in enumerate(ids)}
@@ -107,11 +108,7 @@ def change_maps(model, ds, edits: pd.DataFrame, *, steps: int, solver: str, batc
     return out
 
 
-def model_grid(model, ds, sample_id: str) -> tuple[int, int]:
-    return tuple(encode_samples(model, ds, [sample_id]).shape[-2:])
-
-
-def word_maps(model, ds, edits: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler, seed: int,
+def word_maps(model, latents_of: dict, edits: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler, seed: int,
               batch_size: int = 256, progress: bool = True) -> dict[str, np.ndarray]:
     """CMI (pixel-wise i^o) and attention maps of each edit's word, (n_edits, h, w), from one estimator call per
     image."""
@@ -120,9 +117,9 @@ def word_maps(model, ds, edits: pd.DataFrame, *, n_draws: int, sampler: LogSNRSa
     words = edits.drop_duplicates(["sample_id", "word"])
     got = {}
     for sid, g in tqdm(list(words.groupby("sample_id", sort=False)), desc="CMI maps", disable=not progress):
-        x0 = encode_samples(model, ds, [sid])[0]
-        maps = image_maps(model, x0, g["caption"].iloc[0], list(g["word"]), list(g["context"]), n_draws=n_draws,
-                          sampler=sampler, seed=seed, item=sid, batch_size=batch_size, with_mi=False)
+        maps = image_maps(model, latents_of[sid], g["caption"].iloc[0], list(g["word"]), list(g["context"]),
+                          n_draws=n_draws, sampler=sampler, seed=seed, item=sid, batch_size=batch_size,
+                          with_mi=False)
         for k, w in enumerate(g["word"]):
             got[(sid, w)] = {"cmi": maps["cmi"][k], "attention": maps["attention"][k]}
     return {m: np.stack([got[(r.sample_id, r.word)][m] for r in edits.itertuples()]) for m in ("cmi", "attention")}
@@ -169,8 +166,11 @@ def run_intervention(model, ds, rows: pd.DataFrame, *, swaps: dict[str, str], wo
     """(edits table with totals, change maps, predictor maps, correlation table)."""
     require_unconditional(model)
     edits = edits_of(rows, swaps, words_per_image)
-    change = change_maps(model, ds, edits, steps=steps, solver=solver, batch_size=batch_size, progress=progress)
-    preds = word_maps(model, ds, edits, n_draws=n_draws, sampler=sampler, seed=seed, batch_size=batch_size,
+    images = list(dict.fromkeys(edits["sample_id"]))
+    latents_of = dict(zip(images, encode_samples(model, ds, images)))  # each image encoded once, for both parts
+    change = change_maps(model, latents_of, edits, steps=steps, solver=solver, batch_size=batch_size,
+                         progress=progress)
+    preds = word_maps(model, latents_of, edits, n_draws=n_draws, sampler=sampler, seed=seed, batch_size=batch_size,
                       progress=progress)
     edits = edits.assign(change_total=change.reshape(len(edits), -1).sum(1),
                          cmi_nats=preds["cmi"].reshape(len(edits), -1).sum(1),

@@ -77,8 +77,11 @@ def compute_maps(model, ds, rows: pd.DataFrame, *, n_draws: int, sampler: LogSNR
     maps: dict[str, list] = {}
     order = []
     groups = list(rows.groupby(["sample_id", "caption"], sort=False))
+    last = (None, None)  # an image with several captions (COCO-IT) is encoded once for its consecutive groups
     for (sid, caption), g in tqdm(groups, desc="word maps", disable=not progress, mininterval=5):
-        x0 = encode_samples(model, ds, [sid])[0]
+        if last[0] != sid:
+            last = (sid, encode_samples(model, ds, [sid])[0])
+        x0 = last[1]
         out = image_maps(model, x0, caption, list(g["word"]), list(g["context"]), n_draws=n_draws,
                          sampler=sampler, seed=seed, item=sid, batch_size=batch_size)
         for k, v in out.items():
