@@ -19,10 +19,21 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS)
+	$(VENV)/bin/snakemake --report results/report.zip
 
-test: $(STAMP)
+test: $(STAMP) browser
 	@$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
+
+# Headless Chromium for the feature-browser test (Debian's chromium and chromium-driver; installed when missing and
+# this runs as root; without them the browser test skips, except under .ci/run, where it must run)
+.PHONY: browser
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+	    >/dev/null || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    chromium chromium-driver >/dev/null); \
+	  else echo "chromium / chromedriver missing (not root: the browser test will skip)"; fi; fi
 
 # The real-SLURM test (needs root): installs Debian's slurm-wlm and munge, starts a one-node cluster on this host,
 # runs tests/test_slurm.py on it, and stops every daemon it started, also when the test fails or is interrupted.

@@ -12,6 +12,7 @@ from difflens.config import ConfigError, LOCAL_SOURCES, check_config, info_model
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
 from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id
+from difflens.report.catalog import ITEMS as PAPER_ITEMS
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 try:
@@ -210,4 +211,123 @@ def all_targets():
     targets += classify_targets()
     targets += sae_targets()
     targets += info_targets()
+    targets += report_targets()
     return targets
+
+
+# ---- figures, summary page, feature browser (rules/report.smk) ----------------------------------------------------
+def palette_spec():
+    """Models, layers and timesteps in the config's order: every figure colours them the same way."""
+    layers, timesteps = [], set()
+    for m in config["models"].values():
+        layers += [l for l in m["layers"] if l not in layers]
+        timesteps |= set(m["timesteps"])
+    return {"models": list(config["models"]), "layers": layers, "timesteps": sorted(timesteps)}
+
+
+def sae_models():
+    return [n for n in SAE["models"] or EXTRACT_MODELS if n in EXTRACT_MODELS] if SAE["runs"] else []
+
+
+def diffc_models():
+    return (CL["models"] or EXTRACT_MODELS) if CL["targets"] else []
+
+
+def report_inputs(key):
+    """Input kind -> paths of one paper item (catalog.ITEMS[key].needs); a clear error when the config cannot make
+    it (for instance a DiT table without a DiT model)."""
+    if key not in PAPER_ITEMS:
+        raise WorkflowError(f"no paper item {key!r}; items: {sorted(PAPER_ITEMS)}")
+    why = item_unavailable(key)
+    if why:
+        raise WorkflowError(f"figure {key} cannot be made with this config: {why} "
+                            f"({PAPER_ITEMS[key].config} sets it up)")
+    kinds = {
+        "sae_summary": lambda: sae_targets(),
+        "sae_grids": lambda: [p.replace("summary.json", "top_images.png") for name in sae_models()
+                              for ds in EX["datasets"] for p in sae_summaries(name, ds)],
+        "accuracy": lambda: [p for p in classify_targets() if p.endswith("accuracy.csv")],
+        "datasets": lambda: [dataset_json(d) for d in dict.fromkeys(EX["datasets"] + INFO["localize"]["datasets"]
+                                                                    + INFO["intervene"]["datasets"])],
+        "pca": lambda: [p for p in classify_targets() if p.endswith(".png")],
+        "aro": lambda: [f"{R}/info/{m}/{d}/aro.csv" for m in info_models(config) for d in INFO["aro"]["datasets"]],
+        "localization": lambda: [f"{R}/info/{m}/{d}/localization{s}" for m in info_models(config)
+                                 for d in INFO["localize"]["datasets"] for s in (".csv", "_maps.npz")],
+        "intervention": lambda: [f"{R}/info/{m}/{d}/intervention{s}" for m in info_models(config)
+                                 for d in INFO["intervene"]["datasets"]
+                                 for s in (".csv", "_items.csv", "_maps.npz")],
+    }
+    return {kind: kinds[kind]() for kind in PAPER_ITEMS[key].needs}
+
+
+def item_unavailable(key):
+    """Why this config cannot make a paper item (None when it can)."""
+    it = PAPER_ITEMS[key]
+    dit = [n for n in sae_models() if config["models"][n]["kind"] == "dit"]
+    if "sae_summary" in it.needs and not sae_models():
+        return "no k-SAE runs (sae.runs is empty)"
+    if it.name in ("table2d", "fig9") and not dit:
+        return "no DiT model (kind: dit) among the SAE models (sae.models)"
+    if it.name in ("fig4", "fig6", "fig8", "table3") and it.family == "revelio" and not diffc_models():
+        return "Diff-C is off (classify.targets is empty)"
+    if "accuracy" in it.needs and not any(p.endswith("accuracy.csv") for p in classify_targets()):
+        return "no accuracy tables (no extraction data set)"
+    if it.name == "fig10" and not config["pca"]["views"]:
+        return "no PCA views (pca.views is empty)"
+    for kind, section in (("aro", "aro"), ("localization", "localize"), ("intervention", "intervene")):
+        if kind in it.needs and not (INFO[section]["datasets"] and info_models(config)):
+            return f"no information run (infodecomp.models and infodecomp.{section}.datasets)"
+    if it.family == "shapes" and not any(config["datasets"][d]["source"] == "shapes" for d in EX["datasets"]):
+        return "no shapes-world data set among extraction.datasets"
+    return None
+
+
+def report_targets():
+    """Every paper item this config can make, the summary page and the feature browser."""
+    out = [PAPER_ITEMS[k].target(R) for k in PAPER_ITEMS if not item_unavailable(k)]
+    out.append(f"{R}/summary.md")
+    if browser_runs() or browser_info():
+        out.append(f"{R}/browser")
+    return out
+
+
+def browser_runs():
+    """The SAEs the browser shows: (model, data set, run, input, timestep, layer) of every SAE."""
+    return [{"model": m, "dataset": d, "run": run, "input": inp, "timestep": t, "layer": l}
+            for m in sae_models() for d in EX["datasets"] for run in SAE["runs"] for inp in SAE["inputs"]
+            for t, l in selected_grid(m, SAE)]
+
+
+def browser_info():
+    """(model, data set) pairs whose localization maps and ARO scores the browser's information view shows."""
+    pairs = [(m, d) for m in info_models(config) for d in INFO["localize"]["datasets"] + INFO["aro"]["datasets"]]
+    return [{"model": m, "dataset": d} for m, d in dict.fromkeys(pairs)]
+
+
+def browser_inputs(wildcards):
+    """Every SAE's weights and analysis, the activation indexes, the data sets, the information outputs."""
+    sae = [f"{R}/sae/{r['model']}/{r['dataset']}/{r['run']}/{r['input']}/t{r['timestep']}/{r['layer']}/{f}"
+           for r in browser_runs() for f in ("sae.safetensors", "latents.csv", "summary.json")]
+    index = [f"{R}/activations/{r['model']}/{r['dataset']}/index.json" for r in browser_runs()]
+    info = []
+    for p in browser_info():
+        folder = f"{R}/info/{p['model']}/{p['dataset']}"
+        if p["dataset"] in INFO["localize"]["datasets"]:
+            info.append(f"{folder}/localization_maps.npz")
+        if p["dataset"] in INFO["aro"]["datasets"]:
+            info.append(f"{folder}/aro_items.csv")
+    data = [dataset_json(d) for d in dict.fromkeys([r["dataset"] for r in browser_runs()]
+                                                  + [p["dataset"] for p in browser_info()])]
+    return {"sae": sae, "index": list(dict.fromkeys(index)), "info": info, "data": data}
+
+
+def summary_inputs(wildcards):
+    """The tables the summary page quotes (those this config makes)."""
+    tables = {"sae": sae_targets(), "accuracy": [p for p in classify_targets() if p.endswith("accuracy.csv")],
+              "aro": [f"{R}/info/{m}/{d}/aro.csv" for m in info_models(config) for d in INFO["aro"]["datasets"]],
+              "localization": [f"{R}/info/{m}/{d}/localization.csv" for m in info_models(config)
+                               for d in INFO["localize"]["datasets"]],
+              "intervention": [f"{R}/info/{m}/{d}/intervention.csv" for m in info_models(config)
+                               for d in INFO["intervene"]["datasets"]]}
+    tables["check"] = [f"{R}/models/{n}/check.json" for n in shapes_models()]
+    return tables

@@ -9,6 +9,7 @@ points at (image folders, tiny model folders).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -17,7 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from browser_check import check_browser
 from workflows.runs import run, snakemake_cmd
+from workflows.runs import run as run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "configs"
@@ -101,7 +104,8 @@ def check_extraction_options(results: Path, out: str) -> None:
     assert (results / "classify/shapes/shapes/pca/t25/up_ft1.png").stat().st_size > 1000
     assert "no external baselines configured" in (results / "logs/collect_accuracy/shapes/shapes.log").read_text()
     sae = pd.read_csv(results / "sae/shapes/shapes/summary.csv")
-    assert sorted(sae["input"]) == ["pooled", "spatial"] and set(sae["layer"]) == {"mid_block"}
+    assert sorted(sae["input"]) == ["pooled", "pooled", "spatial", "spatial"]
+    assert set(sae["layer"]) == {"mid_block", "up_ft1"}
     assert (sae["n_latents"] == 2 * 64).all() and (sae["k"] == 2).all() and sae["val_fvu"].notna().all()
     run = results / "sae/shapes/shapes/tiny/spatial/t25/mid_block"
     trained = json.loads((run / "sae_config.json").read_text())
@@ -110,6 +114,40 @@ def check_extraction_options(results: Path, out: str) -> None:
     latents = pd.read_csv(run / "latents.csv")
     assert {"latent", "frequency", "purity", "sigma", "best_attribute", "auroc"} <= set(latents.columns)
     assert (run / "top_images.png").stat().st_size > 1000
+    check_report_stage(results, expected={"revelio/table2a", "revelio/fig3", "revelio/fig4", "revelio/fig10",
+                                          "revelio/table5", "infodecomp/table1", "infodecomp/fig2",
+                                          "infodecomp/table3", "shapes/attributes"},
+                       absent={"revelio/table2d", "infodecomp/table4"})
+    # the feature browser in headless Chromium; its screenshots are kept under results/ of the repository
+    seen = check_browser(results / "browser" / "index.html", ROOT / "results" / "screenshots")
+    assert seen["layers"] == ["mid_block", "up_ft1"] and seen["latents_before"] != seen["latents_after"]
+    assert seen["latent_images"] >= 2 and seen["heat_maps"] >= 1 and seen["histogram_bars"] == 5
+    assert seen["points"] == 12 and seen["word_rows"] >= 1
+    # the Snakemake report of the run builds (a zip: the browser folder is in it), every figure and table in it
+    report = results.parent / "report.zip"
+    run_snakemake(snakemake_cmd([], results.parent / "config.yaml", "--report", str(report),
+                                "--replace-workflow-config"))
+    with zipfile.ZipFile(report) as z:
+        names = z.namelist()
+        html = z.read("report/report.html").decode()
+    assert any(n.endswith("/table2a.png") for n in names) and any(n.endswith("/table2a.csv") for n in names)
+    assert any(n.endswith("/index.html") for n in names) and any(n.endswith("/app.js") for n in names)
+    assert "Revelio Table 2a" in html and "Kong et al. Fig. 2" in html and "Feature browser" in html
+
+
+def check_report_stage(results: Path, expected: set[str], absent: set[str]) -> None:
+    """The figure stage made every paper item the config allows (PNG, PDF, CSV), none it cannot, the summary page
+    and the browser."""
+    from difflens.report.catalog import ITEMS
+
+    made = {f"{p.parent.name}/{p.stem}" for p in (results / "figures").glob("*/*.png")}
+    assert expected <= made and not (absent & made), sorted(made)
+    for key in made:
+        assert key in ITEMS
+        for ext in (".pdf", ".csv"):
+            assert (results / "figures" / f"{key}{ext}").stat().st_size > 100, key
+    assert "| section | quantity | this run | model | dataset |" in (results / "summary.md").read_text()
+    assert (results / "browser" / "index.html").is_file()
 
 
 def check_tiny_backbones(results: Path, out: str) -> None:
@@ -154,6 +192,12 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
     assert not (results / "info" / "dit").exists()  # infodecomp.models: the SD model alone
     assert not (fetched / "safety_checker").exists()
+    check_report_stage(results, expected={"revelio/table2d", "revelio/fig9", "revelio/table5", "infodecomp/table4",
+                                          "infodecomp/fig3", "shapes/attributes"}, absent={"revelio/fig4"})
+    blocks = pd.read_csv(results / "figures/revelio/table2d.csv")
+    assert list(blocks["block"]) == [0, 1] and set(blocks["model"]) == {"dit"}
+    best = pd.read_csv(results / "figures/revelio/table5.csv")
+    assert {"clip", "dino", "dit"} <= set(best["model"])  # the external baselines beside the DiT's probes
 
 
 def check_retrain_and_check(results: Path, out: str) -> None:

@@ -36,7 +36,8 @@ ALLOWED = {
 FORBIDDEN = {"models": {"h5py", "pandas"}, "info": {"h5py"}, "classify": {"h5py"}, "sae": {"h5py"},
              "report": {"h5py"}}
 #: what the Snakefile imports when it parses: standard library, PyYAML and jsonschema only (envs/snakemake.yaml)
-PARSE_TIME = ("config", "runlog", "data.registry", "models.catalog", "models.fetch", "extract.layout", "extract.prompts")
+PARSE_TIME = ("config", "runlog", "data.registry", "models.catalog", "models.fetch", "extract.layout", "extract.prompts",
+              "report.catalog")
 PARSE_TIME_OK = {"yaml", "jsonschema"}
 
 

@@ -311,6 +311,29 @@ class FeatureStore:
                                                    valid_only=valid_only, batch_size=256, dtype=dtype,
                                                    as_torch=as_torch)))
 
+    def has_maps(self, model: str, dataset: str, layer: str, timestep: int) -> bool:
+        """Whether the extraction kept this layer's spatial maps (extraction.save_maps)."""
+        with h5py.File(self.files(model, dataset, layer, timestep)[0], "r") as f:
+            return "maps" in f
+
+    def maps_of(self, model: str, dataset: str, layer: str, timestep: int, sample_ids,
+                dtype=np.float32) -> dict[str, np.ndarray]:
+        """{sample id: its map (C, H, W)} for the given ids only (read row by row from the shards that hold them);
+        an id in no shard raises, naming it."""
+        wanted, out = set(map(str, sample_ids)), {}
+        for path in self.files(model, dataset, layer, timestep):
+            with h5py.File(path, "r") as f:
+                ids = read_strings(f["sample_id"])
+                rows = np.flatnonzero(np.isin(ids, list(wanted - set(out))))
+                if len(rows) and "maps" not in f:
+                    raise FeatureError(f"{path} has no maps; set extraction.save_maps: true and re-extract")
+                for r in rows:
+                    out[str(ids[r])] = f["maps"][int(r)].astype(dtype)
+        missing = sorted(wanted - set(out))
+        if missing:
+            raise FeatureError(f"no maps of sample(s) {missing[:5]} in {model}/{dataset} {layer} t{timestep}")
+        return out
+
     def maps_dataset(self, model: str, dataset: str, layer: str, timestep: int, *, split=None,
                      valid_only: bool = True, transform=None) -> "MapDataset":
         """A torch ``Dataset`` of (map float32 (C, H, W), label) read one row at a time (DataLoader workers ok)."""

@@ -1,0 +1,87 @@
+"""Rule feature_browser: the static feature browser of this run (results/browser/index.html, opens from disk):
+every SAE's latents (statistics, top images with heat maps, quantile images, histogram), a PCA view of each layer's
+pooled features, and each scored image's information maps and ARO scores."""
+import json
+from pathlib import Path
+
+from difflens.runlog import start_log
+
+log = start_log(snakemake.log[0])
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from difflens.data.common import Dataset  # noqa: E402
+from difflens.extract.store import FeatureStore  # noqa: E402
+from difflens.report.browser import (OPTIONS, ImageBank, SiteWriter, colour_columns, heat_maps,  # noqa: E402
+                                     info_images, latent_pages, pca_view)
+from difflens.sae.analysis import image_scores  # noqa: E402
+from difflens.sae.data import load_vectors  # noqa: E402
+from difflens.sae.model import KSAE  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)
+p = snakemake.params
+opts = {**OPTIONS, **p.options}
+results = Path(p.results)
+site = SiteWriter(snakemake.output[0], title=f"difflens feature browser: {results}")
+store = FeatureStore(results)
+bank = ImageBank(site.folder, opts["thumbnail"])
+datasets: dict[str, Dataset] = {}
+
+
+def dataset(name: str) -> Dataset:
+    if name not in datasets:
+        datasets[name] = Dataset.load(results / "data" / name)
+    return datasets[name]
+
+
+views = set()
+for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
+    model, ds, layer, t = r["model"], r["dataset"], r["layer"], int(r["timestep"])
+    folder = results / "sae" / model / ds / r["run"] / r["input"] / f"t{t}" / layer
+    sae = KSAE.load(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    x, rows, per_image = load_vectors(store, model, ds, layer, t, input=r["input"], split=summary["split"])
+    scores = image_scores(sae, x, positions=per_image).numpy()
+    pages = latent_pages(scores, pd.read_csv(folder / "latents.csv"), top=opts["top"], quantiles=opts["quantiles"],
+                         bins=opts["bins"], max_latents=opts["max_latents"])
+    ids = rows["sample_id"].astype(str).tolist()
+    has_maps = store.has_maps(model, ds, layer, t)
+    for a in range(0, len(pages) if has_maps else 0, 16):  # 16 latents' top images in memory at a time
+        chunk = pages[a:a + 16]
+        heat_maps(sae, store.maps_of(model, ds, layer, t, {ids[i] for pg in chunk for i in pg["top"]},
+                                     dtype=np.float16), chunk, ids)
+    used = sorted({i for pg in pages for i in pg["top"] + [q["image"] for q in pg["quant"]]})
+    images = {str(i): [bank.src(dataset(ds), ids[i]), str(rows["label_name"].iloc[i])] for i in used}
+    meta = {"model": model, "dataset": ds, "layer": layer, "timestep": t, "run": r["run"], "input": r["input"],
+            "n_latents": sae.config.n_latents, "live": summary["live_latents"], "split": summary["split"],
+            "n_images": len(rows), "sigma_label": summary["sigma_label"], "purity": summary["purity"],
+            "maps": has_maps}
+    site.add("saes", meta, {"latents": pages, "images": images})
+    log.info("%s/%s %s t%d %s/%s: %d latents listed, %d images, heat maps %s", model, ds, layer, t, r["run"],
+             r["input"], len(pages), len(images), "yes" if has_maps else "no (maps not saved)")
+    if (model, ds, layer, t) in views:
+        continue
+    views.add((model, ds, layer, t))
+    pooled = store.pooled(model, ds, layer, t, split=summary["split"])
+    pick, xy = pca_view(pooled.x, rows, max_points=opts["max_points"], seed=p.seed)
+    shown = rows.iloc[pick].reset_index(drop=True)
+    site.add("views", {"model": model, "dataset": ds, "layer": layer, "timestep": t, "split": summary["split"]},
+             {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
+              "img": [bank.src(dataset(ds), s) for s in shown["sample_id"].astype(str)],
+              "ids": shown["sample_id"].astype(str).tolist(), "colour": colour_columns(shown)})
+
+inputs = [Path(f) for f in snakemake.input.info]
+for pair in p.info:
+    folder = results / "info" / pair["model"] / pair["dataset"]
+    maps_file, aro_file = folder / "localization_maps.npz", folder / "aro_items.csv"
+    maps = dict(np.load(maps_file)) if maps_file in inputs else None
+    aro = pd.read_csv(aro_file) if aro_file in inputs else None
+    entries = info_images(maps, aro, dataset(pair["dataset"]), bank)
+    site.add("info", pair, {"images": entries})
+    log.info("information view %s/%s: %d images", pair["model"], pair["dataset"], len(entries))
+index = site.write()
+log.info("wrote %s: %d SAEs, %d data views, %d information views, %d thumbnails", index, len(site.index["saes"]),
+         len(site.index["views"]), len(site.index["info"]), len(bank))

@@ -1,0 +1,74 @@
+"""The shapes world's own figure: which attribute is readable where (layer x timestep), from Diff-C, the linear
+probes and the SAE's attribute matching, side by side. Each source is put on one readability scale, 0 = chance and
+1 = perfect: (accuracy - chance) / (1 - chance) for the classifiers (chance = 1 / number of classes), and
+(AUROC - 0.5) / 0.5 for the SAE (its best latent per attribute value, averaged over the attribute's values)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .revelio import ReportError
+from .style import Palette, apply_style, plt, save_figure
+
+SOURCES = {"diffc": "Diff-C (test accuracy)", "linear_probe": "linear probe (test accuracy)",
+           "sae": "k-SAE best latent (AUROC)"}
+
+
+def readability_table(acc: pd.DataFrame, sae: pd.DataFrame) -> pd.DataFrame:
+    """One row per (source, model, data set, layer, timestep, attribute): the raw score, its chance level and the
+    readability (0 = chance, 1 = perfect). The class label counts as the attribute ``label``."""
+    out = []
+    own = acc[acc["classifier"].isin(["diffc", "linear_probe"]) & acc["timestep"].notna()]  # not external baselines
+    for r in own.to_dict("records"):
+        chance = 1.0 / max(1, int(r["n_classes"])) if pd.notna(r.get("n_classes")) else np.nan
+        out.append({"source": r["classifier"], "model": r["model"], "dataset": r["dataset"], "layer": r["layer"],
+                    "timestep": int(r["timestep"]), "attribute": r["target"], "score": r["test_accuracy"],
+                    "chance": chance})
+    auroc_cols = [c for c in sae.columns if c.startswith("auroc:")]
+    for r in sae.to_dict("records"):
+        per_attr: dict[str, list[float]] = {}
+        for c in auroc_cols:
+            if pd.notna(r[c]):
+                per_attr.setdefault(c.removeprefix("auroc:").split("=")[0], []).append(float(r[c]))
+        for attr, values in per_attr.items():
+            out.append({"source": "sae", "model": r["model"], "dataset": r["dataset"], "layer": r["layer"],
+                        "timestep": int(r["timestep"]), "attribute": attr, "score": float(np.mean(values)),
+                        "chance": 0.5, "sae_run": f"{r['run']}/{r['input']}"})
+    if not out:
+        raise ReportError("no classifier or SAE rows to read attributes from")
+    table = pd.DataFrame(out)
+    table["readability"] = (table["score"] - table["chance"]) / (1 - table["chance"])
+    return table
+
+
+def plot_readability(table: pd.DataFrame, palette: Palette, png, pdf, title: str) -> None:
+    """One heat map per (source, model, data set): rows layer @ timestep, columns attributes; colour =
+    readability, text = the raw score."""
+    apply_style()
+    facets = [(k, g) for k, g in table.groupby(["model", "dataset", "source"], sort=False)]
+    facets.sort(key=lambda kg: (kg[0][0], kg[0][1], list(SOURCES).index(kg[0][2])))
+    columns = []
+    for (_, _, _), g in facets:
+        names = sorted(set(g["attribute"]) - {"label"})
+        columns.append(["label"] * ("label" in set(g["attribute"])) + names)
+    fig, axes = plt.subplots(1, len(facets), figsize=(0.5 * sum(map(len, columns)) + 4, 5.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [max(1, len(c)) for c in columns]})
+    im = None
+    for k, (ax, ((model, ds, source), g), attrs) in enumerate(zip(axes[0], facets, columns)):
+        g = g.groupby(["layer", "timestep", "attribute"], as_index=False)[["readability", "score"]].mean()
+        index = [(l, t) for t in sorted(set(table["timestep"])) for l in palette.layer_order(table["layer"])]
+        read = g.pivot_table(index=["layer", "timestep"], columns="attribute", values="readability")
+        raw = g.pivot_table(index=["layer", "timestep"], columns="attribute", values="score")
+        read, raw = read.reindex(index=index, columns=attrs), raw.reindex(index=index, columns=attrs)
+        im = ax.imshow(read.to_numpy(float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(raw.to_numpy(float)):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="w" if read.iat[i, j] < 0.6 else "k")
+        ax.set_xticks(range(len(attrs)), attrs, rotation=45, ha="right")
+        ax.set_yticks(range(len(index)), [f"{l} @ t{t}" for l, t in index] if k == 0 else [], fontsize=7)
+        ax.set_title(f"{SOURCES[source]}\n{model} · {ds}", fontsize=8)
+        ax.grid(False)
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, label="readability: 0 = chance, 1 = perfect")
+    fig.suptitle(title)
+    save_figure(fig, png, pdf)

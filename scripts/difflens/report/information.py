@@ -1,0 +1,240 @@
+"""The information-decomposition paper items from ``info/<model>/<data set>/``: Tables 1-2 (ARO overall and per
+relation, i^o beside i^s and the denoising error), Fig. 2 (MI / CMI / attention maps over the image on one colour
+scale), Table 3 (localization mIoU, held-out and oracle thresholds), Table 4 and Fig. 3 (prompt intervention)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .revelio import ReportError
+from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, plt, save_figure
+
+SCORES = ("i_s", "i_o", "err")
+METHODS = ("whole_image", "mi", "cmi", "attention", "attention+cmi")
+MAP_KINDS = ("mi", "cmi", "attention")
+
+
+def _bars(ax, table: pd.DataFrame, x: str, hue: str, hues, value: str, lo=None, hi=None, err=None) -> None:
+    """Grouped bars: one group per value of ``x`` (in order of appearance), one bar per ``hue``."""
+    xs = list(dict.fromkeys(table[x]))
+    hues = [h for h in hues if h in set(table[hue])]
+    width = 0.8 / max(1, len(hues))
+    for j, h in enumerate(hues):
+        s = table[table[hue] == h].set_index(x).reindex(xs)
+        pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+        yerr = None
+        if err is not None and err in s:
+            yerr = s[err].fillna(0).to_numpy()
+        elif lo is not None:
+            yerr = np.vstack([(s[value] - s[lo]).clip(lower=0), (s[hi] - s[value]).clip(lower=0)]).astype(float)
+        ax.bar(pos, s[value], width, yerr=yerr, capsize=2, color=SCORE_COLOURS.get(h), label=SCORE_NAMES.get(h, h))
+    ax.set_xticks(range(len(xs)), xs)
+
+
+# ---- Tables 1-2: ARO ----------------------------------------------------------------------------------------------
+def aro_table(aro: pd.DataFrame, per_group: bool) -> pd.DataFrame:
+    """Table 1 (``per_group`` False): accuracy and macro accuracy per kind and score; Table 2: per relation (and
+    attribute) group. ``aro`` is aro.csv with model and dataset columns."""
+    rows = aro[aro["metric"] == "group"] if per_group else aro[aro["metric"].isin(["accuracy", "macro"])]
+    if rows.empty:
+        raise ReportError("no per-group ARO rows (groups need min_group items)" if per_group else "no ARO rows")
+    wide = rows.pivot_table(index=["model", "dataset", "kind", "metric", "group"] if per_group else
+                            ["model", "dataset", "kind", "metric"], columns="score",
+                            values="accuracy", dropna=False).reset_index()
+    err = rows.pivot_table(index=[c for c in wide.columns if c not in SCORES], columns="score", values="stderr",
+                           dropna=False)
+    err.columns = [f"{c}_stderr" for c in err.columns]
+    wide = wide.merge(err.reset_index(), how="left")
+    wide = wide.dropna(how="all", subset=[c for c in SCORES if c in wide])
+    n = rows.groupby([c for c in wide.columns if c in ("model", "dataset", "kind", "metric", "group")])["n"].max()
+    return wide.merge(n.reset_index(), how="left").reset_index(drop=True)
+
+
+def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None:
+    apply_style()
+    facets = list(table.groupby(["model", "dataset", "kind"] if per_group else ["model", "dataset"], sort=False))
+    fig, axes = plt.subplots(1, len(facets), figsize=(max(6.5, 1.2 * len(facets[0][1])) * len(facets), 3.8),
+                             squeeze=False)
+    for ax, (key, g) in zip(axes[0], facets):
+        long = g.melt(id_vars=[c for c in g.columns if c not in SCORES and not c.endswith("_stderr")],
+                      value_vars=[s for s in SCORES if s in g], var_name="score", value_name="accuracy")
+        errs = g.melt(id_vars=[c for c in g.columns if c not in SCORES and not c.endswith("_stderr")],
+                      value_vars=[f"{s}_stderr" for s in SCORES if f"{s}_stderr" in g], var_name="score",
+                      value_name="stderr")
+        errs["score"] = errs["score"].str.removesuffix("_stderr")
+        long = long.merge(errs, how="left")
+        long["x"] = long["group"] if per_group else long["kind"] + np.where(long["metric"] == "macro", " (macro)", "")
+        _bars(ax, long, "x", "score", SCORES, "accuracy", err="stderr")
+        ax.axhline(0.5, color="grey", ls=":", lw=1)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy (true caption scores highest)")
+        ax.set_title(" · ".join(map(str, key)))
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=7)
+    fig.suptitle(title + " (dotted: chance with one negative)")
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+# ---- Table 3: localization mIoU -----------------------------------------------------------------------------------
+def localization_table(loc: pd.DataFrame) -> pd.DataFrame:
+    """Long form of localization.csv: one row per (model, data set, word type, method, threshold), mIoU in [0, 1]."""
+    out = []
+    for r in loc.to_dict("records"):
+        for m in METHODS:
+            if m not in r:
+                continue
+            out.append({"model": r["model"], "dataset": r["dataset"], "word_type": r["word_type"], "n": r["n"],
+                        "method": m, "threshold": "held-out" if m != "whole_image" else "none",
+                        "threshold_source": r["threshold_source"], "miou": r[m]})
+            if f"{m}:oracle" in r:
+                out.append({**out[-1], "threshold": "oracle (test-set pick)", "miou": r[f"{m}:oracle"]})
+    if not out:
+        raise ReportError("localization.csv has no mIoU rows (a data set without masks?)")
+    return pd.DataFrame(out)
+
+
+def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
+    apply_style()
+    held = table[table["threshold"] != "oracle (test-set pick)"]
+    oracle = table[table["threshold"] == "oracle (test-set pick)"]
+    facets = list(held.groupby(["model", "dataset"], sort=False))
+    fig, axes = plt.subplots(1, len(facets), figsize=(6.5 * len(facets), 3.8), squeeze=False)
+    for ax, ((model, ds), g) in zip(axes[0], facets):
+        _bars(ax, g, "word_type", "method", METHODS, "miou")
+        o = oracle[(oracle["model"] == model) & (oracle["dataset"] == ds)]
+        xs = list(dict.fromkeys(g["word_type"]))
+        methods = [m for m in METHODS if m in set(g["method"])]
+        width = 0.8 / max(1, len(methods))
+        for j, m in enumerate(methods):
+            s = o[o["method"] == m].set_index("word_type").reindex(xs)
+            pos = np.arange(len(xs)) + (j - (len(methods) - 1) / 2) * width
+            ax.scatter(pos, s["miou"], marker="_", s=60, color="k", zorder=3,
+                       label="oracle threshold" if j == 0 else None)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mIoU (threshold chosen on held-out rows)")
+        ax.set_xlabel("word type (n rows in the CSV)")
+        ax.set_title(f"{model} · {ds}")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+# ---- Fig. 2: heat maps over the image -----------------------------------------------------------------------------
+def pick_map_rows(maps: dict, n_images: int = 3, words: int = 3) -> list[int]:
+    """Rows of localization_maps.npz to show: the first ``n_images`` images with the most words, up to ``words``
+    each, preferring one word of each type."""
+    ids = maps["sample_id"]
+    order = list(dict.fromkeys(ids))
+    counts = {s: int((ids == s).sum()) for s in order}
+    chosen = sorted(order, key=lambda s: -counts[s])[:n_images]
+    rows = []
+    for s in chosen:
+        idx = np.flatnonzero(ids == s)
+        by_type = list({str(maps["word_type"][i]): i for i in idx[::-1]}.values())[::-1]
+        rows += (by_type + [i for i in idx if i not in by_type])[:words]
+    return rows
+
+
+def overlay(ax, image: np.ndarray, heat: np.ndarray, vmax: float, cmap: str = "inferno"):
+    """The image in grey with ``heat`` (any grid) upsampled bilinearly over it."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    up = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+    ax.imshow(image.mean(2), cmap="gray", vmin=0, vmax=255)
+    im = ax.imshow(up, cmap=cmap, vmin=0, vmax=vmax, alpha=0.65)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], png, pdf, title: str) -> pd.DataFrame:
+    """Fig. 2: per (image, word) row, the image and its MI, CMI and attention maps on one colour scale (nats per
+    latent pixel; attention, a probability, rescaled so that its maximum is the row's largest MI/CMI value).
+    Returns the rows shown, with each map's total and maximum."""
+    apply_style()
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8.4, 2.2 * len(rows)), squeeze=False, layout="constrained")
+    shown = []
+    for r, i in enumerate(rows):
+        sid, word = str(maps["sample_id"][i]), str(maps["word"][i])
+        image = images[sid]
+        vmax = float(max(maps["mi"][i].max(), maps["cmi"][i].max(), 1e-12))
+        att = maps["attention"][i] * (vmax / max(float(maps["attention"][i].max()), 1e-12))
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+        axes[r, 0].set_ylabel(f"{sid}\n'{word}' ({maps['word_type'][i]})", fontsize=7)
+        for c, (kind, heat) in enumerate((("mi", maps["mi"][i]), ("cmi", maps["cmi"][i]), ("attention", att)), 1):
+            im = overlay(axes[r, c], image, heat, vmax)
+            if r == 0:
+                axes[r, c].set_title(SCORE_NAMES[kind])
+        fig.colorbar(im, ax=axes[r, 1:].tolist(), fraction=0.03, label="nats / latent pixel")
+        shown.append({"sample_id": sid, "word": word, "word_type": str(maps["word_type"][i]),
+                      "mi_nats": float(maps["mi_nats"][i]), "cmi_nats": float(maps["cmi_nats"][i]),
+                      "mi_max": float(maps["mi"][i].max()), "cmi_max": float(maps["cmi"][i].max()),
+                      "attention_max": float(maps["attention"][i].max()), "grid": "x".join(map(str, maps["mi"][i].shape))})
+    axes[0, 0].set_title("image")
+    fig.suptitle(title)
+    save_figure(fig, png, pdf)
+    return pd.DataFrame(shown)
+
+
+# ---- Table 4 and Fig. 3: prompt intervention ----------------------------------------------------------------------
+def plot_intervention(table: pd.DataFrame, png, pdf, title: str) -> None:
+    """Table 4: Pearson correlation of the edit's change with CMI and with attention, image and pixel level, with
+    the 95% bootstrap intervals."""
+    apply_style()
+    table = table.assign(x=table["edit"] + " · " + table["level"])
+    facets = list(table.groupby(["model", "dataset"], sort=False))
+    fig, axes = plt.subplots(1, len(facets), figsize=(6 * len(facets), 3.6), squeeze=False)
+    for ax, ((model, ds), g) in zip(axes[0], facets):
+        _bars(ax, g, "x", "predictor", ("cmi", "attention"), "pearson", lo="ci_low", hi="ci_high")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel("Pearson r with the change (95% CI)")
+        ax.set_title(f"{model} · {ds}")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def plot_intervention_examples(items: pd.DataFrame, maps: dict, images: dict[str, np.ndarray], png, pdf,
+                               title: str, n_examples: int = 3) -> pd.DataFrame:
+    """Fig. 3: for a few omit edits (the largest changes), the image, the change and the word's CMI and attention
+    maps; beside them, every edit's image-level change against its CMI (nats)."""
+    apply_style()
+    if len(items) != len(maps["change"]):
+        raise ReportError(f"intervention_items.csv has {len(items)} rows but intervention_maps.npz "
+                          f"{len(maps['change'])} maps")
+    pick = items.assign(map_row=np.arange(len(items)))
+    pick = pick[pick["edit"] == "omit"].sort_values("change_total", ascending=False).head(n_examples)
+    if pick.empty:
+        pick = items.assign(map_row=np.arange(len(items))).head(n_examples)
+    fig = plt.figure(figsize=(12, 2.4 * max(2, len(pick))))
+    grid = fig.add_gridspec(len(pick), 6)
+    for r, row in enumerate(pick.itertuples()):
+        image = images[row.sample_id]
+        panels = [("change", maps["change"][row.map_row]), ("cmi", maps["cmi"][row.map_row]),
+                  ("attention", maps["attention"][row.map_row])]
+        ax = fig.add_subplot(grid[r, 0])
+        ax.imshow(image)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"{row.sample_id}\n{row.edit} '{row.word}'", fontsize=7)
+        for c, (kind, heat) in enumerate(panels, 1):
+            ax = fig.add_subplot(grid[r, c])
+            overlay(ax, image, heat / max(float(heat.max()), 1e-12), 1.0)
+            if r == 0:
+                ax.set_title({"change": "change (sq. pixel diff.)", **SCORE_NAMES}.get(kind, kind), fontsize=8)
+    ax = fig.add_subplot(grid[:, 4:])
+    for edit, g in items.groupby("edit"):
+        ax.scatter(g["cmi_nats"], g["change_total"], s=12, alpha=0.7, label=f"{edit} ({len(g)})")
+    ax.set_xlabel("CMI of the word (nats)")
+    ax.set_ylabel("image-level change (sum of squared differences)")
+    ax.legend(fontsize=7)
+    fig.suptitle(title + " (maps scaled to their maximum)")
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+    return pick.drop(columns="map_row")

@@ -1,0 +1,138 @@
+"""Rendering the paper items (``catalog.ITEMS``) from their inputs.
+
+``render(key, inputs, png, pdf, csv, ...)`` is what the rule ``render_figure`` calls; from a notebook, pass the
+same input lists (see ``Item.needs``: each kind is a list of paths)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .catalog import INFO, REVELIO, SHAPES, item
+from .inputs import concat_csv, dataset_root, info_folder, read_csv, read_npz, require
+from .revelio import ReportError
+from .style import Palette
+
+# ---- rendering ----------------------------------------------------------------------------------------------------
+def _n_test(dataset_files) -> dict[str, int]:
+    from ..data.common import Dataset
+
+    return {Dataset.load(Path(p).parent).name: len(Dataset.load(Path(p).parent).split("test"))
+            for p in dataset_files}
+
+
+def _with_origin(paths, needed_by: str) -> pd.DataFrame:
+    parts = []
+    for p in paths:
+        t = read_csv(p, needed_by)
+        model, ds = info_folder(p)
+        parts.append(t.assign(model=model, dataset=ds))
+    if not parts:
+        raise ReportError(f"{needed_by}: no input tables")
+    return pd.concat(parts, ignore_index=True)
+
+
+def _images(results: str, dataset: str, sample_ids) -> dict[str, np.ndarray]:
+    from ..data.common import Dataset
+
+    ds = Dataset.load(dataset_root(results, dataset))
+    ids = list(dict.fromkeys(sample_ids))
+    return {s: np.asarray(ds.load_image(s).convert("RGB"))
+            for s in tqdm(ids, desc=f"images of {dataset}", mininterval=5, disable=len(ids) < 500)}
+
+
+def _top_image_rows(summary: pd.DataFrame, results: str, grid_latents: int) -> pd.DataFrame:
+    """The latents a grid shows (its first ``grid_latents`` by sigma rank) with their top images' sample ids."""
+    from ..extract.store import FeatureStore
+
+    store, out = FeatureStore(results), []
+    for r in tqdm(summary.to_dict("records"), desc="top images", mininterval=5, disable=len(summary) < 20):
+        folder = Path(results) / "sae" / r["model"] / r["dataset"] / r["run"] / r["input"] / f"t{int(r['timestep'])}" \
+            / r["layer"]
+        latents = read_csv(folder / "latents.csv", "a top-image figure")
+        shown = latents[latents["sigma_rank"].between(0, grid_latents - 1)].sort_values("sigma_rank")
+        if shown.empty:
+            shown = latents.head(grid_latents)
+        ids = store.rows(r["model"], r["dataset"], r["layer"], int(r["timestep"]), split=r["split"])["sample_id"]
+        for l in shown.to_dict("records"):
+            top = [str(ids.iloc[int(i)]) for i in str(l["top_images"]).split()]
+            out.append({k: r[k] for k in ("model", "dataset", "run", "input", "layer", "timestep")} |
+                       {k: l[k] for k in ("latent", "sigma_rank", "purity", "sigma", "best_attribute", "auroc")} |
+                       {"top_images": " ".join(top)})
+    return pd.DataFrame(out)
+
+
+def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Palette, results: str = "results",
+           dit_models: list[str] = (), grid_latents: int = 3) -> pd.DataFrame:
+    """Draw one paper item from its inputs and write its PNG, PDF and CSV; returns the table."""
+    from . import attributes, information, revelio
+
+    it = item(key)
+    what = f"{it.paper} ({it.family}/{it.name})"
+    for kind in it.needs:
+        for p in inputs.get(kind, []):
+            require(p, what)
+    title = f"{it.paper}: {it.title}"
+    axes = {"table2a": "layer", "table2b": "timestep", "table2c": "model", "table2d": "dit",
+            "fig3": "layer", "fig5": "timestep", "fig7": "model", "fig9": "dit"}
+    if it.family == REVELIO and it.name.startswith("table2"):
+        table = revelio.sae_table(concat_csv(inputs["sae_summary"], what), axes[it.name], dit_models, palette)
+        revelio.plot_sae_table(table, axes[it.name], palette, png, pdf, title)
+    elif it.family == REVELIO and it.name in ("fig3", "fig5", "fig7", "fig9"):
+        chosen = revelio.select_grids(concat_csv(inputs["sae_summary"], what), axes[it.name], dit_models)
+        if chosen.empty:
+            raise ReportError(f"{what}: no SAE to show (DiT models: {list(dit_models) or 'none'})")
+        table = _top_image_rows(chosen, results, grid_latents)
+        images = {}
+        for ds, g in table.groupby("dataset"):
+            images.update(_images(results, ds, [s for ids in g["top_images"] for s in ids.split()]))
+        revelio.top_image_mosaic(table, images, png, pdf, title)
+    elif it.family == REVELIO and it.name in ("fig4", "fig6", "fig8", "table5"):
+        acc = revelio.with_stderr(revelio.focus_targets(concat_csv(inputs["accuracy"], what)),
+                                  _n_test(inputs["datasets"]))
+        axis = {"fig4": "layer", "fig6": "timestep"}.get(it.name, "architecture")
+        if it.name in ("fig4", "fig6"):
+            table = revelio.accuracy_table(acc, axis)
+        else:
+            table = revelio.best_by_validation(acc if it.name == "table5" else acc[acc["classifier"] == "diffc"])
+        revelio.plot_accuracy(table, axis, palette, png, pdf, title)
+    elif key == f"{REVELIO}/table3":
+        table = revelio.plot_accuracy_grid(concat_csv(inputs["accuracy"], what), png, pdf, title, palette)
+    elif key == f"{REVELIO}/fig10":
+        table = pd.DataFrame([{"model": Path(p).parts[-5], "dataset": Path(p).parts[-4],
+                               "timestep": int(Path(p).parts[-2][1:]), "layer": Path(p).stem, "view": str(p)}
+                              for p in inputs["pca"]])
+        revelio.tile_images([(f"{r.model} · {r.dataset} · {r.layer} · t={r.timestep}", r.view)
+                             for r in table.itertuples()], png, pdf, title, cols=1)
+    elif it.family == INFO and it.name in ("table1", "table2"):
+        table = information.aro_table(_with_origin(inputs["aro"], what), per_group=it.name == "table2")
+        information.plot_aro(table, it.name == "table2", png, pdf, title)
+    elif key == f"{INFO}/table3":
+        table = information.localization_table(_with_origin([p for p in inputs["localization"]
+                                                             if p.endswith(".csv")], what))
+        information.plot_localization(table, png, pdf, title)
+    elif key == f"{INFO}/fig2":
+        npz = [p for p in inputs["localization"] if p.endswith(".npz")][0]
+        maps = read_npz(npz, what)
+        rows = information.pick_map_rows(maps)
+        images = _images(results, info_folder(npz)[1], [maps["sample_id"][i] for i in rows])
+        table = information.plot_heat_maps(maps, rows, images, png, pdf, title)
+    elif key == f"{INFO}/table4":
+        table = _with_origin([p for p in inputs["intervention"] if p.endswith("intervention.csv")], what)
+        information.plot_intervention(table, png, pdf, title)
+    elif key == f"{INFO}/fig3":
+        npz = [p for p in inputs["intervention"] if p.endswith(".npz")][0]
+        items = read_csv(Path(npz).with_name("intervention_items.csv"), what)
+        maps = read_npz(npz, what)
+        images = _images(results, info_folder(npz)[1], items["sample_id"])
+        table = information.plot_intervention_examples(items, maps, images, png, pdf, title)
+    elif key == f"{SHAPES}/attributes":
+        table = attributes.readability_table(concat_csv(inputs["accuracy"], what),
+                                             concat_csv(inputs["sae_summary"], what))
+        attributes.plot_readability(table, palette, png, pdf, title)
+    else:  # pragma: no cover - every item has a branch (tests render them all)
+        raise ReportError(f"no renderer for {key!r}")
+    table.to_csv(csv, index=False, lineterminator="\n")
+    return table

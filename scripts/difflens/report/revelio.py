@@ -1,0 +1,335 @@
+"""Revelio's paper items from the SAE summaries (``sae/<model>/<data set>/summary.csv``) and the accuracy tables
+(``classify/<model>/<data set>/accuracy.csv``): Table 2a-d (sigma_label and purity by layer, timestep, model and DiT
+block, beside the random-image baseline), the top-image grids (Fig. 3/5/7/9), Diff-C accuracy by layer, timestep and
+architecture (Fig. 4/6/8), the accuracy tables (Tables 3 and 5) and the PCA views (Fig. 10)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from .style import BASELINE, Palette, apply_style, plt, save_figure
+
+SAE_COLUMNS = ["model", "dataset", "run", "input", "layer", "timestep", "sigma_label", "purity", "random_sigma_mean",
+               "random_sigma_p5", "random_sigma_p95", "random_purity_mean", "random_purity_p5", "random_purity_p95",
+               "live_latents", "n_latents", "split"]
+METRICS = {"sigma_label": "sigma_label (lower = purer)", "purity": "top-10 purity (majority share)"}
+AXES = ("layer", "timestep", "model", "dit")
+_BLOCK = re.compile(r"(\d+)$")
+
+
+class ReportError(ValueError):
+    """A table cannot be drawn from what it was given (named in the message)."""
+
+
+def argmax_rows(table: pd.DataFrame, keys: list[str], column: str) -> pd.Index:
+    """Per group of ``keys``, the index of the row with the largest ``column`` (NaN counts as lowest, so a group
+    whose values are all undefined, e.g. no latent eligible for purity, still gives its first row)."""
+    return table.assign(_v=table[column].astype(float).fillna(-np.inf)).groupby(keys)["_v"].idxmax()
+
+
+def block_index(layer: str) -> int:
+    """The block number at the end of a DiT layer name (``transformer_blocks.13`` -> 13)."""
+    m = _BLOCK.search(str(layer))
+    if not m:
+        raise ReportError(f"DiT layer {layer!r} does not end in a block number")
+    return int(m.group(1))
+
+
+# ---- Table 2a-d: sigma_label and purity ---------------------------------------------------------------------------
+def sae_table(summary: pd.DataFrame, axis: str, dit_models: list[str] = (), palette: Palette | None = None):
+    """Table 2 along ``axis`` (layer | timestep | model | dit): one row per SAE (``model`` adds the mean, min and
+    max over a model's layers per timestep and its purest layer), with the random-image baseline beside it."""
+    if axis not in AXES:
+        raise ReportError(f"axis {axis!r} is not one of {AXES}")
+    if summary.empty:
+        raise ReportError("no SAE summaries to tabulate (sae.runs is empty?)")
+    cols = [c for c in SAE_COLUMNS if c in summary.columns]
+    table = summary[cols].copy()
+    table["timestep"] = table["timestep"].astype(int)
+    if axis == "dit":
+        table = table[table["model"].isin(dit_models)].copy()
+        if table.empty:
+            raise ReportError(f"no SAE of a DiT model in the summaries (DiT models: {list(dit_models) or 'none'})")
+        table.insert(5, "block", [block_index(l) for l in table["layer"]])
+        return table.sort_values(["model", "dataset", "run", "input", "timestep", "block"], ignore_index=True)
+    if axis == "model":
+        keys = ["model", "dataset", "run", "input", "timestep"]
+        g = table.groupby(keys, sort=False)
+        out = g.agg(sigma_label=("sigma_label", "mean"), sigma_label_min=("sigma_label", "min"),
+                    sigma_label_max=("sigma_label", "max"), purity=("purity", "mean"),
+                    purity_min=("purity", "min"), purity_max=("purity", "max"),
+                    random_sigma_mean=("random_sigma_mean", "mean"),
+                    random_purity_mean=("random_purity_mean", "mean"), layers=("layer", "count")).reset_index()
+        best = table.loc[argmax_rows(table, keys, "purity")].set_index(keys)["layer"]
+        out["purest_layer"] = [best.loc[tuple(r)] for r in out[keys].itertuples(index=False)]
+        return out.sort_values(["dataset", "run", "input", "timestep", "model"], ignore_index=True)
+    order = palette.layer_order(table["layer"]) if palette else sorted(set(table["layer"]))
+    models = (palette.models if palette else []) + sorted(set(table["model"]))
+    table["_layer"] = table["layer"].map({l: i for i, l in enumerate(order)})
+    table["_model"] = table["model"].map(lambda m: models.index(m))
+    inner = ["timestep", "_layer"] if axis == "layer" else ["_layer", "timestep"]
+    table = table.sort_values(["_model", "dataset", "run", "input", *inner], ignore_index=True)
+    return table.drop(columns=["_layer", "_model"])
+
+
+def _facets(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    return list(table.groupby(["dataset", "run", "input"], sort=False))
+
+
+def plot_sae_table(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, title: str) -> None:
+    """Two panels per (data set, SAE run, input): sigma_label and purity along the axis, the random-image baseline
+    as a grey band (5th-95th percentile) around its dashed mean."""
+    apply_style()
+    facets = _facets(table)
+    fig, axes = plt.subplots(len(facets), 2, figsize=(10, 3.2 * len(facets)), squeeze=False)
+    for row, ((ds, run, inp), g) in enumerate(facets):
+        for col, metric in enumerate(METRICS):
+            ax = axes[row, col]
+            if axis == "model":
+                _model_bars(ax, g, metric, palette)
+            else:
+                _sae_lines(ax, g, axis, metric, palette)
+            _random_band(ax, g, metric, axis)
+            ax.set_ylabel(METRICS[metric])
+            ax.set_title(f"{ds} · SAE {run} ({inp})")
+            ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) -> None:
+    if axis in ("layer", "dit"):
+        xcol = "block" if axis == "dit" else "layer"
+        order = sorted(set(g["block"])) if axis == "dit" else palette.layer_order(g["layer"])
+        for (model, t), s in g.groupby(["model", "timestep"]):
+            s = s.assign(_x=s[xcol].map({v: i for i, v in enumerate(order)})).sort_values("_x")
+            ax.plot(s["_x"], s[metric], "o-", color=palette.timestep(t), label=f"{model} t={t}",
+                    ls=_model_style(palette, model))
+        ax.set_xticks(range(len(order)), [str(v) for v in order], rotation=30, ha="right")
+        ax.set_xlabel("DiT block" if axis == "dit" else "layer")
+    else:
+        for (model, layer), s in g.groupby(["model", "layer"], sort=False):
+            s = s.sort_values("timestep")
+            ax.plot(s["timestep"], s[metric], "o-", color=palette.layer(layer), label=f"{model} {layer}",
+                    ls=_model_style(palette, model))
+        ax.set_xlabel("timestep (of 1000; larger = noisier)")
+
+
+def _model_style(palette: Palette, model: str) -> str:
+    styles = ["-", "--", ":", "-."]
+    return styles[palette.models.index(model) % 4] if model in palette.models else "-"
+
+
+def _model_bars(ax, g: pd.DataFrame, metric: str, palette: Palette) -> None:
+    models = [m for m in palette.models if m in set(g["model"])] + sorted(set(g["model"]) - set(palette.models))
+    ts = sorted(set(g["timestep"]))
+    width = 0.8 / max(1, len(ts))
+    for j, t in enumerate(ts):
+        s = g[g["timestep"] == t].set_index("model").reindex(models)
+        x = np.arange(len(models)) + (j - (len(ts) - 1) / 2) * width
+        err = np.vstack([s[metric] - s[f"{metric}_min"], s[f"{metric}_max"] - s[metric]])
+        ax.bar(x, s[metric], width, yerr=err, capsize=2, color=palette.timestep(t), label=f"t={t}")
+    ax.set_xticks(range(len(models)), models)
+    ax.set_xlabel("model (bar: mean over layers; whiskers: min-max)")
+
+
+def _random_band(ax, g: pd.DataFrame, metric: str, axis: str) -> None:
+    key = "sigma" if metric == "sigma_label" else "purity"
+    mean = g[f"random_{key}_mean"].mean()
+    ax.axhline(mean, color=BASELINE, ls="--", lw=1, label="random images")
+    lo, hi = f"random_{key}_p5", f"random_{key}_p95"
+    if axis != "model" and {lo, hi} <= set(g.columns):
+        ax.axhspan(g[lo].mean(), g[hi].mean(), color=BASELINE, alpha=0.12, lw=0)
+
+
+# ---- Fig. 4/6/8, Tables 3 and 5: classifier accuracy --------------------------------------------------------------
+def with_stderr(acc: pd.DataFrame, n_test: dict[str, int]) -> pd.DataFrame:
+    """The accuracy table with the binomial standard error of each test accuracy (n = the data set's test split)."""
+    out = acc.copy()
+    n = out["dataset"].map(n_test).astype(float)
+    p = out["test_accuracy"].astype(float)
+    out["n_test"] = n
+    out["test_stderr"] = np.sqrt(p * (1 - p) / n)
+    return out
+
+
+def focus_targets(acc: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the targets Diff-C was trained on (the probes' other attribute columns belong to the shapes
+    world's attribute figure), or of ``label`` when there is no Diff-C."""
+    targets = set(acc.loc[acc["classifier"] == "diffc", "target"]) or {"label"}
+    return acc[acc["target"].isin(targets)]
+
+
+def accuracy_table(acc: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Diff-C and linear-probe accuracy along ``axis`` (layer | timestep: every row; architecture: each model's
+    best (layer, timestep) chosen on the validation split, test accuracy reported)."""
+    rows = acc[acc["classifier"].isin(["diffc", "linear_probe"]) & acc["timestep"].notna()].copy()  # no baselines
+    if rows.empty:
+        raise ReportError("no Diff-C or linear-probe rows in the accuracy tables")
+    rows["timestep"] = rows["timestep"].astype(int)
+    if axis in ("layer", "timestep"):
+        return rows.sort_values(["dataset", "target", "classifier", "model", "timestep", "layer"], ignore_index=True)
+    if axis != "architecture":
+        raise ReportError(f"axis {axis!r} is not one of layer, timestep, architecture")
+    return best_by_validation(acc)
+
+
+def best_by_validation(acc: pd.DataFrame) -> pd.DataFrame:
+    """One row per (data set, target, classifier, model): the (layer, timestep) of the highest validation accuracy
+    (external baselines have one row each), with its test accuracy."""
+    keys = ["dataset", "target", "classifier", "model"]
+    acc = acc.dropna(subset=["val_accuracy"])
+    best = acc.loc[acc.groupby(keys)["val_accuracy"].idxmax()]
+    return best.sort_values(["dataset", "target", "classifier", "test_accuracy"], ascending=[True, True, True, False],
+                            ignore_index=True)
+
+
+def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, title: str) -> None:
+    """Test accuracy (binomial standard error as whiskers) along the axis: one panel per (data set, target);
+    Diff-C solid, linear probes dashed."""
+    apply_style()
+    facets = list(table.groupby(["dataset", "target"], sort=False))
+    cols = min(3, len(facets))
+    rows = int(np.ceil(len(facets) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat[len(facets):]:
+        ax.axis("off")
+    for ax, ((ds, target), g) in zip(axes.flat, facets):
+        if axis == "architecture":
+            labels = [f"{r.model}\n{r.classifier}\n{r.layer} t{'' if pd.isna(r.timestep) else int(r.timestep)}"
+                      for r in g.itertuples()]
+            ax.bar(range(len(g)), g["test_accuracy"], yerr=g.get("test_stderr"), capsize=3,
+                   color=[palette.model(m) for m in g["model"]],
+                   hatch=None, alpha=0.9)
+            ax.set_xticks(range(len(g)), labels, fontsize=6)
+            ax.set_xlabel("model, classifier, (layer, timestep) chosen on val")
+        else:
+            for (clf, model, key), s in g.groupby(["classifier", "model", "timestep" if axis == "layer" else "layer"]):
+                ls = "-" if clf == "diffc" else "--"
+                colour = palette.timestep(key) if axis == "layer" else palette.layer(key)
+                if axis == "layer":
+                    order = palette.layer_order(g["layer"])
+                    s = s.assign(_x=s["layer"].map({l: i for i, l in enumerate(order)})).sort_values("_x")
+                    x = s["_x"]
+                else:
+                    s = s.sort_values("timestep")
+                    x = s["timestep"]
+                ax.errorbar(x, s["test_accuracy"], yerr=s.get("test_stderr"), fmt="o", ls=ls, color=colour,
+                            capsize=2, ms=3, label=f"{model} {clf} {'t=' if axis == 'layer' else ''}{key}")
+            if axis == "layer":
+                order = palette.layer_order(g["layer"])
+                ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+            ax.set_xlabel("layer" if axis == "layer" else "timestep (of 1000; larger = noisier)")
+            ax.legend(fontsize=6, ncol=2)
+        if "n_classes" in g and g["n_classes"].notna().any():
+            ax.axhline(1 / g["n_classes"].max(), color=BASELINE, ls=":", lw=1)
+        ax.set_ylabel("test accuracy (dotted: chance)")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{ds} · {target}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def plot_accuracy_grid(acc: pd.DataFrame, png, pdf, title: str, palette: Palette) -> pd.DataFrame:
+    """Table 3: Diff-C test accuracy as a layer x timestep grid per (model, data set, target), annotated; returns
+    the tidy table behind it."""
+    apply_style()
+    rows = acc[acc["classifier"] == "diffc"].copy()
+    if rows.empty:
+        rows = acc[(acc["classifier"] == "linear_probe") & acc["timestep"].notna()].copy()
+    if rows.empty:
+        raise ReportError("no Diff-C or linear-probe rows for the accuracy table")
+    rows["timestep"] = rows["timestep"].astype(int)
+    facets = list(rows.groupby(["model", "dataset", "target", "classifier"], sort=False))
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False)
+    for ax, ((model, ds, target, clf), g) in zip(axes[0], facets):
+        grid = g.pivot_table(index="layer", columns="timestep", values="test_accuracy")
+        grid = grid.reindex(palette.layer_order(grid.index))
+        im = ax.imshow(grid.to_numpy(float), vmin=0, vmax=1, cmap="magma", aspect="auto")
+        for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        ax.set_xticks(range(grid.shape[1]), [f"t={t}" for t in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        ax.set_title(f"{model} · {ds} · {target} ({clf})")
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, label="test accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+    return rows.sort_values(["model", "dataset", "target", "layer", "timestep"], ignore_index=True)
+
+
+# ---- image mosaics: top images (Fig. 3/5/7/9) and PCA views (Fig. 10) ---------------------------------------------
+def select_grids(summary: pd.DataFrame, axis: str, dit_models: list[str] = ()) -> pd.DataFrame:
+    """Which SAEs a top-image figure shows: along layers at each model's first timestep (layer), along timesteps in
+    each model's purest layer (timestep), each model's purest (layer, timestep) (model), DiT blocks at the first
+    timestep (dit); one SAE run and input (the first) per model and data set."""
+    s = summary.copy()
+    s["timestep"] = s["timestep"].astype(int)
+    first = s.groupby(["model", "dataset"])[["run", "input"]].transform("first")
+    s = s[(s["run"] == first["run"]) & (s["input"] == first["input"])]
+    if axis in ("layer", "dit"):
+        if axis == "dit":
+            s = s[s["model"].isin(dit_models)]
+        t0 = s.groupby(["model", "dataset"])["timestep"].transform("min")
+        return s[s["timestep"] == t0].reset_index(drop=True)
+    if axis == "timestep":
+        purest = s.groupby(["model", "dataset", "layer"])["purity"].mean().reset_index()
+        purest = purest.loc[argmax_rows(purest, ["model", "dataset"], "purity")]
+        return s.merge(purest[["model", "dataset", "layer"]]).sort_values("timestep", ignore_index=True)
+    if axis == "model":
+        return s.loc[argmax_rows(s, ["model", "dataset"], "purity")].reset_index(drop=True)
+    raise ReportError(f"axis {axis!r} is not one of {AXES}")
+
+
+def tile_images(panels: list[tuple[str, object]], png, pdf, title: str, cols: int = 1) -> None:
+    """Already-rendered PNGs (title, path) tiled in a grid of ``cols`` columns, each under its title."""
+    from PIL import Image
+
+    apply_style()
+    if not panels:
+        raise ReportError(f"{title}: nothing to show")
+    images = [np.asarray(Image.open(p).convert("RGB")) for _, p in panels]
+    rows = int(np.ceil(len(panels) / cols))
+    aspect = max(im.shape[1] / im.shape[0] for im in images)
+    width = 14.0 if cols == 1 else 16.0
+    fig, axes = plt.subplots(rows, cols, figsize=(width, rows * (width / cols) / aspect + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, _), im in zip(axes.flat, panels, images):
+        ax.imshow(im)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png, pdf)
+
+
+def top_image_mosaic(shown: pd.DataFrame, images: dict[str, np.ndarray], png, pdf, title: str,
+                     top: int = 10) -> None:
+    """One row per shown latent (``shown``: rows of ``items._top_image_rows``), its top images left to right,
+    labelled with its SAE (model, layer, timestep), id, purity and best attribute with its AUROC."""
+    apply_style()
+    size = max((im.shape[0] for im in images.values()), default=32)
+    gap = max(2, size // 8)
+    n = len(shown)
+    mosaic = np.full((n * (size + gap) + gap, top * (size + gap) + gap, 3), 255, np.uint8)
+    fig, ax = plt.subplots(figsize=(1.0 * top + 3.2, 0.95 * n + 0.8))
+    for r, row in enumerate(shown.to_dict("records")):
+        y = gap + r * (size + gap)
+        for c, sid in enumerate(str(row["top_images"]).split()[:top]):
+            im = images[sid]
+            x = gap + c * (size + gap)
+            mosaic[y:y + min(size, im.shape[0]), x:x + min(size, im.shape[1])] = im[:size, :size]
+        ax.text(-gap, y + size / 2, f"{row['model']} {row['layer']} t={int(row['timestep'])}\n#{row['latent']} "
+                f"purity {row['purity']:.1f}\n{row['best_attribute']} (AUROC {row['auroc']:.2f})", ha="right",
+                va="center", fontsize=6.5)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xlim(-size * 4.2, mosaic.shape[1])
+    ax.set_ylim(mosaic.shape[0], 0)
+    ax.axis("off")
+    ax.set_title(title)
+    save_figure(fig, png, pdf)

@@ -1,0 +1,134 @@
+"""The summary page: this run's headline numbers next to the papers', each marked with the model and data set it came
+from. The papers' numbers are Stable Diffusion's on real data sets; a shapes-world number beside one is marked as
+such, since the two are not expected to agree."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .inputs import info_folder, read_csv, read_json
+
+#: the papers' headline numbers (Kong et al. Tables 1, 3, 4; ARO accuracies in %, mIoU in %)
+PAPER = {
+    ("aro", "attribute", "i_o"): ("72.0 (VG-Attribution, macro)", "Kong et al. Table 1, SD 2.1-base"),
+    ("aro", "relation", "i_o"): ("69.1 (VG-Relation, macro)", "Kong et al. Table 1, SD 2.1-base"),
+    ("aro", "order", "i_o"): ("40.1 COCO-Order / 49.3 Flickr30k-Order", "Kong et al. Table 1, SD 2.1-base"),
+    ("aro", "attribute", "err"): ("62.9 (DiffITM)", "Kong et al. Table 1, SD 2.1-base"),
+    ("aro", "relation", "err"): ("50.0 (DiffITM)", "Kong et al. Table 1, SD 2.1-base"),
+    ("aro", "order", "err"): ("23.5 COCO / 33.2 Flickr30k (DiffITM)", "Kong et al. Table 1, SD 2.1-base"),
+    ("localization", "whole_image"): ("14.94", "Kong et al. Table 3, COCO-IT"),
+    ("localization", "attention"): ("34.52 (50 steps)", "Kong et al. Table 3, COCO-IT"),
+    ("localization", "cmi"): ("32.31 (50 steps)", "Kong et al. Table 3, COCO-IT"),
+    ("localization", "attention+cmi"): ("42.46 (50 steps)", "Kong et al. Table 3, COCO-IT"),
+    ("intervention", "image", "cmi"): ("0.34", "Kong et al. Table 4, COCO"),
+    ("intervention", "image", "attention"): ("0.24", "Kong et al. Table 4, COCO"),
+    ("intervention", "pixel", "cmi"): ("0.27", "Kong et al. Table 4, COCO"),
+    ("intervention", "pixel", "attention"): ("0.21", "Kong et al. Table 4, COCO"),
+    ("diffc",): ("no single number: fine-grained sets peak at small timesteps, coarse ones in the middle; up_ft1 is "
+                 "the strongest SD layer", "Revelio Sec. 5"),
+    ("sae",): ("purer latents than random image sets (lower sigma_label, higher purity)", "Revelio Table 2"),
+}
+
+
+def _row(section, quantity, value, model, dataset, key, kinds):
+    paper, source = PAPER.get(key, ("-", ""))
+    world = "shapes world (not Stable Diffusion)" if kinds.get(model) == "shapes" else kinds.get(model, "")
+    return {"section": section, "quantity": quantity, "this run": value, "model": model, "dataset": dataset,
+            "model kind": world, "paper": paper, "paper source": source}
+
+
+def _where(row) -> str:
+    """"(layer, t=timestep)", or "(layer)" for an external baseline's image features (no timestep)."""
+    t = row["timestep"]
+    return f"({row['layer']})" if pd.isna(t) else f"({row['layer']}, t={int(t)})"
+
+
+def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFrame:
+    """The headline rows from the input tables (kind -> paths, as the rule ``summary_page`` passes them);
+    ``kinds``: model name -> kind (shapes | sd | dit)."""
+    rows = []
+    for path in tables.get("check", []):
+        c = read_json(path, "the summary page")
+        model = Path(path).parent.name
+        rows.append(_row("model check", "held-out loss, conditional / unconditional",
+                         f"{c['loss_conditional']:.4f} / {c['loss_unconditional']:.4f}", model, "shapes", (), kinds))
+    for path in tables.get("accuracy", []):
+        acc = read_csv(path, "the summary page")
+        diffc = acc[acc["classifier"] == "diffc"].dropna(subset=["val_accuracy"])
+        for (model, ds, target), g in diffc.groupby(["model", "dataset", "target"]):
+            b = g.loc[g["val_accuracy"].idxmax()]
+            rows.append(_row("Revelio: Diff-C", f"best test accuracy ({target}), layer and timestep chosen on val",
+                             f"{b['test_accuracy']:.3f} {_where(b)}", model, ds,
+                             ("diffc",), kinds))
+        probes = acc[acc["classifier"] == "linear_probe"].dropna(subset=["val_accuracy"])
+        for (model, ds, target), g in probes[probes["target"] == "label"].groupby(["model", "dataset", "target"]):
+            b = g.loc[g["val_accuracy"].idxmax()]
+            rows.append(_row("Revelio: linear probe", "best test accuracy (label), chosen on val",
+                             f"{b['test_accuracy']:.3f} {_where(b)}", model, ds, (),
+                             kinds))
+    for path in tables.get("sae", []):
+        sae = read_csv(path, "the summary page")
+        for (model, ds), g in sae.groupby(["model", "dataset"]):
+            b = g.loc[g["purity"].astype(float).fillna(-np.inf).idxmax()]
+            rows.append(_row("Revelio: k-SAE", "purest SAE: purity / sigma_label (random images)",
+                             f"{b['purity']:.2f} / {b['sigma_label']:.2f} ({b['random_purity_mean']:.2f} / "
+                             f"{b['random_sigma_mean']:.2f}) at {b['layer']}, t={int(b['timestep'])}", model, ds,
+                             ("sae",), kinds))
+    for path in tables.get("aro", []):
+        model, ds = info_folder(path)
+        aro = read_csv(path, "the summary page")
+        main = aro[aro["metric"] == "accuracy"]
+        for r in main.to_dict("records"):
+            macro = aro[(aro["metric"] == "macro") & (aro["kind"] == r["kind"]) & (aro["score"] == r["score"])]
+            value = f"{100 * r['accuracy']:.1f}" + (f" (macro {100 * macro['accuracy'].iloc[0]:.1f})"
+                                                     if len(macro) else "") + f", n={int(r['n'])}"
+            rows.append(_row("Information: ARO", f"{r['kind']} accuracy % ({r['score']})", value, model, ds,
+                             ("aro", r["kind"], r["score"]), kinds))
+    for path in tables.get("localization", []):
+        model, ds = info_folder(path)
+        loc = read_csv(path, "the summary page")
+        if "whole_image" not in loc:
+            continue
+        sel = loc[loc["word_type"] == "all"] if (loc["word_type"] == "all").any() else loc.head(1)
+        for method in ("whole_image", "mi", "cmi", "attention", "attention+cmi"):
+            if method in sel:
+                rows.append(_row("Information: localization", f"mIoU % ({method}, all words, held-out threshold)",
+                                 f"{100 * sel[method].iloc[0]:.1f}", model, ds, ("localization", method), kinds))
+    for path in tables.get("intervention", []):
+        model, ds = info_folder(path)
+        t = read_csv(path, "the summary page")
+        for r in t[t["edit"] == "omit"].to_dict("records"):
+            rows.append(_row("Information: intervention", f"Pearson r, {r['level']} level, {r['predictor']} "
+                             "(word omitted)", f"{r['pearson']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+                             model, ds, ("intervention", r["level"], r["predictor"]), kinds))
+    return pd.DataFrame(rows, columns=["section", "quantity", "this run", "model", "dataset", "model kind", "paper",
+                                       "paper source"])
+
+
+INTRO = ("Headline numbers of this run beside the papers'. The papers measured Stable Diffusion (and DiT) on real "
+         "data sets; a number from the shapes world (a 32 px synthetic data set and a 1.7M-parameter model shipped "
+         "with difflens) stands beside them for orientation only and is not expected to match. Each row names the "
+         "model and data set it came from. The figures in figures/ and the tables behind them give the full "
+         "picture.")
+
+
+def write_markdown(rows: pd.DataFrame, path, title: str = "difflens run summary") -> None:
+    cols = list(rows.columns)
+    lines = [f"# {title}", "", INTRO, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v).replace("|", "/") for v in r) + " |" for r in rows.itertuples(index=False)]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_html(rows: pd.DataFrame, path, title: str = "difflens run summary") -> None:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
+                   for r in rows.itertuples(index=False))
+    Path(path).write_text(
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f6}"
+        f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(INTRO)}</p><table><tr>{head}</tr>"
+        f"{body}</table><p><a href='browser/index.html'>feature browser</a></p></body></html>\n")

@@ -1,0 +1,221 @@
+"""The figure stage's library (difflens.report) on small hand-made tables: the numbers each paper item tabulates, the
+selections it makes, the browser's per-latent data, the summary page, and the errors for missing inputs."""
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from difflens.report import attributes, browser, information, revelio
+from difflens.report.catalog import ITEMS, UnknownItem, item
+from difflens.report.inputs import MissingInput, producer, require
+from difflens.report.style import Palette
+from difflens.report.summary import headline_rows, write_html, write_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+PALETTE = Palette(models=["shapes", "dit"], layers=["mid_block", "up_blocks.1", "transformer_blocks.0",
+                                                    "transformer_blocks.1"], timesteps=[25, 500])
+
+
+def sae_summary() -> pd.DataFrame:
+    rows = []
+    for model, layers in (("shapes", ["up_blocks.1", "mid_block"]), ("dit", ["transformer_blocks.1",
+                                                                           "transformer_blocks.0"])):
+        for t in (500, 25):
+            for j, layer in enumerate(layers):
+                purity = 0.3 + 0.1 * j + (0.2 if t == 25 else 0) + (0.05 if model == "dit" else 0)
+                rows.append({"model": model, "dataset": "shapes", "run": "r", "input": "pooled", "layer": layer,
+                             "timestep": t, "sigma_label": 2 - purity, "purity": purity, "random_sigma_mean": 2.5,
+                             "random_sigma_p5": 2.2, "random_sigma_p95": 2.8, "random_purity_mean": 0.2,
+                             "random_purity_p5": 0.1, "random_purity_p95": 0.3, "live_latents": 10,
+                             "n_latents": 16, "split": "train", "auroc:colour=red": 0.9 - 0.1 * j,
+                             "auroc:colour=blue": 0.7, "auroc:shape=circle": 0.6})
+    return pd.DataFrame(rows)
+
+
+def test_sae_table_orders_layers_as_configured_and_aggregates_models():
+    s = sae_summary()
+    by_layer = revelio.sae_table(s, "layer", palette=PALETTE)
+    first = by_layer[(by_layer["model"] == "shapes") & (by_layer["timestep"] == 25)]
+    assert list(first["layer"]) == ["mid_block", "up_blocks.1"]  # config order, not the summary's
+    by_t = revelio.sae_table(s, "timestep", palette=PALETTE)
+    assert list(by_t["timestep"][:2]) == [25, 500] and by_t["layer"].iloc[0] == "mid_block"
+    by_model = revelio.sae_table(s, "model")
+    row = by_model[(by_model["model"] == "shapes") & (by_model["timestep"] == 25)].iloc[0]
+    assert row["purity"] == pytest.approx(np.mean([0.5, 0.6])) and row["purity_min"] == pytest.approx(0.5)
+    assert row["purity_max"] == pytest.approx(0.6) and row["purest_layer"] == "mid_block" and row["layers"] == 2
+    dit = revelio.sae_table(s, "dit", dit_models=["dit"])
+    assert set(dit["model"]) == {"dit"} and list(dit["block"][:2]) == [0, 1]
+    with pytest.raises(revelio.ReportError, match="no SAE of a DiT model"):
+        revelio.sae_table(s, "dit", dit_models=[])
+    with pytest.raises(revelio.ReportError, match="axis 'depth'"):
+        revelio.sae_table(s, "depth")
+
+
+def test_purest_rows_survive_undefined_purity():
+    t = pd.DataFrame({"model": ["a", "a", "b"], "purity": [np.nan, np.nan, 0.4], "layer": ["x", "y", "z"]})
+    assert list(t.loc[revelio.argmax_rows(t, ["model"], "purity"), "layer"]) == ["x", "z"]
+
+
+def test_top_image_grids_pick_the_axis():
+    s = sae_summary()
+    by_layer = revelio.select_grids(s, "layer")
+    assert set(by_layer["timestep"]) == {25} and len(by_layer) == 4  # first timestep, every layer of both models
+    by_t = revelio.select_grids(s, "timestep")
+    assert set(zip(by_t["model"], by_t["layer"])) == {("shapes", "mid_block"), ("dit", "transformer_blocks.0")}
+    by_model = revelio.select_grids(s, "model")
+    assert len(by_model) == 2 and set(by_model["timestep"]) == {25}
+
+
+def accuracy() -> pd.DataFrame:
+    rows = []
+    for clf in ("diffc", "linear_probe"):
+        for layer, val, test in (("mid_block", 0.9, 0.5), ("up_blocks.1", 0.6, 0.95)):
+            for t in (25, 500):
+                rows.append({"model": "shapes", "dataset": "shapes", "layer": layer, "timestep": t, "target": "label",
+                             "classifier": clf, "val_accuracy": val - 0.01 * (t == 500), "test_accuracy": test,
+                             "n_classes": 4})
+    rows.append({"model": "shapes", "dataset": "shapes", "layer": "mid_block", "timestep": 25, "target": "colour",
+                 "classifier": "linear_probe", "val_accuracy": 0.8, "test_accuracy": 0.7, "n_classes": 4})
+    rows.append({"model": "clip", "dataset": "shapes", "layer": "image", "timestep": np.nan, "target": "label",
+                 "classifier": "linear_probe", "val_accuracy": 0.7, "test_accuracy": 0.6, "n_classes": 4})
+    return pd.DataFrame(rows)
+
+
+def test_best_by_validation_selects_on_val_not_test():
+    best = revelio.best_by_validation(accuracy())
+    d = best[(best["classifier"] == "diffc") & (best["target"] == "label")].iloc[0]
+    assert (d["layer"], d["timestep"], d["test_accuracy"]) == ("mid_block", 25, 0.5)  # higher val, lower test
+    assert best[best["model"] == "clip"]["test_accuracy"].tolist() == [0.6]  # an external baseline keeps its row
+    err = revelio.with_stderr(accuracy(), {"shapes": 100})
+    assert err["test_stderr"].iloc[0] == pytest.approx(np.sqrt(0.5 * 0.5 / 100))
+    by_layer = revelio.accuracy_table(accuracy(), "layer")  # baselines have no layer x timestep: not on this axis
+    assert "clip" not in set(by_layer["model"]) and by_layer["timestep"].dtype.kind == "i"
+
+
+def test_readability_puts_classifiers_and_sae_on_one_scale():
+    table = attributes.readability_table(accuracy(), sae_summary())
+    probe = table[(table["source"] == "linear_probe") & (table["attribute"] == "colour")].iloc[0]
+    assert probe["chance"] == 0.25 and probe["readability"] == pytest.approx((0.7 - 0.25) / 0.75)
+    sae = table[(table["source"] == "sae") & (table["attribute"] == "colour") & (table["layer"] == "up_blocks.1")]
+    assert sae["score"].iloc[0] == pytest.approx((0.9 + 0.7) / 2)  # mean over the attribute's values
+    assert sae["readability"].iloc[0] == pytest.approx(((0.9 + 0.7) / 2 - 0.5) / 0.5)
+    assert set(table["attribute"]) == {"label", "colour", "shape"}
+
+
+def test_aro_and_localization_tables():
+    aro = pd.DataFrame([
+        {"kind": "relation", "score": s, "metric": m, "group": g, "n": 10, "accuracy": a, "stderr": e}
+        for s, a in (("i_s", 0.9), ("i_o", 0.3), ("err", 0.8))
+        for m, g, e in (("accuracy", np.nan, 0.05), ("group", "left", np.nan), ("macro", np.nan, np.nan))
+    ]).assign(model="shapes", dataset="shapes")
+    t1 = information.aro_table(aro, per_group=False)
+    acc = t1[t1["metric"] == "accuracy"].iloc[0]
+    assert (acc["i_s"], acc["i_o"], acc["err"], acc["i_s_stderr"], acc["n"]) == (0.9, 0.3, 0.8, 0.05, 10)
+    t2 = information.aro_table(aro, per_group=True)
+    assert list(t2["group"]) == ["left"] and t2["i_o"].iloc[0] == 0.3
+    loc = pd.DataFrame([{"word_type": "object", "n": 5, "threshold_source": "val split", "whole_image": 0.1,
+                         "cmi": 0.4, "cmi:oracle": 0.45, "attention": 0.5, "attention:oracle": 0.5}])
+    long = information.localization_table(loc.assign(model="m", dataset="d"))
+    cmi = long[long["method"] == "cmi"].set_index("threshold")["miou"]
+    assert cmi["held-out"] == 0.4 and cmi["oracle (test-set pick)"] == 0.45
+    assert long[long["method"] == "whole_image"]["threshold"].tolist() == ["none"]
+
+
+def test_map_rows_prefer_one_word_of_each_type():
+    maps = {"sample_id": np.array(["a", "a", "a", "a", "b"]),
+            "word_type": np.array(["object", "object", "colour", "relation", "object"])}
+    rows = information.pick_map_rows(maps, n_images=2, words=3)
+    assert rows[:3] == [0, 2, 3] and rows[3:] == [4]
+
+
+def test_latent_pages_quantiles_histogram_and_top_images():
+    rng = np.random.default_rng(0)
+    scores = np.zeros((50, 3), np.float32)
+    scores[:20, 1] = np.arange(1, 21)  # latent 1 fires on 20 images with activations 1..20
+    scores[:, 2] = rng.random(50) + 0.1
+    table = pd.DataFrame({"latent": [1, 2], "frequency": [0.4, 1.0], "mean_activation": [4.2, 0.6],
+                          "purity": [0.5, 0.3], "sigma": [1.0, 1.2], "best_attribute": ["colour=red", np.nan],
+                          "auroc": [0.9, np.nan]})
+    pages = browser.latent_pages(scores, table, top=3, quantiles=[0.0, 0.5, 1.0], bins=4, max_latents=5)
+    assert [p["id"] for p in pages] == [2, 1]  # the most frequent first
+    p1 = pages[1]
+    assert p1["top"] == [19, 18, 17] and p1["topAct"] == [20.0, 19.0, 18.0] and p1["fired"] == 20
+    assert [q["act"] for q in p1["quant"]] in ([1.0, 10.0, 20.0], [1.0, 11.0, 20.0])
+    assert sum(p1["hist"]["counts"]) == 20 and p1["hist"]["edges"][0] == 1.0 and p1["hist"]["edges"][-1] == 20.0
+    assert pages[0]["attr"] == "" and pages[0]["auroc"] is None
+    assert len(browser.latent_pages(scores, table, top=3, quantiles=[0.5], bins=4, max_latents=1)) == 1
+
+
+def test_pca_view_and_heat_map_encoding():
+    x = np.random.default_rng(1).normal(size=(100, 8))
+    x[:, 0] *= 10
+    pick, xy = browser.pca_view(x, None, max_points=30, seed=3)
+    pick2, xy2 = browser.pca_view(x, None, max_points=30, seed=3)
+    assert len(pick) == 30 and (pick == pick2).all() and np.allclose(xy, xy2)
+    assert xy.min() == pytest.approx(0) and xy.max() == pytest.approx(1)
+    assert abs(np.corrcoef(xy[:, 0], x[pick, 0])[0, 1]) > 0.95  # the first axis is the dominant direction
+    raw = np.frombuffer(base64.b64decode(browser.b64_uint8(np.array([[0.0, 1.0], [2.0, 4.0]]))), np.uint8)
+    assert raw.tolist() == [0, 64, 128, 255]
+    assert set(np.frombuffer(base64.b64decode(browser.b64_uint8(np.zeros(3))), np.uint8)) == {0}
+
+
+def test_missing_input_names_the_rule_that_makes_it(tmp_path):
+    path = tmp_path / "results" / "sae" / "shapes" / "shapes" / "summary.csv"
+    with pytest.raises(MissingInput, match=r"rule collect_sae makes it: run `snakemake .*summary\.csv`"):
+        require(path, "Revelio Table 2a")
+    assert producer("results/info/m/d/localization_maps.npz") == "localize_words"
+    assert producer("results/classify/m/d/pca/t25/mid_block.png") == "pca_views"
+    assert producer("results/elsewhere.txt") is None
+    with pytest.raises(UnknownItem, match="no paper item 'revelio/table9'"):
+        item("revelio/table9")
+
+
+def test_summary_marks_the_shapes_world_beside_the_papers(tmp_path):
+    aro = tmp_path / "info" / "shapes" / "shapes" / "aro.csv"
+    aro.parent.mkdir(parents=True)
+    pd.DataFrame([{"kind": "relation", "score": "i_o", "metric": "accuracy", "group": "", "n": 48,
+                   "accuracy": 0.27, "stderr": 0.06},
+                  {"kind": "relation", "score": "i_o", "metric": "macro", "group": "", "n": 48,
+                   "accuracy": 0.31, "stderr": np.nan}]).to_csv(aro, index=False)
+    rows = headline_rows({"aro": [str(aro)]}, {"shapes": "shapes"})
+    r = rows.iloc[0]
+    assert r["this run"] == "27.0 (macro 31.0), n=48" and r["paper"].startswith("69.1")
+    assert r["model kind"] == "shapes world (not Stable Diffusion)" and r["dataset"] == "shapes"
+    write_markdown(rows, tmp_path / "s.md")
+    write_html(rows, tmp_path / "s.html")
+    assert "not Stable Diffusion" in (tmp_path / "s.md").read_text()
+    assert "<td>69.1 (VG-Relation, macro)</td>" in (tmp_path / "s.html").read_text()
+
+
+def test_readme_lists_every_paper_item_with_its_target_and_config():
+    readme = (ROOT / "README.md").read_text()
+    for key, it in ITEMS.items():
+        line = next((l for l in readme.splitlines() if l.startswith("|") and f"figures/{key}.png" in l), None)
+        assert line, f"README does not list {key}"
+        assert it.paper in line and it.config in line, line
+    assert re.search(r"results/browser/index\.html", readme) and "results/summary.md" in readme
+
+
+def test_heat_map_is_the_latents_encoder_response_at_each_position():
+    import torch
+
+    from difflens.sae.model import KSAE, SAEConfig
+
+    sae = KSAE(SAEConfig(d=6, n_latents=10, k=2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.encoder.bias.normal_()
+    x = torch.randn(12, 6)
+    for j in (0, 7):
+        assert torch.allclose(browser.latent_response(sae, x, j), sae.pre_activations(x)[:, j], atol=1e-5)
+    maps = {"a": np.random.default_rng(0).normal(size=(6, 4, 4)).astype(np.float32)}
+    page = {"id": 3, "top": [0]}
+    browser.heat_maps(sae, maps, [page], ["a"], max_side=2)
+    assert page["grid"] == [2, 2] and len(base64.b64decode(page["maps"][0])) == 4
+    full = browser.latent_response(sae, torch.from_numpy(maps["a"].reshape(6, 16).T.copy()), 3).numpy()
+    assert page["mapMax"] == pytest.approx(full.reshape(4, 4).reshape(2, 2, 2, 2).mean((1, 3)).max(), rel=1e-5)
+    assert browser.pool_to(np.ones((1, 5, 3)), 2).shape == (1, 2, 1)
