@@ -225,6 +225,11 @@ def palette_spec():
     return {"models": list(config["models"]), "layers": layers, "timesteps": sorted(timesteps)}
 
 
+def paper_item(w):
+    """The paper item a render_figure job draws (catalog.ITEMS, keyed "family/name")."""
+    return PAPER_ITEMS[f"{w.family}/{w.item}"]
+
+
 def sae_models():
     return [n for n in SAE["models"] or EXTRACT_MODELS if n in EXTRACT_MODELS] if SAE["runs"] else []
 

@@ -21,18 +21,18 @@ rule render_figure:
         unpack(lambda w: report_inputs(f"{w.family}/{w.item}")),
     output:
         png=report(f"{R}/figures/{{family}}/{{item}}.png", caption="../report/figure.rst",
-                   category=lambda w: FAMILY_NAMES[w.family], subcategory=lambda w: ITEMS[f"{w.family}/{w.item}"].paper),
+                   category=lambda w: FAMILY_NAMES[w.family], subcategory=lambda w: paper_item(w).paper),
         pdf=f"{R}/figures/{{family}}/{{item}}.pdf",
         csv=report(f"{R}/figures/{{family}}/{{item}}.csv", caption="../report/table.rst",
-                   category=lambda w: FAMILY_NAMES[w.family], subcategory=lambda w: ITEMS[f"{w.family}/{w.item}"].paper),
+                   category=lambda w: FAMILY_NAMES[w.family], subcategory=lambda w: paper_item(w).paper),
     wildcard_constraints:
         family="|".join(FAMILY_NAMES),
         item=r"[a-z0-9]+",
     params:
         key=lambda w: f"{w.family}/{w.item}",
-        paper=lambda w: ITEMS[f"{w.family}/{w.item}"].paper,
-        title=lambda w: ITEMS[f"{w.family}/{w.item}"].title,
-        config_file=lambda w: ITEMS[f"{w.family}/{w.item}"].config,
+        paper=lambda w: paper_item(w).paper,
+        title=lambda w: paper_item(w).title,
+        config_file=lambda w: paper_item(w).config,
         palette=lambda w: palette_spec(),
         dit_models=lambda w: [n for n, m in config["models"].items() if m["kind"] == "dit"],
         results=lambda w, output: str(Path(output.png).parents[2]),

@@ -66,7 +66,7 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
         continue
     views.add((model, ds, layer, t))
     pooled = store.pooled(model, ds, layer, t, split=summary["split"])
-    pick, xy = pca_view(pooled.x, rows, max_points=opts["max_points"], seed=p.seed)
+    pick, xy = pca_view(pooled.x, max_points=opts["max_points"], seed=p.seed)
     shown = rows.iloc[pick].reset_index(drop=True)
     site.add("views", {"model": model, "dataset": ds, "layer": layer, "timestep": t, "split": summary["split"]},
              {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),

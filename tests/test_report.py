@@ -154,8 +154,8 @@ def test_latent_pages_quantiles_histogram_and_top_images():
 def test_pca_view_and_heat_map_encoding():
     x = np.random.default_rng(1).normal(size=(100, 8))
     x[:, 0] *= 10
-    pick, xy = browser.pca_view(x, None, max_points=30, seed=3)
-    pick2, xy2 = browser.pca_view(x, None, max_points=30, seed=3)
+    pick, xy = browser.pca_view(x, max_points=30, seed=3)
+    pick2, xy2 = browser.pca_view(x, max_points=30, seed=3)
     assert len(pick) == 30 and (pick == pick2).all() and np.allclose(xy, xy2)
     assert xy.min() == pytest.approx(0) and xy.max() == pytest.approx(1)
     assert abs(np.corrcoef(xy[:, 0], x[pick, 0])[0, 1]) > 0.95  # the first axis is the dominant direction

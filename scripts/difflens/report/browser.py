@@ -129,7 +129,7 @@ def heat_maps(sae, maps: dict[str, np.ndarray], pages: list[dict], ids: list[str
         page["mapMax"] = top
 
 
-def pca_view(x: np.ndarray, rows: pd.DataFrame, *, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def pca_view(x: np.ndarray, *, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(positions of a seeded draw of ``max_points`` rows, their 2-D coordinates on the first two principal
     components of the pooled features ``x``, scaled to [0, 1])."""
     rng = np.random.default_rng(seed)

@@ -174,7 +174,8 @@ def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], p
         shown.append({"sample_id": sid, "word": word, "word_type": str(maps["word_type"][i]),
                       "mi_nats": float(maps["mi_nats"][i]), "cmi_nats": float(maps["cmi_nats"][i]),
                       "mi_max": float(maps["mi"][i].max()), "cmi_max": float(maps["cmi"][i].max()),
-                      "attention_max": float(maps["attention"][i].max()), "grid": "x".join(map(str, maps["mi"][i].shape))})
+                      "attention_max": float(maps["attention"][i].max()),
+                      "grid": "x".join(map(str, maps["mi"][i].shape))})
     axes[0, 0].set_title("image")
     fig.suptitle(title)
     save_figure(fig, png, pdf)
@@ -200,18 +201,22 @@ def plot_intervention(table: pd.DataFrame, png, pdf, title: str) -> None:
     save_figure(fig, png, pdf)
 
 
-def plot_intervention_examples(items: pd.DataFrame, maps: dict, images: dict[str, np.ndarray], png, pdf,
-                               title: str, n_examples: int = 3) -> pd.DataFrame:
-    """Fig. 3: for a few omit edits (the largest changes), the image, the change and the word's CMI and attention
-    maps; beside them, every edit's image-level change against its CMI (nats)."""
+def intervention_examples(items: pd.DataFrame, n_examples: int = 3) -> pd.DataFrame:
+    """The edits Fig. 3 shows: the omit edits with the largest change (any edits when there is no omission), with
+    their row in intervention_maps.npz (``map_row``)."""
+    rows = items.assign(map_row=np.arange(len(items)))
+    omit = rows[rows["edit"] == "omit"].sort_values("change_total", ascending=False)
+    return (omit if len(omit) else rows).head(n_examples)
+
+
+def plot_intervention_examples(items: pd.DataFrame, pick: pd.DataFrame, maps: dict, images: dict[str, np.ndarray],
+                               png, pdf, title: str) -> pd.DataFrame:
+    """Fig. 3: for the ``pick`` edits (``intervention_examples``), the image, the change and the word's CMI and
+    attention maps; beside them, every edit's image-level change against its CMI (nats)."""
     apply_style()
     if len(items) != len(maps["change"]):
         raise ReportError(f"intervention_items.csv has {len(items)} rows but intervention_maps.npz "
                           f"{len(maps['change'])} maps")
-    pick = items.assign(map_row=np.arange(len(items)))
-    pick = pick[pick["edit"] == "omit"].sort_values("change_total", ascending=False).head(n_examples)
-    if pick.empty:
-        pick = items.assign(map_row=np.arange(len(items))).head(n_examples)
     fig = plt.figure(figsize=(12, 2.4 * max(2, len(pick))))
     grid = fig.add_gridspec(len(pick), 6)
     for r, row in enumerate(pick.itertuples()):

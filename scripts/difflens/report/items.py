@@ -1,4 +1,5 @@
-"""Rendering the paper items (``catalog.ITEMS``) from their inputs.
+"""Rendering the paper items (``catalog.ITEMS``) from their inputs. Tables and plots cover every configured (model,
+data set); the map figures (Kong et al. Fig. 2 and 3) show the first information run and name it in their title.
 
 ``render(key, inputs, png, pdf, csv, ...)`` is what the rule ``render_figure`` calls; from a notebook, pass the
 same input lists (see ``Item.needs``: each kind is a list of paths)."""
@@ -19,8 +20,8 @@ from .style import Palette
 def _n_test(dataset_files) -> dict[str, int]:
     from ..data.common import Dataset
 
-    return {Dataset.load(Path(p).parent).name: len(Dataset.load(Path(p).parent).split("test"))
-            for p in dataset_files}
+    sets = [Dataset.load(Path(p).parent) for p in dataset_files]
+    return {ds.name: len(ds.split("test")) for ds in sets}
 
 
 def _with_origin(paths, needed_by: str) -> pd.DataFrame:
@@ -117,8 +118,9 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
         npz = [p for p in inputs["localization"] if p.endswith(".npz")][0]
         maps = read_npz(npz, what)
         rows = information.pick_map_rows(maps)
-        images = _images(results, info_folder(npz)[1], [maps["sample_id"][i] for i in rows])
-        table = information.plot_heat_maps(maps, rows, images, png, pdf, title)
+        model, ds = info_folder(npz)
+        images = _images(results, ds, [maps["sample_id"][i] for i in rows])
+        table = information.plot_heat_maps(maps, rows, images, png, pdf, f"{title} ({model} on {ds})")
     elif key == f"{INFO}/table4":
         table = _with_origin([p for p in inputs["intervention"] if p.endswith("intervention.csv")], what)
         information.plot_intervention(table, png, pdf, title)
@@ -126,8 +128,11 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
         npz = [p for p in inputs["intervention"] if p.endswith(".npz")][0]
         items = read_csv(Path(npz).with_name("intervention_items.csv"), what)
         maps = read_npz(npz, what)
-        images = _images(results, info_folder(npz)[1], items["sample_id"])
-        table = information.plot_intervention_examples(items, maps, images, png, pdf, title)
+        model, ds = info_folder(npz)
+        pick = information.intervention_examples(items)
+        images = _images(results, ds, pick["sample_id"])
+        table = information.plot_intervention_examples(items, pick, maps, images, png, pdf,
+                                                       f"{title} ({model} on {ds})")
     elif key == f"{SHAPES}/attributes":
         table = attributes.readability_table(concat_csv(inputs["accuracy"], what),
                                              concat_csv(inputs["sae_summary"], what))

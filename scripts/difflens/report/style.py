@@ -29,23 +29,10 @@ def apply_style() -> None:
 @dataclass
 class Palette:
     """Colours keyed by name: models and layers in the config's order (tab10 / tab20), timesteps by rank on a
-    sequential map. Build it with ``Palette.from_config``; a name it has not seen gets a grey."""
+    sequential map (the rules pass the lists, common.smk's ``palette_spec``); a name it has not seen gets a grey."""
     models: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     timesteps: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Palette":
-        models = list(config.get("models", {}))
-        layers: list[str] = []
-        timesteps: set[int] = set()
-        for m in config.get("models", {}).values():
-            layers += [l for l in m.get("layers", []) if l not in layers]
-            timesteps |= {int(t) for t in m.get("timesteps", [])}
-        return cls(models, layers, sorted(timesteps))
-
-    def as_dict(self) -> dict:
-        return {"models": self.models, "layers": self.layers, "timesteps": self.timesteps}
 
     def model(self, name: str):
         return _pick("tab10", self.models, name)
@@ -78,14 +65,3 @@ def save_figure(fig, png: str | Path, pdf: str | Path | None = None) -> None:
     if pdf:
         fig.savefig(pdf, bbox_inches="tight")
     plt.close(fig)
-
-
-def note_figure(png, pdf, text: str, title: str = "") -> None:
-    """A figure that only says why it is empty (for instance: no DiT block in this run), so a target always
-    exists and the report shows the reason."""
-    fig, ax = plt.subplots(figsize=(6, 1.6))
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
-    if title:
-        ax.set_title(title)
-    save_figure(fig, png, pdf)

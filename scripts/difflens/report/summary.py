@@ -53,8 +53,9 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
     for path in tables.get("check", []):
         c = read_json(path, "the summary page")
         model = Path(path).parent.name
-        rows.append(_row("model check", "held-out loss, conditional / unconditional",
-                         f"{c['loss_conditional']:.4f} / {c['loss_unconditional']:.4f}", model, "shapes", (), kinds))
+        rows.append(_row("model check", f"held-out loss on {c['n_test_images']} images, conditional / "
+                         "unconditional", f"{c['loss_conditional']:.4f} / {c['loss_unconditional']:.4f}", model,
+                         c["dataset"], (), kinds))
     for path in tables.get("accuracy", []):
         acc = read_csv(path, "the summary page")
         diffc = acc[acc["classifier"] == "diffc"].dropna(subset=["val_accuracy"])
