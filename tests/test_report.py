@@ -118,6 +118,7 @@ def test_aro_and_localization_tables():
     assert (acc["i_s"], acc["i_o"], acc["err"], acc["i_s_stderr"], acc["n"]) == (0.9, 0.3, 0.8, 0.05, 10)
     t2 = information.aro_table(aro, per_group=True)
     assert list(t2["group"]) == ["left"] and t2["i_o"].iloc[0] == 0.3
+    assert t2["i_o_stderr"].iloc[0] == pytest.approx(np.sqrt(0.3 * 0.7 / 10))  # binomial, where aro.csv has none
     loc = pd.DataFrame([{"word_type": "object", "n": 5, "threshold_source": "val split", "whole_image": 0.1,
                          "cmi": 0.4, "cmi:oracle": 0.45, "attention": 0.5, "attention:oracle": 0.5}])
     long = information.localization_table(loc.assign(model="m", dataset="d"))

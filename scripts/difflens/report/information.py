@@ -36,6 +36,9 @@ def aro_table(aro: pd.DataFrame, per_group: bool) -> pd.DataFrame:
     """Table 1 (``per_group`` False): accuracy and macro accuracy per kind and score; Table 2: per relation (and
     attribute) group. ``aro`` is aro.csv with model and dataset columns."""
     rows = aro[aro["metric"] == "group"] if per_group else aro[aro["metric"].isin(["accuracy", "macro"])]
+    if per_group:  # a group's binomial standard error where the table leaves it out
+        rows = rows.assign(stderr=rows["stderr"].fillna(np.sqrt(rows["accuracy"] * (1 - rows["accuracy"])
+                                                                / rows["n"])))
     if rows.empty:
         raise ReportError("no per-group ARO rows (groups need min_group items)" if per_group else "no ARO rows")
     wide = rows.pivot_table(index=["model", "dataset", "kind", "metric", "group"] if per_group else
