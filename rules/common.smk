@@ -269,16 +269,16 @@ def item_unavailable(key):
     """Why this config cannot make a paper item (None when it can)."""
     it = PAPER_ITEMS[key]
     dit = [n for n in sae_models() if config["models"][n]["kind"] == "dit"]
-    if "sae_summary" in it.needs and not sae_models():
-        return "no k-SAE runs (sae.runs is empty)"
+    if "sae_summary" in it.needs and not sae_targets():
+        return "no k-SAE runs (sae.runs, or extraction.datasets, is empty)"
     if it.name in ("table2d", "fig9") and not dit:
         return "no DiT model (kind: dit) among the SAE models (sae.models)"
     if it.name in ("fig4", "fig6", "fig8", "table3") and it.family == "revelio" and not diffc_models():
         return "Diff-C is off (classify.targets is empty)"
     if "accuracy" in it.needs and not any(p.endswith("accuracy.csv") for p in classify_targets()):
         return "no accuracy tables (no extraction data set)"
-    if it.name == "fig10" and not config["pca"]["views"]:
-        return "no PCA views (pca.views is empty)"
+    if it.name == "fig10" and not any(p.endswith(".png") for p in classify_targets()):
+        return "no PCA views (pca.views, or extraction.datasets, is empty)"
     for kind, section in (("aro", "aro"), ("localization", "localize"), ("intervention", "intervene")):
         if kind in it.needs and not (INFO[section]["datasets"] and info_models(config)):
             return f"no information run (infodecomp.models and infodecomp.{section}.datasets)"

@@ -36,7 +36,7 @@ rule render_figure:
         palette=lambda w: palette_spec(),
         dit_models=lambda w: [n for n, m in config["models"].items() if m["kind"] == "dit"],
         results=lambda w, output: str(Path(output.png).parents[2]),
-        grid_latents=min(SAE["grid_latents"], 4),
+        grid_latents=3,  # latents per SAE in the paper items' mosaics (sae.grid_latents: each SAE's own grid)
     log:
         f"{R}/logs/render_figure/{{family}}/{{item}}.log",
     benchmark:
@@ -61,7 +61,7 @@ rule feature_browser:
         options=config["browser"],
     threads: 1
     resources:
-        runtime=lambda w, attempt: 60 * attempt,
+        runtime=lambda w, attempt: (30 + 5 * len(browser_runs())) * attempt,  # re-reads every SAE's split
         mem_mb=lambda w, attempt: 8000 * attempt,
     log:
         f"{R}/logs/feature_browser.log",
@@ -82,6 +82,7 @@ rule summary_page:
     params:
         results=lambda w, output: str(Path(output.md).parent),
         models={n: m["kind"] for n, m in config["models"].items()},
+        browser=lambda w: bool(browser_runs() or browser_info()),
     log:
         f"{R}/logs/summary_page.log",
     benchmark:

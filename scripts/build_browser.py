@@ -45,12 +45,13 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     summary = json.loads((folder / "summary.json").read_text())
     x, rows, per_image = load_vectors(store, model, ds, layer, t, input=r["input"], split=summary["split"])
     scores = image_scores(sae, x, positions=per_image).numpy()
-    pages = latent_pages(scores, pd.read_csv(folder / "latents.csv"), top=opts["top"], quantiles=opts["quantiles"],
+    pages = latent_pages(scores, pd.read_csv(folder / "latents.csv", dtype={"top_images": str}), top=opts["top"], quantiles=opts["quantiles"],
                          bins=opts["bins"], max_latents=opts["max_latents"])
     ids = rows["sample_id"].astype(str).tolist()
     has_maps = store.has_maps(model, ds, layer, t)
-    for a in range(0, len(pages) if has_maps else 0, 16):  # 16 latents' top images in memory at a time
-        chunk = pages[a:a + 16]
+    heat = min(len(pages), opts["heat_latents"]) if has_maps else 0
+    for a in range(0, heat, 16):  # 16 latents' top images in memory at a time
+        chunk = pages[a:min(a + 16, heat)]
         heat_maps(sae, store.maps_of(model, ds, layer, t, {ids[i] for pg in chunk for i in pg["top"]},
                                      dtype=np.float16), chunk, ids)
     used = sorted({i for pg in pages for i in pg["top"] + [q["image"] for q in pg["quant"]]})
@@ -61,7 +62,7 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
             "maps": has_maps}
     site.add("saes", meta, {"latents": pages, "images": images})
     log.info("%s/%s %s t%d %s/%s: %d latents listed, %d images, heat maps %s", model, ds, layer, t, r["run"],
-             r["input"], len(pages), len(images), "yes" if has_maps else "no (maps not saved)")
+             r["input"], len(pages), len(images), f"for {heat} latents" if has_maps else "none (maps not saved)")
     if (model, ds, layer, t) in views:
         continue
     views.add((model, ds, layer, t))
@@ -78,7 +79,7 @@ for pair in p.info:
     folder = results / "info" / pair["model"] / pair["dataset"]
     maps_file, aro_file = folder / "localization_maps.npz", folder / "aro_items.csv"
     maps = dict(np.load(maps_file)) if maps_file in inputs else None
-    aro = pd.read_csv(aro_file) if aro_file in inputs else None
+    aro = pd.read_csv(aro_file, dtype={"sample_id": str}) if aro_file in inputs else None
     entries = info_images(maps, aro, dataset(pair["dataset"]), bank)
     site.add("info", pair, {"images": entries})
     log.info("information view %s/%s: %d images", pair["model"], pair["dataset"], len(entries))

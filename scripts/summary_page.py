@@ -8,5 +8,5 @@ from difflens.report.summary import headline_rows, write_html, write_markdown  #
 
 rows = headline_rows({kind: list(paths) for kind, paths in snakemake.input.items()}, snakemake.params.models)
 write_markdown(rows, snakemake.output.md)
-write_html(rows, snakemake.output.html)
+write_html(rows, snakemake.output.html, browser=snakemake.params.browser)
 log.info("%d headline rows:\n%s", len(rows), rows.to_string(index=False))

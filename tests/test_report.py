@@ -220,3 +220,23 @@ def test_heat_map_is_the_latents_encoder_response_at_each_position():
     full = browser.latent_response(sae, torch.from_numpy(maps["a"].reshape(6, 16).T.copy()), 3).numpy()
     assert page["mapMax"] == pytest.approx(full.reshape(4, 4).reshape(2, 2, 2, 2).mean((1, 3)).max(), rel=1e-5)
     assert browser.pool_to(np.ones((1, 5, 3)), 2).shape == (1, 2, 1)
+
+
+def test_runs_without_masks_or_groups_get_a_note_not_a_crash(tmp_path):
+    empty = pd.DataFrame(columns=["word_type", "n", "threshold_source"]).assign(model="m", dataset="coco_wl")
+    long = information.localization_table(empty)
+    assert long.empty
+    information.plot_localization(long, tmp_path / "t3.png", tmp_path / "t3.pdf", "Table 3")
+    aro = pd.DataFrame([{"kind": "order", "score": "i_o", "metric": "accuracy", "group": np.nan, "n": 4,
+                         "accuracy": 0.5, "stderr": 0.25}]).assign(model="m", dataset="d")
+    groups = information.aro_table(aro, per_group=True)
+    assert groups.empty
+    information.plot_aro(groups, True, tmp_path / "t2.png", tmp_path / "t2.pdf", "Table 2")
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("t3.png", "t3.pdf", "t2.png", "t2.pdf"))
+
+
+def test_sample_ids_stay_text(tmp_path):
+    from difflens.report.inputs import read_csv
+
+    (tmp_path / "items.csv").write_text("sample_id,score\n000000397133,1.5\n")
+    assert read_csv(tmp_path / "items.csv")["sample_id"].tolist() == ["000000397133"]

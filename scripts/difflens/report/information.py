@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .revelio import ReportError
-from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, plt, save_figure
+from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, note_figure, plt, save_figure
 
 SCORES = ("i_s", "i_o", "err")
 METHODS = ("whole_image", "mi", "cmi", "attention", "attention+cmi")
@@ -36,11 +36,13 @@ def aro_table(aro: pd.DataFrame, per_group: bool) -> pd.DataFrame:
     """Table 1 (``per_group`` False): accuracy and macro accuracy per kind and score; Table 2: per relation (and
     attribute) group. ``aro`` is aro.csv with model and dataset columns."""
     rows = aro[aro["metric"] == "group"] if per_group else aro[aro["metric"].isin(["accuracy", "macro"])]
+    if per_group and rows.empty:
+        return pd.DataFrame(columns=["model", "dataset", "kind", "metric", "group", *SCORES])
     if per_group:  # a group's binomial standard error where the table leaves it out
         rows = rows.assign(stderr=rows["stderr"].fillna(np.sqrt(rows["accuracy"] * (1 - rows["accuracy"])
                                                                 / rows["n"])))
     if rows.empty:
-        raise ReportError("no per-group ARO rows (groups need min_group items)" if per_group else "no ARO rows")
+        raise ReportError("no ARO rows")
     wide = rows.pivot_table(index=["model", "dataset", "kind", "metric", "group"] if per_group else
                             ["model", "dataset", "kind", "metric"], columns="score",
                             values="accuracy", dropna=False).reset_index()
@@ -55,6 +57,9 @@ def aro_table(aro: pd.DataFrame, per_group: bool) -> pd.DataFrame:
 
 def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None:
     apply_style()
+    if table.empty:
+        note_figure(png, pdf, title, "no relation or attribute group has infodecomp.aro.min_group items")
+        return
     facets = list(table.groupby(["model", "dataset", "kind"] if per_group else ["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, len(facets), figsize=(max(6.5, 1.2 * len(facets[0][1])) * len(facets), 3.8),
                              squeeze=False)
@@ -81,7 +86,8 @@ def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None
 
 # ---- Table 3: localization mIoU -----------------------------------------------------------------------------------
 def localization_table(loc: pd.DataFrame) -> pd.DataFrame:
-    """Long form of localization.csv: one row per (model, data set, word type, method, threshold), mIoU in [0, 1]."""
+    """Long form of localization.csv: one row per (model, data set, word type, method, threshold), mIoU in [0, 1];
+    empty when no localized data set has masks (COCO-WL: maps only)."""
     out = []
     for r in loc.to_dict("records"):
         for m in METHODS:
@@ -92,13 +98,15 @@ def localization_table(loc: pd.DataFrame) -> pd.DataFrame:
                         "threshold_source": r["threshold_source"], "miou": r[m]})
             if f"{m}:oracle" in r:
                 out.append({**out[-1], "threshold": "oracle (test-set pick)", "miou": r[f"{m}:oracle"]})
-    if not out:
-        raise ReportError("localization.csv has no mIoU rows (a data set without masks?)")
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["model", "dataset", "word_type", "n", "method", "threshold",
+                                      "threshold_source", "miou"])
 
 
 def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
     apply_style()
+    if table.empty:  # data sets without masks: the maps exist, an mIoU does not
+        note_figure(png, pdf, title, "no localized data set has object masks: no mIoU (the maps are in Fig. 2)")
+        return
     held = table[table["threshold"] != "oracle (test-set pick)"]
     oracle = table[table["threshold"] == "oracle (test-set pick)"]
     facets = list(held.groupby(["model", "dataset"], sort=False))
@@ -116,7 +124,7 @@ def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
                        label="oracle threshold" if j == 0 else None)
         ax.set_ylim(0, 1)
         ax.set_ylabel("mIoU (threshold chosen on held-out rows)")
-        ax.set_xlabel("word type (n rows in the CSV)")
+        ax.set_xlabel("word type")
         ax.set_title(f"{model} · {ds}")
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
@@ -173,7 +181,8 @@ def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], p
             im = overlay(axes[r, c], image, heat, vmax)
             if r == 0:
                 axes[r, c].set_title(SCORE_NAMES[kind])
-        fig.colorbar(im, ax=axes[r, 1:].tolist(), fraction=0.03, label="nats / latent pixel")
+        fig.colorbar(im, ax=axes[r, 1:].tolist(), fraction=0.03,
+                     label="MI, CMI: nats / latent pixel\n(attention: rescaled to the row's max)")
         shown.append({"sample_id": sid, "word": word, "word_type": str(maps["word_type"][i]),
                       "mi_nats": float(maps["mi_nats"][i]), "cmi_nats": float(maps["cmi_nats"][i]),
                       "mi_max": float(maps["mi"][i].max()), "cmi_max": float(maps["cmi"][i].max()),

@@ -47,7 +47,8 @@ def require(path: str | Path, needed_by: str = "this figure") -> Path:
 
 
 def read_csv(path, needed_by: str = "this figure") -> pd.DataFrame:
-    return pd.read_csv(require(path, needed_by))
+    """A table with its ``sample_id`` column kept as text (zero-padded ids such as COCO's stay intact)."""
+    return pd.read_csv(require(path, needed_by), dtype={"sample_id": str})
 
 
 def read_json(path, needed_by: str = "this figure") -> dict:

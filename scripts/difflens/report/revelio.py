@@ -106,16 +106,24 @@ def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) ->
         order = sorted(set(g["block"])) if axis == "dit" else palette.layer_order(g["layer"])
         for (model, t), s in g.groupby(["model", "timestep"]):
             s = s.assign(_x=s[xcol].map({v: i for i, v in enumerate(order)})).sort_values("_x")
-            ax.plot(s["_x"], s[metric], "o-", color=palette.timestep(t), label=f"{model} t={t}",
+            ax.plot(s["_x"], s[metric], _model_marker(palette, model) + "-", color=palette.timestep(t),
+                    label=f"{model} t={t}",
                     ls=_model_style(palette, model))
         ax.set_xticks(range(len(order)), [str(v) for v in order], rotation=30, ha="right")
         ax.set_xlabel("DiT block" if axis == "dit" else "layer")
     else:
         for (model, layer), s in g.groupby(["model", "layer"], sort=False):
             s = s.sort_values("timestep")
-            ax.plot(s["timestep"], s[metric], "o-", color=palette.layer(layer), label=f"{model} {layer}",
+            ax.plot(s["timestep"], s[metric], _model_marker(palette, model) + "-", color=palette.layer(layer),
+                    label=f"{model} {layer}",
                     ls=_model_style(palette, model))
         ax.set_xlabel("timestep (of 1000; larger = noisier)")
+
+
+def _model_marker(palette: Palette, model: str) -> str:
+    """One marker per model (config order), so two models with the same layer names stay apart."""
+    markers = ["o", "s", "^", "D", "v", "P"]
+    return markers[palette.models.index(model) % len(markers)] if model in palette.models else "x"
 
 
 def _model_style(palette: Palette, model: str) -> str:
@@ -217,7 +225,8 @@ def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, ti
                 else:
                     s = s.sort_values("timestep")
                     x = s["timestep"]
-                ax.errorbar(x, s["test_accuracy"], yerr=s.get("test_stderr"), fmt="o", ls=ls, color=colour,
+                ax.errorbar(x, s["test_accuracy"], yerr=s.get("test_stderr"), fmt=_model_marker(palette, model), ls=ls,
+                            color=colour,
                             capsize=2, ms=3, label=f"{model} {clf} {'t=' if axis == 'layer' else ''}{key}")
             if axis == "layer":
                 order = palette.layer_order(g["layer"])

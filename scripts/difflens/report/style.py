@@ -65,3 +65,13 @@ def save_figure(fig, png: str | Path, pdf: str | Path | None = None) -> None:
     if pdf:
         fig.savefig(pdf, bbox_inches="tight")
     plt.close(fig)
+
+
+def note_figure(png, pdf, title: str, text: str) -> None:
+    """A figure that says why it has nothing to plot (for instance no data set with masks), so that the target
+    exists and the report shows the reason."""
+    fig, ax = plt.subplots(figsize=(7, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_title(title)
+    save_figure(fig, png, pdf)

@@ -123,7 +123,7 @@ def write_markdown(rows: pd.DataFrame, path, title: str = "difflens run summary"
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def write_html(rows: pd.DataFrame, path, title: str = "difflens run summary") -> None:
+def write_html(rows: pd.DataFrame, path, title: str = "difflens run summary", browser: bool = True) -> None:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
                    for r in rows.itertuples(index=False))
@@ -132,4 +132,5 @@ def write_html(rows: pd.DataFrame, path, title: str = "difflens run summary") ->
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f6}"
         f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(INTRO)}</p><table><tr>{head}</tr>"
-        f"{body}</table><p><a href='browser/index.html'>feature browser</a></p></body></html>\n")
+        f"{body}</table>" + ("<p><a href='browser/index.html'>feature browser</a></p>" if browser else "")
+        + "</body></html>\n")

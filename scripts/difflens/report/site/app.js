@@ -8,7 +8,7 @@
   D.data = {};
   D.add = function (key, data) {
     D.data[key] = data;
-    (waiting[key] || []).forEach((resolve) => resolve(data));
+    (waiting[key] || []).forEach((w) => w.resolve(data));
     delete waiting[key];
   };
 
@@ -16,11 +16,16 @@
     return new Promise((resolve, reject) => {
       if (D.data[key]) { resolve(D.data[key]); return; }
       const first = !waiting[key];
-      (waiting[key] = waiting[key] || []).push(resolve);
+      (waiting[key] = waiting[key] || []).push({ resolve, reject });
       if (!first) return;
       const s = document.createElement("script");
       s.src = "data/" + key + ".js";
-      s.onerror = () => reject(new Error("cannot load data/" + key + ".js"));
+      s.onerror = () => {  // every caller hears of it, and a later call tries again
+        const error = new Error("cannot load data/" + key + ".js");
+        (waiting[key] || []).forEach((w) => w.reject(error));
+        delete waiting[key];
+        s.remove();
+      };
       document.body.appendChild(s);
     });
   }
@@ -115,6 +120,7 @@
     $("sae-meta").textContent = `${meta.live} live of ${meta.n_latents} latents on ${meta.n_images} ${meta.split} ` +
       `images; sigma_label ${fmt(meta.sigma_label, 2)}, purity ${fmt(meta.purity, 2)}`;
     load(meta.key).then((data) => {
+      if (meta.key !== $("sae-select").value) return;  // a later selection has taken over
       state.sae = { meta, data };
       renderTable();
       const first = document.querySelector("#latent-table tbody tr");
@@ -199,8 +205,9 @@
     page.appendChild(el("h3", {}, `Latent ${id} · ${meta.layer} · t=${meta.timestep}`));
     page.appendChild(el("p", {}, `frequency ${fmt(l.freq, 3)}, mean activation ${fmt(l.mean, 3)}, top-10 purity ` +
       `${fmt(l.purity, 2)}, sigma ${fmt(l.sigma, 2)}; best attribute ${l.attr || "-"} (AUROC ${fmt(l.auroc, 3)})`));
-    page.appendChild(el("h4", {}, meta.maps ? "Top images (heat map: the latent's response at each position)"
-      : "Top images (no maps saved: no heat map)"));
+    const heat = l.maps && l.maps.length ? "heat map: the latent's response at each position"
+      : meta.maps ? "no heat map: beyond browser.heat_latents" : "no heat map: the extraction kept no maps";
+    page.appendChild(el("h4", {}, `Top images (${heat})`));
     const top = el("div", { class: "images", id: "latent-images" });
     l.top.forEach((pos, i) => {
       const [src, label] = data.images[String(pos)];
