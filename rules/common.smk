@@ -148,15 +148,21 @@ def diffc_results(model, dataset):
             for t, layer in classify_grid(model)]
 
 
+def accuracy_tables():
+    """One accuracy table per (classified model, data set)."""
+    return [f"{R}/classify/{name}/{ds}/accuracy.csv" for name in CL["models"] or EXTRACT_MODELS
+            for ds in EX["datasets"]]
+
+
+def pca_pngs():
+    """Every configured PCA view, for each extraction data set of its model."""
+    return [f"{R}/classify/{name}/{ds}/pca/t{v['timestep']}/{v['layer']}.png" for name in CL["models"] or EXTRACT_MODELS
+            for ds in EX["datasets"] for v in config["pca"]["views"] if v["model"] == name]
+
+
 def classify_targets():
-    """One accuracy table per (extraction model, data set), and every configured PCA view."""
-    out = []
-    for name in CL["models"] or EXTRACT_MODELS:
-        for ds in EX["datasets"]:
-            out.append(f"{R}/classify/{name}/{ds}/accuracy.csv")
-            out += [f"{R}/classify/{name}/{ds}/pca/t{v['timestep']}/{v['layer']}.png" for v in config["pca"]["views"]
-                    if v["model"] == name]
-    return out
+    """Every accuracy table and PCA view."""
+    return accuracy_tables() + pca_pngs()
 
 
 def sae_run(name):
@@ -182,14 +188,17 @@ def info_model_params(w):
             "options": load_options(w.model, ["vae", "denoiser", "text"])}
 
 
+def info_paths(stage, *files):
+    """results/info/<model>/<data set>/<file> for every text model and every data set ``infodecomp.<stage>``
+    lists."""
+    return [f"{R}/info/{name}/{ds}/{f}" for name in info_models(config) for ds in INFO[stage]["datasets"]
+            for f in files]
+
+
 def info_targets():
     """The information stages' tables per (text model, data set) that each stage lists."""
-    out = []
-    for name in info_models(config):
-        out += [f"{R}/info/{name}/{ds}/aro.csv" for ds in INFO["aro"]["datasets"]]
-        out += [f"{R}/info/{name}/{ds}/localization.csv" for ds in INFO["localize"]["datasets"]]
-        out += [f"{R}/info/{name}/{ds}/intervention.csv" for ds in INFO["intervene"]["datasets"]]
-    return out
+    return info_paths("aro", "aro.csv") + info_paths("localize", "localization.csv") + info_paths(
+        "intervene", "intervention.csv")
 
 
 def shard_plan(w):
@@ -248,19 +257,17 @@ def report_inputs(key):
         raise WorkflowError(f"figure {key} cannot be made with this config: {why} "
                             f"({PAPER_ITEMS[key].config} sets it up)")
     kinds = {
-        "sae_summary": lambda: sae_targets(),
+        "sae_summary": sae_targets,
         "sae_grids": lambda: [p.replace("summary.json", "top_images.png") for name in sae_models()
                               for ds in EX["datasets"] for p in sae_summaries(name, ds)],
-        "accuracy": lambda: [p for p in classify_targets() if p.endswith("accuracy.csv")],
+        "accuracy": accuracy_tables,
         "datasets": lambda: [dataset_json(d) for d in dict.fromkeys(EX["datasets"] + INFO["localize"]["datasets"]
                                                                     + INFO["intervene"]["datasets"])],
-        "pca": lambda: [p for p in classify_targets() if p.endswith(".png")],
-        "aro": lambda: [f"{R}/info/{m}/{d}/aro.csv" for m in info_models(config) for d in INFO["aro"]["datasets"]],
-        "localization": lambda: [f"{R}/info/{m}/{d}/localization{s}" for m in info_models(config)
-                                 for d in INFO["localize"]["datasets"] for s in (".csv", "_maps.npz")],
-        "intervention": lambda: [f"{R}/info/{m}/{d}/intervention{s}" for m in info_models(config)
-                                 for d in INFO["intervene"]["datasets"]
-                                 for s in (".csv", "_items.csv", "_maps.npz")],
+        "pca": pca_pngs,
+        "aro": lambda: info_paths("aro", "aro.csv"),
+        "localization": lambda: info_paths("localize", "localization.csv", "localization_maps.npz"),
+        "intervention": lambda: info_paths("intervene", "intervention.csv", "intervention_items.csv",
+                                           "intervention_maps.npz"),
     }
     return {kind: kinds[kind]() for kind in PAPER_ITEMS[key].needs}
 
@@ -275,9 +282,9 @@ def item_unavailable(key):
         return "no DiT model (kind: dit) among the SAE models (sae.models)"
     if it.name in ("fig4", "fig6", "fig8", "table3") and it.family == "revelio" and not diffc_models():
         return "Diff-C is off (classify.targets is empty)"
-    if "accuracy" in it.needs and not any(p.endswith("accuracy.csv") for p in classify_targets()):
+    if "accuracy" in it.needs and not accuracy_tables():
         return "no accuracy tables (no extraction data set)"
-    if it.name == "fig10" and not any(p.endswith(".png") for p in classify_targets()):
+    if it.name == "fig10" and not pca_pngs():
         return "no PCA views (pca.views, or extraction.datasets, is empty)"
     for kind, section in (("aro", "aro"), ("localization", "localize"), ("intervention", "intervene")):
         if kind in it.needs and not (INFO[section]["datasets"] and info_models(config)):
@@ -314,13 +321,7 @@ def browser_inputs(wildcards):
     sae = [f"{R}/sae/{r['model']}/{r['dataset']}/{r['run']}/{r['input']}/t{r['timestep']}/{r['layer']}/{f}"
            for r in browser_runs() for f in ("sae.safetensors", "latents.csv", "summary.json")]
     index = [f"{R}/activations/{r['model']}/{r['dataset']}/index.json" for r in browser_runs()]
-    info = []
-    for p in browser_info():
-        folder = f"{R}/info/{p['model']}/{p['dataset']}"
-        if p["dataset"] in INFO["localize"]["datasets"]:
-            info.append(f"{folder}/localization_maps.npz")
-        if p["dataset"] in INFO["aro"]["datasets"]:
-            info.append(f"{folder}/aro_items.csv")
+    info = info_paths("localize", "localization_maps.npz") + info_paths("aro", "aro_items.csv")
     data = [dataset_json(d) for d in dict.fromkeys([r["dataset"] for r in browser_runs()]
                                                   + [p["dataset"] for p in browser_info()])]
     return {"sae": sae, "index": list(dict.fromkeys(index)), "info": info, "data": data}
@@ -328,11 +329,7 @@ def browser_inputs(wildcards):
 
 def summary_inputs(wildcards):
     """The tables the summary page quotes (those this config makes)."""
-    tables = {"sae": sae_targets(), "accuracy": [p for p in classify_targets() if p.endswith("accuracy.csv")],
-              "aro": [f"{R}/info/{m}/{d}/aro.csv" for m in info_models(config) for d in INFO["aro"]["datasets"]],
-              "localization": [f"{R}/info/{m}/{d}/localization.csv" for m in info_models(config)
-                               for d in INFO["localize"]["datasets"]],
-              "intervention": [f"{R}/info/{m}/{d}/intervention.csv" for m in info_models(config)
-                               for d in INFO["intervene"]["datasets"]]}
-    tables["check"] = [f"{R}/models/{n}/check.json" for n in shapes_models()]
-    return tables
+    return {"sae": sae_targets(), "accuracy": accuracy_tables(), "aro": info_paths("aro", "aro.csv"),
+            "localization": info_paths("localize", "localization.csv"),
+            "intervention": info_paths("intervene", "intervention.csv"),
+            "check": [f"{R}/models/{n}/check.json" for n in shapes_models()]}

@@ -80,7 +80,6 @@ rule summary_page:
         md=report(f"{R}/summary.md", caption="../report/summary.rst", category="Summary"),
         html=f"{R}/summary.html",
     params:
-        results=lambda w, output: str(Path(output.md).parent),
         models={n: m["kind"] for n, m in config["models"].items()},
         browser=lambda w: bool(browser_runs() or browser_info()),
     log:

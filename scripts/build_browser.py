@@ -15,7 +15,7 @@ from tqdm import tqdm  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.extract.store import FeatureStore  # noqa: E402
-from difflens.report.browser import (OPTIONS, ImageBank, SiteWriter, colour_columns, heat_maps,  # noqa: E402
+from difflens.report.browser import (ImageBank, SiteWriter, colour_columns, heat_maps,  # noqa: E402
                                      info_images, latent_pages, pca_view)
 from difflens.sae.analysis import image_scores  # noqa: E402
 from difflens.sae.data import load_vectors  # noqa: E402
@@ -23,7 +23,7 @@ from difflens.sae.model import KSAE  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p = snakemake.params
-opts = {**OPTIONS, **p.options}
+opts = p.options  # the config's browser section, its defaults filled in from the schema
 results = Path(p.results)
 site = SiteWriter(snakemake.output[0], title=f"difflens feature browser: {results}")
 store = FeatureStore(results)
@@ -45,8 +45,8 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     summary = json.loads((folder / "summary.json").read_text())
     x, rows, per_image = load_vectors(store, model, ds, layer, t, input=r["input"], split=summary["split"])
     scores = image_scores(sae, x, positions=per_image).numpy()
-    pages = latent_pages(scores, pd.read_csv(folder / "latents.csv", dtype={"top_images": str}), top=opts["top"], quantiles=opts["quantiles"],
-                         bins=opts["bins"], max_latents=opts["max_latents"])
+    pages = latent_pages(scores, pd.read_csv(folder / "latents.csv", dtype={"top_images": str}), top=opts["top"],
+                         quantiles=opts["quantiles"], bins=opts["bins"], max_latents=opts["max_latents"])
     ids = rows["sample_id"].astype(str).tolist()
     has_maps = store.has_maps(model, ds, layer, t)
     heat = min(len(pages), opts["heat_latents"]) if has_maps else 0
@@ -66,8 +66,9 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     if (model, ds, layer, t) in views:
         continue
     views.add((model, ds, layer, t))
-    pooled = store.pooled(model, ds, layer, t, split=summary["split"])
-    pick, xy = pca_view(pooled.x, max_points=opts["max_points"], seed=p.seed)
+    # the pooled features of the same rows: the SAE's own input when it is pooled, else read once here
+    pooled = x.numpy() if r["input"] == "pooled" else store.pooled(model, ds, layer, t, split=summary["split"]).x
+    pick, xy = pca_view(pooled, max_points=opts["max_points"], seed=p.seed)
     shown = rows.iloc[pick].reset_index(drop=True)
     site.add("views", {"model": model, "dataset": ds, "layer": layer, "timestep": t, "split": summary["split"]},
              {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),

@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 
 SITE = Path(__file__).with_name("site")
-OPTIONS = {"max_latents": 2000, "top": 8, "heat_latents": 200, "quantiles": [0.1, 0.25, 0.5, 0.75, 0.9], "bins": 20, "max_points": 400,
-           "thumbnail": 96}
 
 
 def b64_uint8(a: np.ndarray, vmax: float | None = None) -> str:

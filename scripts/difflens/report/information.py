@@ -7,28 +7,17 @@ import numpy as np
 import pandas as pd
 
 from .revelio import ReportError
-from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, note_figure, plt, save_figure
+from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, grouped_bars, note_figure, plt, save_figure
 
 SCORES = ("i_s", "i_o", "err")
 METHODS = ("whole_image", "mi", "cmi", "attention", "attention+cmi")
 MAP_KINDS = ("mi", "cmi", "attention")
 
 
-def _bars(ax, table: pd.DataFrame, x: str, hue: str, hues, value: str, lo=None, hi=None, err=None) -> None:
-    """Grouped bars: one group per value of ``x`` (in order of appearance), one bar per ``hue``."""
-    xs = list(dict.fromkeys(table[x]))
-    hues = [h for h in hues if h in set(table[hue])]
-    width = 0.8 / max(1, len(hues))
-    for j, h in enumerate(hues):
-        s = table[table[hue] == h].set_index(x).reindex(xs)
-        pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
-        yerr = None
-        if err is not None and err in s:
-            yerr = s[err].fillna(0).to_numpy()
-        elif lo is not None:
-            yerr = np.vstack([(s[value] - s[lo]).clip(lower=0), (s[hi] - s[value]).clip(lower=0)]).astype(float)
-        ax.bar(pos, s[value], width, yerr=yerr, capsize=2, color=SCORE_COLOURS.get(h), label=SCORE_NAMES.get(h, h))
-    ax.set_xticks(range(len(xs)), xs)
+def _bars(ax, table: pd.DataFrame, x: str, hue: str, hues, value: str, **whiskers) -> dict:
+    """Grouped bars in the information scores' fixed colours and names (``style.grouped_bars``)."""
+    return grouped_bars(ax, table, x, hue, hues, value, colour=SCORE_COLOURS.get,
+                        label=lambda h: SCORE_NAMES.get(h, h), **whiskers)
 
 
 # ---- Tables 1-2: ARO ----------------------------------------------------------------------------------------------
@@ -112,14 +101,11 @@ def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
     facets = list(held.groupby(["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, len(facets), figsize=(6.5 * len(facets), 3.8), squeeze=False)
     for ax, ((model, ds), g) in zip(axes[0], facets):
-        _bars(ax, g, "word_type", "method", METHODS, "miou")
+        where = _bars(ax, g, "word_type", "method", METHODS, "miou")
         o = oracle[(oracle["model"] == model) & (oracle["dataset"] == ds)]
         xs = list(dict.fromkeys(g["word_type"]))
-        methods = [m for m in METHODS if m in set(g["method"])]
-        width = 0.8 / max(1, len(methods))
-        for j, m in enumerate(methods):
+        for j, (m, pos) in enumerate(where.items()):
             s = o[o["method"] == m].set_index("word_type").reindex(xs)
-            pos = np.arange(len(xs)) + (j - (len(methods) - 1) / 2) * width
             ax.scatter(pos, s["miou"], marker="_", s=60, color="k", zorder=3,
                        label="oracle threshold" if j == 0 else None)
         ax.set_ylim(0, 1)

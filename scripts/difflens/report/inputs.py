@@ -60,11 +60,15 @@ def read_npz(path, needed_by: str = "this figure") -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def concat_csv(paths, needed_by: str = "this figure") -> pd.DataFrame:
-    """Several tables of the same kind (one per model and data set) as one."""
-    parts = [read_csv(p, needed_by) for p in paths]
-    parts = [p for p in parts if not p.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def concat_csv(paths, needed_by: str = "this figure", origin: bool = False) -> pd.DataFrame:
+    """Several tables of the same kind (one per model and data set) as one; ``origin``: add the model and data set
+    columns from the files' places under results/info/<model>/<data set>/ (those tables do not carry them)."""
+    parts = [read_csv(p, needed_by).assign(**dict(zip(("model", "dataset"), info_folder(p)))) if origin
+             else read_csv(p, needed_by) for p in paths]
+    filled = [p for p in parts if not p.empty]
+    if filled:
+        return pd.concat(filled, ignore_index=True)
+    return parts[0] if parts else pd.DataFrame()  # no rows: keep the columns
 
 
 def info_folder(path) -> tuple[str, str]:

@@ -24,17 +24,6 @@ def _n_test(dataset_files) -> dict[str, int]:
     return {ds.name: len(ds.split("test")) for ds in sets}
 
 
-def _with_origin(paths, needed_by: str) -> pd.DataFrame:
-    parts = []
-    for p in paths:
-        t = read_csv(p, needed_by)
-        model, ds = info_folder(p)
-        parts.append(t.assign(model=model, dataset=ds))
-    if not parts:
-        raise ReportError(f"{needed_by}: no input tables")
-    return pd.concat(parts, ignore_index=True)
-
-
 def _images(results: str, dataset: str, sample_ids) -> dict[str, np.ndarray]:
     from ..data.common import Dataset
 
@@ -105,14 +94,14 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
         table = pd.DataFrame([{"model": Path(p).parts[-5], "dataset": Path(p).parts[-4],
                                "timestep": int(Path(p).parts[-2][1:]), "layer": Path(p).stem, "view": str(p)}
                               for p in inputs["pca"]])
-        revelio.tile_images([(f"{r.model} · {r.dataset} · {r.layer} · t={r.timestep}", r.view)
+        revelio.tile_pngs([(f"{r.model} · {r.dataset} · {r.layer} · t={r.timestep}", r.view)
                              for r in table.itertuples()], png, pdf, title, cols=1)
     elif it.family == INFO and it.name in ("table1", "table2"):
-        table = information.aro_table(_with_origin(inputs["aro"], what), per_group=it.name == "table2")
+        table = information.aro_table(concat_csv(inputs["aro"], what, origin=True), per_group=it.name == "table2")
         information.plot_aro(table, it.name == "table2", png, pdf, title)
     elif key == f"{INFO}/table3":
-        table = information.localization_table(_with_origin([p for p in inputs["localization"]
-                                                             if p.endswith(".csv")], what))
+        table = information.localization_table(concat_csv([p for p in inputs["localization"]
+                                                            if p.endswith(".csv")], what, origin=True))
         information.plot_localization(table, png, pdf, title)
     elif key == f"{INFO}/fig2":
         npz = [p for p in inputs["localization"] if p.endswith(".npz")][0]
@@ -122,7 +111,8 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
         images = _images(results, ds, [maps["sample_id"][i] for i in rows])
         table = information.plot_heat_maps(maps, rows, images, png, pdf, f"{title} ({model} on {ds})")
     elif key == f"{INFO}/table4":
-        table = _with_origin([p for p in inputs["intervention"] if p.endswith("intervention.csv")], what)
+        table = concat_csv([p for p in inputs["intervention"] if p.endswith("intervention.csv")], what,
+                           origin=True)
         information.plot_intervention(table, png, pdf, title)
     elif key == f"{INFO}/fig3":
         npz = [p for p in inputs["intervention"] if p.endswith(".npz")][0]

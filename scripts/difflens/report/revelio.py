@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .style import BASELINE, Palette, apply_style, plt, save_figure
+from .style import BASELINE, Palette, apply_style, grouped_bars, plt, save_figure
 
 SAE_COLUMNS = ["model", "dataset", "run", "input", "layer", "timestep", "sigma_label", "purity", "random_sigma_mean",
                "random_sigma_p5", "random_sigma_p95", "random_purity_mean", "random_purity_p5", "random_purity_p95",
@@ -66,9 +66,9 @@ def sae_table(summary: pd.DataFrame, axis: str, dit_models: list[str] = (), pale
         out["purest_layer"] = [best.loc[tuple(r)] for r in out[keys].itertuples(index=False)]
         return out.sort_values(["dataset", "run", "input", "timestep", "model"], ignore_index=True)
     order = palette.layer_order(table["layer"]) if palette else sorted(set(table["layer"]))
-    models = (palette.models if palette else []) + sorted(set(table["model"]))
+    models = palette.model_order(table["model"]) if palette else sorted(set(table["model"]))
     table["_layer"] = table["layer"].map({l: i for i, l in enumerate(order)})
-    table["_model"] = table["model"].map(lambda m: models.index(m))
+    table["_model"] = table["model"].map({m: i for i, m in enumerate(models)})
     inner = ["timestep", "_layer"] if axis == "layer" else ["_layer", "timestep"]
     table = table.sort_values(["_model", "dataset", "run", "input", *inner], ignore_index=True)
     return table.drop(columns=["_layer", "_model"])
@@ -106,41 +106,23 @@ def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) ->
         order = sorted(set(g["block"])) if axis == "dit" else palette.layer_order(g["layer"])
         for (model, t), s in g.groupby(["model", "timestep"]):
             s = s.assign(_x=s[xcol].map({v: i for i, v in enumerate(order)})).sort_values("_x")
-            ax.plot(s["_x"], s[metric], _model_marker(palette, model) + "-", color=palette.timestep(t),
-                    label=f"{model} t={t}",
-                    ls=_model_style(palette, model))
+            ax.plot(s["_x"], s[metric], marker=palette.marker(model), ls=palette.linestyle(model),
+                    color=palette.timestep(t), label=f"{model} t={t}")
         ax.set_xticks(range(len(order)), [str(v) for v in order], rotation=30, ha="right")
         ax.set_xlabel("DiT block" if axis == "dit" else "layer")
     else:
         for (model, layer), s in g.groupby(["model", "layer"], sort=False):
             s = s.sort_values("timestep")
-            ax.plot(s["timestep"], s[metric], _model_marker(palette, model) + "-", color=palette.layer(layer),
-                    label=f"{model} {layer}",
-                    ls=_model_style(palette, model))
+            ax.plot(s["timestep"], s[metric], marker=palette.marker(model), ls=palette.linestyle(model),
+                    color=palette.layer(layer), label=f"{model} {layer}")
         ax.set_xlabel("timestep (of 1000; larger = noisier)")
 
 
-def _model_marker(palette: Palette, model: str) -> str:
-    """One marker per model (config order), so two models with the same layer names stay apart."""
-    markers = ["o", "s", "^", "D", "v", "P"]
-    return markers[palette.models.index(model) % len(markers)] if model in palette.models else "x"
-
-
-def _model_style(palette: Palette, model: str) -> str:
-    styles = ["-", "--", ":", "-."]
-    return styles[palette.models.index(model) % 4] if model in palette.models else "-"
-
-
 def _model_bars(ax, g: pd.DataFrame, metric: str, palette: Palette) -> None:
-    models = [m for m in palette.models if m in set(g["model"])] + sorted(set(g["model"]) - set(palette.models))
-    ts = sorted(set(g["timestep"]))
-    width = 0.8 / max(1, len(ts))
-    for j, t in enumerate(ts):
-        s = g[g["timestep"] == t].set_index("model").reindex(models)
-        x = np.arange(len(models)) + (j - (len(ts) - 1) / 2) * width
-        err = np.vstack([s[metric] - s[f"{metric}_min"], s[f"{metric}_max"] - s[metric]])
-        ax.bar(x, s[metric], width, yerr=err, capsize=2, color=palette.timestep(t), label=f"t={t}")
-    ax.set_xticks(range(len(models)), models)
+    order = palette.model_order(g["model"])
+    g = g.sort_values("model", key=lambda m: m.map(order.index))
+    grouped_bars(ax, g, "model", "timestep", sorted(set(g["timestep"])), metric, colour=palette.timestep,
+                 label=lambda t: f"t={t}", lo=f"{metric}_min", hi=f"{metric}_max")
     ax.set_xlabel("model (bar: mean over layers; whiskers: min-max)")
 
 
@@ -172,17 +154,15 @@ def focus_targets(acc: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_table(acc: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """Diff-C and linear-probe accuracy along ``axis`` (layer | timestep: every row; architecture: each model's
-    best (layer, timestep) chosen on the validation split, test accuracy reported)."""
+    """Diff-C and linear-probe accuracy along ``axis`` (layer | timestep): every row of the model's own features
+    (external baselines have no layer or timestep)."""
     rows = acc[acc["classifier"].isin(["diffc", "linear_probe"]) & acc["timestep"].notna()].copy()  # no baselines
     if rows.empty:
         raise ReportError("no Diff-C or linear-probe rows in the accuracy tables")
+    if axis not in ("layer", "timestep"):
+        raise ReportError(f"axis {axis!r} is not one of layer, timestep (by architecture: best_by_validation)")
     rows["timestep"] = rows["timestep"].astype(int)
-    if axis in ("layer", "timestep"):
-        return rows.sort_values(["dataset", "target", "classifier", "model", "timestep", "layer"], ignore_index=True)
-    if axis != "architecture":
-        raise ReportError(f"axis {axis!r} is not one of layer, timestep, architecture")
-    return best_by_validation(acc)
+    return rows.sort_values(["dataset", "target", "classifier", "model", "timestep", "layer"], ignore_index=True)
 
 
 def best_by_validation(acc: pd.DataFrame) -> pd.DataFrame:
@@ -225,9 +205,9 @@ def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, ti
                 else:
                     s = s.sort_values("timestep")
                     x = s["timestep"]
-                ax.errorbar(x, s["test_accuracy"], yerr=s.get("test_stderr"), fmt=_model_marker(palette, model), ls=ls,
-                            color=colour,
-                            capsize=2, ms=3, label=f"{model} {clf} {'t=' if axis == 'layer' else ''}{key}")
+                ax.errorbar(x, s["test_accuracy"], yerr=s.get("test_stderr"), fmt=palette.marker(model), ls=ls,
+                            color=colour, capsize=2, ms=3,
+                            label=f"{model} {clf} {'t=' if axis == 'layer' else ''}{key}")
             if axis == "layer":
                 order = palette.layer_order(g["layer"])
                 ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
@@ -295,7 +275,7 @@ def select_grids(summary: pd.DataFrame, axis: str, dit_models: list[str] = ()) -
     raise ReportError(f"axis {axis!r} is not one of {AXES}")
 
 
-def tile_images(panels: list[tuple[str, object]], png, pdf, title: str, cols: int = 1) -> None:
+def tile_pngs(panels: list[tuple[str, object]], png, pdf, title: str, cols: int = 1) -> None:
     """Already-rendered PNGs (title, path) tiled in a grid of ``cols`` columns, each under its title."""
     from PIL import Image
 
@@ -321,18 +301,15 @@ def top_image_mosaic(shown: pd.DataFrame, images: dict[str, np.ndarray], png, pd
                      top: int = 10) -> None:
     """One row per shown latent (``shown``: rows of ``items._top_image_rows``), its top images left to right,
     labelled with its SAE (model, layer, timestep), id, purity and best attribute with its AUROC."""
+    from ..sae.analysis import tile_images  # the SAE grids' mosaic (imports torch: only here)
+
     apply_style()
-    size = max((im.shape[0] for im in images.values()), default=32)
-    gap = max(2, size // 8)
-    n = len(shown)
-    mosaic = np.full((n * (size + gap) + gap, top * (size + gap) + gap, 3), 255, np.uint8)
-    fig, ax = plt.subplots(figsize=(1.0 * top + 3.2, 0.95 * n + 0.8))
-    for r, row in enumerate(shown.to_dict("records")):
-        y = gap + r * (size + gap)
-        for c, sid in enumerate(str(row["top_images"]).split()[:top]):
-            im = images[sid]
-            x = gap + c * (size + gap)
-            mosaic[y:y + min(size, im.shape[0]), x:x + min(size, im.shape[1])] = im[:size, :size]
+    records = shown.to_dict("records")
+    mosaic, size, gap, pitch = tile_images([[images[s] for s in str(r["top_images"]).split()[:top]]
+                                            for r in records], top)
+    fig, ax = plt.subplots(figsize=(1.0 * top + 3.2, 0.95 * len(records) + 0.8))
+    for r, row in enumerate(records):
+        y = gap + r * pitch
         ax.text(-gap, y + size / 2, f"{row['model']} {row['layer']} t={int(row['timestep'])}\n#{row['latent']} "
                 f"purity {row['purity']:.1f}\n{row['best_attribute']} (AUROC {row['auroc']:.2f})", ha="right",
                 va="center", fontsize=6.5)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,17 +47,55 @@ class Palette:
         rank = self.timesteps.index(int(t))
         return matplotlib.colormaps["viridis"](0.05 + 0.85 * rank / max(1, len(self.timesteps) - 1))
 
+    def marker(self, model: str) -> str:
+        """One marker per model, so two models with the same layer names stay apart."""
+        return _pick(["o", "s", "^", "D", "v", "P"], self.models, model, "x")
+
+    def linestyle(self, model: str) -> str:
+        return _pick(["-", "--", ":", "-."], self.models, model, "-")
+
     def layer_order(self, names) -> list[str]:
         """``names`` sorted by the config's layer order (unknown names last, alphabetically)."""
-        known = {n: i for i, n in enumerate(self.layers)}
-        return sorted(set(names), key=lambda n: (known.get(n, len(known)), str(n)))
+        return _in_order(self.layers, names)
+
+    def model_order(self, names) -> list[str]:
+        """``names`` sorted by the config's model order (unknown names last, alphabetically)."""
+        return _in_order(self.models, names)
 
 
-def _pick(cmap: str, order: list[str], name: str):
+def _in_order(order: list[str], names) -> list[str]:
+    known = {n: i for i, n in enumerate(order)}
+    return sorted(set(names), key=lambda n: (known.get(n, len(known)), str(n)))
+
+
+def _pick(choices, order: list[str], name: str, unknown=(0.5, 0.5, 0.5, 1.0)):
+    """The choice (a colour map's name, or a list) cycled by ``name``'s place in ``order``; ``unknown`` if absent."""
     if name not in order:
-        return (0.5, 0.5, 0.5, 1.0)
-    colours = matplotlib.colormaps[cmap].colors
-    return colours[order.index(name) % len(colours)]
+        return unknown
+    choices = matplotlib.colormaps[choices].colors if isinstance(choices, str) else choices
+    return choices[order.index(name) % len(choices)]
+
+
+def grouped_bars(ax, table, x: str, hue: str, hues, value: str, *, colour, label=str, err: str | None = None,
+                 lo: str | None = None, hi: str | None = None) -> dict:
+    """Grouped bars: one group per value of ``x`` (in order of appearance), one bar per ``hue`` present (in the
+    order of ``hues``), coloured and labelled by ``colour(h)`` / ``label(h)``; whiskers from the column ``err``
+    (symmetric) or the columns ``lo`` / ``hi``. Returns {hue: bar positions} for marks drawn on top."""
+    xs = list(dict.fromkeys(table[x]))
+    hues = [h for h in hues if h in set(table[hue])]
+    width = 0.8 / max(1, len(hues))
+    where = {}
+    for j, h in enumerate(hues):
+        s = table[table[hue] == h].set_index(x).reindex(xs)
+        where[h] = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+        yerr = None
+        if err is not None and err in s:
+            yerr = s[err].fillna(0).to_numpy(float)
+        elif lo is not None:
+            yerr = np.vstack([(s[value] - s[lo]).clip(lower=0), (s[hi] - s[value]).clip(lower=0)]).astype(float)
+        ax.bar(where[h], s[value], width, yerr=yerr, capsize=2, color=colour(h), label=label(h))
+    ax.set_xticks(range(len(xs)), xs)
+    return where
 
 
 def save_figure(fig, png: str | Path, pdf: str | Path | None = None) -> None:

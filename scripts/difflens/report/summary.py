@@ -6,10 +6,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .inputs import info_folder, read_csv, read_json
+from .revelio import argmax_rows, best_by_validation
 
 #: the papers' headline numbers (Kong et al. Tables 1, 3, 4; ARO accuracies in %, mIoU in %)
 PAPER = {
@@ -57,23 +57,18 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
                          "unconditional", f"{c['loss_conditional']:.4f} / {c['loss_unconditional']:.4f}", model,
                          c["dataset"], (), kinds))
     for path in tables.get("accuracy", []):
-        acc = read_csv(path, "the summary page")
-        diffc = acc[acc["classifier"] == "diffc"].dropna(subset=["val_accuracy"])
-        for (model, ds, target), g in diffc.groupby(["model", "dataset", "target"]):
-            b = g.loc[g["val_accuracy"].idxmax()]
-            rows.append(_row("Revelio: Diff-C", f"best test accuracy ({target}), layer and timestep chosen on val",
-                             f"{b['test_accuracy']:.3f} {_where(b)}", model, ds,
-                             ("diffc",), kinds))
-        probes = acc[acc["classifier"] == "linear_probe"].dropna(subset=["val_accuracy"])
-        for (model, ds, target), g in probes[probes["target"] == "label"].groupby(["model", "dataset", "target"]):
-            b = g.loc[g["val_accuracy"].idxmax()]
-            rows.append(_row("Revelio: linear probe", "best test accuracy (label), chosen on val",
-                             f"{b['test_accuracy']:.3f} {_where(b)}", model, ds, (),
+        best = best_by_validation(read_csv(path, "the summary page"))
+        for b in best[best["classifier"] == "diffc"].to_dict("records"):
+            rows.append(_row("Revelio: Diff-C", f"best test accuracy ({b['target']}), layer and timestep chosen on "
+                             "val", f"{b['test_accuracy']:.3f} {_where(b)}", b["model"], b["dataset"], ("diffc",),
                              kinds))
+        for b in best[(best["classifier"] == "linear_probe") & (best["target"] == "label")].to_dict("records"):
+            rows.append(_row("Revelio: linear probe", "best test accuracy (label), chosen on val",
+                             f"{b['test_accuracy']:.3f} {_where(b)}", b["model"], b["dataset"], (), kinds))
     for path in tables.get("sae", []):
         sae = read_csv(path, "the summary page")
-        for (model, ds), g in sae.groupby(["model", "dataset"]):
-            b = g.loc[g["purity"].astype(float).fillna(-np.inf).idxmax()]
+        for b in sae.loc[argmax_rows(sae, ["model", "dataset"], "purity")].to_dict("records"):
+            model, ds = b["model"], b["dataset"]
             rows.append(_row("Revelio: k-SAE", "purest SAE: purity / sigma_label (random images)",
                              f"{b['purity']:.2f} / {b['sigma_label']:.2f} ({b['random_purity_mean']:.2f} / "
                              f"{b['random_sigma_mean']:.2f}) at {b['layer']}, t={int(b['timestep'])}", model, ds,

@@ -154,6 +154,22 @@ def latent_table(scores: torch.Tensor, labels: np.ndarray, names: list[str], auc
         "top_images": [" ".join(map(str, idx[i])) for i in live]})
 
 
+def tile_images(rows: list[list[np.ndarray]], columns: int, caption: float = 0.0):
+    """Images (H, W, 3 uint8) tiled on white, one list per mosaic row, ``columns`` cells wide; each row is
+    ``caption`` x the cell size taller for a caption under its images (0: just a gap). Returns (mosaic, cell size,
+    gap, row pitch): image (r, c) starts at y = gap + r * pitch, x = gap + c * (size + gap)."""
+    size = max((im.shape[0] for row in rows for im in row), default=32)
+    gap = max(2, size // 8)
+    pitch = size + (int(size * caption) or gap)
+    mosaic = np.full((max(1, len(rows)) * pitch + gap, columns * (size + gap) + gap, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            im = im[:size, :size]
+            y, x = gap + r * pitch, gap + c * (size + gap)
+            mosaic[y:y + im.shape[0], x:x + im.shape[1]] = im
+    return mosaic, size, gap, pitch
+
+
 def save_top_image_grid(path, dataset, rows: pd.DataFrame, table: pd.DataFrame, latents: list[int],
                         title: str, top: int = TOP) -> None:
     """A PNG: one row per latent of ``latents`` (in order), its top images from ``dataset`` (a ``Dataset``), each
@@ -170,18 +186,14 @@ def save_top_image_grid(path, dataset, rows: pd.DataFrame, table: pd.DataFrame, 
              for latent in shown]
     images = {s["sample_id"]: np.asarray(dataset.load_image(s["sample_id"]).convert("RGB"))
               for row in cells for s in row}
-    size = max((im.shape[0] for im in images.values()), default=32)
-    gap = max(2, size // 8)
-    cap = size // 2  # room for the caption under each image
-    height, width = max(1, len(shown)) * (size + cap) + gap, top * (size + gap) + gap
-    mosaic = np.full((height, width, 3), 255, np.uint8)
+    # half a cell of room for the caption under each image
+    mosaic, size, gap, pitch = tile_images([[images[s["sample_id"]] for s in row] for row in cells], top, 0.5)
+    height, width = mosaic.shape[:2]
     fig, ax = plt.subplots(figsize=(1.1 * top + 1.6, 1.3 * max(1, len(shown)) + 0.4))
     for r, (latent, row) in enumerate(zip(shown, cells)):
-        y = gap + r * (size + cap)
+        y = gap + r * pitch
         for c, sample in enumerate(row):
             x = gap + c * (size + gap)
-            im = images[sample["sample_id"]]
-            mosaic[y:y + im.shape[0], x:x + im.shape[1]] = im[:size, :size]
             ax.text(x + size / 2, y + size + 1, str(sample["label_name"]), ha="center", va="top", fontsize=5)
         meta = info.loc[latent]
         ax.text(-gap, y + size / 2, f"#{latent}\npurity {meta['purity']:.1f}\n{meta['best_attribute']}\n"
