@@ -5,6 +5,8 @@ VENV ?= .venv
 CORES ?= all
 # GPUs the GPU rules may share (gpu=1 each); 0 on a machine without one, so that they run side by side on the CPU
 GPUS ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+# memory the jobs may hold together (MB): 90% of this machine's
+MEM_MB ?= $(shell awk '/^MemTotal/ {printf "%d", $$2 * 1.024 * 0.9 / 1000}' /proc/meminfo 2>/dev/null || echo 16000)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv demo test lint clean-venv
@@ -18,7 +20,7 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS)
+	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS) mem_mb=$(MEM_MB)
 	$(VENV)/bin/snakemake --report results/report.zip
 
 test: $(STAMP) browser

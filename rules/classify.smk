@@ -20,7 +20,7 @@ rule probe_features:
     threads: 1  # many small LBFGS fits: bound by Python, not by cores
     resources:
         runtime=lambda w, attempt: 60 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=lambda w, input, attempt: resources_lib.pooled_table_mb(input.index, attempt),
     log:
         f"{R}/logs/probe_features/{{model}}/{{dataset}}.log",
     benchmark:
@@ -56,7 +56,7 @@ rule train_diffc:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,
-        mem_mb=lambda w, attempt: 16000 * attempt,
+        mem_mb=diffc_mem,
     log:
         f"{R}/logs/train_diffc/{{model}}/{{dataset}}/{{target}}/t{{timestep}}/{{layer}}.log",
     benchmark:
@@ -135,7 +135,7 @@ rule pca_views:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 30 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=denoiser_job_mem(lambda w: config["pca"]["n_images"]),
     log:
         f"{R}/logs/pca_views/{{model}}/{{dataset}}/t{{timestep}}/{{layer}}.log",
     benchmark:

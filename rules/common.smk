@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
+from difflens import resources as resources_lib
 from difflens.config import ConfigError, LOCAL_SOURCES, check_config, info_models
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
@@ -333,3 +334,51 @@ def summary_inputs(wildcards):
             "localization": info_paths("localize", "localization.csv"),
             "intervention": info_paths("intervene", "intervention.csv"),
             "check": [f"{R}/models/{n}/check.json" for n in shapes_models()]}
+
+
+# ---- memory requests (difflens.resources: sizes read when the job is ready) -----------------------------------------
+def model_sizes(name):
+    """(folder, dtype, resolution) of a configured model, for the memory formulas: the resolution configured, or
+    the one its folder was built for."""
+    m = config["models"][name]
+    folder = model_dir(name)
+    return folder, m["dtype"], m["resolution"] or resources_lib.native_resolution(folder)
+
+
+def extraction_mem(name):
+    """mem_mb of an extraction job of model ``name``: the model, one denoiser batch (every timestep of it), and its
+    outputs (a map of at most 1280 channels on the latent grid per layer and timestep)."""
+    m = config["models"][name]
+
+    def mem(wildcards, input, attempt):
+        folder, dtype, res = model_sizes(name)
+        batch = EX["batch_size"] * len(m["timesteps"]) * EX["noise_draws"]
+        values = len(m["layers"]) * len(m["timesteps"]) * 1280 * (res // 8) ** 2
+        return resources_lib.extraction_mb(folder, dtype, res, batch, values, attempt)
+
+    return mem
+
+
+def denoiser_job_mem(batch_of, held_of=lambda w, input: 0.0):
+    """mem_mb of a job that runs the model of ``wildcards.model`` on ``batch_of(wildcards)`` images and holds
+    ``held_of(wildcards, input)`` MB besides."""
+
+    def mem(wildcards, input, attempt):
+        folder, dtype, res = model_sizes(wildcards.model)
+        return resources_lib.model_job_mb(folder, dtype, res, batch_of(wildcards), held_of(wildcards, input), attempt)
+
+    return mem
+
+
+def diffc_mem(wildcards, input, attempt):
+    """mem_mb of a Diff-C job: cached maps in memory, or the denoiser on the fly (classify.mode, as the job chooses
+    it from the extraction index)."""
+    entries = resources_lib.index_entries(input.index, wildcards.layer, int(wildcards.timestep))
+    if not entries:  # the job itself stops with the message naming the missing layer
+        return resources_lib.request_mb(0, attempt)
+    entry = entries[0]
+    held = resources_lib.cached_maps_mb(entry, CL["cache_limit_gb"])
+    if CL["mode"] == "cached" or (CL["mode"] == "auto" and held > 0):
+        return resources_lib.request_mb(held + CL["batch_size"] * resources_lib.map_values(entry) * 4 * 8 / 1e6,
+                                        attempt)
+    return denoiser_job_mem(lambda w: CL["batch_size"])(wildcards, input, attempt)

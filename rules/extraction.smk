@@ -56,7 +56,7 @@ rule encode_latents:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 120 * attempt,
-        mem_mb=lambda w, attempt: 16000 * attempt,
+        mem_mb=denoiser_job_mem(lambda w: EX["batch_size"]),  # the VAE alone: the whole model's weights bound it
     log:
         f"{R}/logs/encode_latents/{{model}}/{{dataset}}/shard-{{shard}}.log",
     benchmark:
@@ -101,7 +101,7 @@ for _name in EXTRACT_MODELS:
         resources:
             gpu=1,
             runtime=lambda w, attempt: 240 * attempt,
-            mem_mb=lambda w, attempt: 16000 * attempt,
+            mem_mb=extraction_mem(_name),
         log:
             f"{R}/logs/extract_activations/{_name}/{{dataset}}/shard-{{shard}}.log",
         benchmark:

@@ -26,7 +26,8 @@ store = FeatureStore(Path(snakemake.input.index).parents[3])
 c = p.classify
 mode = choose_mode(c["mode"], entry, c["cache_limit_gb"])
 if mode == "cached":
-    source = CachedMaps(store, w.model, w.dataset, w.layer, t, target=w.target, seed=p.seed, augment=c["augment"])
+    source = CachedMaps(store, w.model, w.dataset, w.layer, t, target=w.target, seed=p.seed, augment=c["augment"],
+                        max_bytes=int(c["cache_limit_gb"] * 2 ** 30))
     device = torch.device(job_device(snakemake.resources) or ("cuda" if torch.cuda.is_available() else "cpu"))
 else:
     from safetensors.torch import load_file

@@ -2,8 +2,9 @@
 
 Stages in DAG order: data -> models -> train / check -> extract -> classify, sae, info -> report. Library code never
 imports Snakemake or a rule script; models know nothing of data sets or storage; the analysis stages (classify, sae,
-info, report) read features only through the store (``extract.store``, with the layout and the shared noise seeds),
-never through h5py or the extraction writers. The modules the Snakefile imports when it parses are pure Python.
+report) read features only through the store (``extract.store``, with the layout and the shared noise), never
+through h5py or the extraction writers; the information stage needs nothing from extraction. Seeds come from
+``seeding``, below every stage. The modules the Snakefile imports when it parses are pure Python.
 """
 from __future__ import annotations
 
@@ -20,24 +21,26 @@ RULE_SCRIPTS = {p.stem for p in (ROOT / "scripts").glob("*.py")}
 STORE = {"extract.store", "extract.layout", "extract.noise", "extract.prompts", "extract.capture"}
 #: package -> the difflens packages (or modules) it may import besides itself
 ALLOWED = {
-    "data": set(),
-    "models": set(),
-    "train": {"data", "models"},
-    "check": {"data", "models", "info"},
-    "extract": {"data", "models"},
-    "info": {"data", "models"} | STORE,
-    "classify": {"data", "models"} | STORE,
-    "sae": {"data", "models"} | STORE,
-    "report": {"data", "classify", "sae", "info"} | STORE,
+    "seeding": set(),
+    "data": {"seeding"},
+    "models": {"seeding"},
+    "train": {"data", "models", "seeding"},
+    "check": {"data", "models", "info", "seeding"},
+    "extract": {"data", "models", "seeding"},
+    "info": {"data", "models", "seeding"},
+    "classify": {"data", "models", "seeding"} | STORE,
+    "sae": {"data", "models", "seeding"} | STORE,
+    "report": {"data", "classify", "sae", "info", "seeding"} | STORE,
     "config": {"models.catalog", "models.fetch", "data.registry"},
     "runlog": set(),
+    "resources": set(),
 }
 #: third-party modules a package must not import
 FORBIDDEN = {"models": {"h5py", "pandas"}, "info": {"h5py"}, "classify": {"h5py"}, "sae": {"h5py"},
              "report": {"h5py"}}
 #: what the Snakefile imports when it parses: standard library, PyYAML and jsonschema only (envs/snakemake.yaml)
-PARSE_TIME = ("config", "runlog", "data.registry", "models.catalog", "models.fetch", "extract.layout", "extract.prompts",
-              "report.catalog")
+PARSE_TIME = ("config", "runlog", "seeding", "resources", "data.registry", "models.catalog", "models.fetch", "extract.layout",
+              "extract.prompts", "report.catalog")
 PARSE_TIME_OK = {"yaml", "jsonschema"}
 
 
@@ -116,7 +119,8 @@ def crossings(root: Path = LIBRARY) -> list[str]:
 def test_every_stage_has_its_package():
     for stage in ("data", "models", "train", "check", "extract", "info", "classify", "sae", "report"):
         assert (LIBRARY / stage / "__init__.py").is_file(), stage
-    assert not [p.name for p in LIBRARY.glob("*.py") if p.stem not in ("__init__", "config", "runlog")]
+    assert not [p.name for p in LIBRARY.glob("*.py") if p.stem not in ("__init__", "config", "runlog", "seeding",
+                                                                                "resources")]
 
 
 @pytest.mark.parametrize("name", sorted(modules(LIBRARY)))
@@ -139,12 +143,13 @@ def test_the_checker_catches_crossings(tmp_path):
                                           "from ..extract.store import FeatureStore\n")
     (lib / "classify" / "rule.py").write_text("import snakemake\nimport extract_activations\n")
     (lib / "extract" / "layout.py").write_text((lib / "extract" / "layout.py").read_text() + "\nimport numpy\n")
+    (lib / "info" / "seeds.py").write_text("from ..extract.noise import derive_seed\n")
     found = crossings(lib)
     expected = ["models/leak.py:1: models imports difflens.data.common", "models/leak.py:2: models imports h5py",
                 "sae/train.py:1: sae imports h5py", "sae/train.py:2: sae imports difflens.extract.activations",
                 "classify/rule.py:1: imports Snakemake",
                 "classify/rule.py:2: imports the rule script extract_activations",
-                "parse-time module imports numpy"]
+                "parse-time module imports numpy", "info/seeds.py:1: info imports difflens.extract.noise"]
     for item in expected:
         assert any(item in f for f in found), (item, found)
     assert len(found) == len(expected), found

@@ -32,6 +32,7 @@ from .diffc import epoch_generator
 
 SPLITS = ("train", "val", "test")
 CROP_SCALE = (0.8, 1.0)
+READ_ROWS = 256  # rows per slice when cached maps are read into memory
 AUGMENTATIONS = ("crop", "flip")
 
 
@@ -132,7 +133,8 @@ class _SplitSource:
 
 
 class CachedMaps(_SplitSource):
-    """Maps saved by extraction; each split held in memory (float16) when it fits in ``max_bytes``."""
+    """Maps saved by extraction, held in memory (float16) when every split together fits in ``max_bytes`` with a
+    quarter to spare (``classify.cache_limit_gb``), else read row by row."""
 
     def __init__(self, store: FeatureStore, model: str, dataset: str, layer: str, timestep: int, *,
                  target: str = "label", seed: int = 0, augment=AUGMENTATIONS, max_bytes: int = 2 ** 31):
@@ -146,16 +148,26 @@ class CachedMaps(_SplitSource):
         first = self._maps_of["train"][0][0][0]
         self.channels, self.map_size = int(first.shape[0]), tuple(first.shape[-2:])
         per_row = 2 * int(np.prod(first.shape))
-        fits = per_row * len(self.codes["train"]) * 1.25 <= max_bytes
+        fits = per_row * sum(len(self.codes[s]) for s in SPLITS) * 1.25 <= max_bytes
         self._memory = {split: self._read_split(split) for split in SPLITS} if fits else None
 
     def _read_split(self, split: str) -> torch.Tensor:
-        """The split's maps (float16) in the order of its rows, read in large slices."""
-        parts = list(self.store.iter_maps(self.model_name, self.dataset, self.layer, self.timestep, split=split,
-                                          batch_size=1024, dtype=np.float16))
-        position = {sid: i for i, sid in enumerate(np.concatenate([p.sample_id for p in parts]))}
-        order = np.asarray([position[sid] for sid in self.rows[split]["sample_id"]])
-        return torch.from_numpy(np.concatenate([p.x for p in parts])[order])
+        """The split's maps (float16) in the order of its rows, read in slices of ``READ_ROWS`` straight into their
+        places: the peak is the split plus one slice."""
+        where = {sid: i for i, sid in enumerate(self.rows[split]["sample_id"])}
+        out = np.empty((len(where), self.channels, *self.map_size), np.float16)
+        filled = 0
+        for part in self.store.iter_maps(self.model_name, self.dataset, self.layer, self.timestep, split=split,
+                                         batch_size=READ_ROWS, dtype=np.float16):
+            keep = [(i, where[sid]) for i, sid in enumerate(part.sample_id) if sid in where]
+            if keep:
+                src, dst = map(np.asarray, zip(*keep))
+                out[dst] = part.x[src]
+                filled += len(dst)
+        if filled != len(where):
+            raise TargetError(f"{self.model_name}/{self.dataset} {self.layer} t{self.timestep}: {len(where) - filled} "
+                              f"{split} rows have no saved map")
+        return torch.from_numpy(out)
 
     def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
         if self._memory is not None:

@@ -2,22 +2,17 @@
 
 Noise for (sample id, timestep, draw) comes from a generator seeded by a hash of ``(seed, sample id, timestep,
 draw)``, drawn on the CPU in float32, so features never depend on batch size, shard size, order or device. The
-information estimators use the same scheme (``derive_seed(seed, "info", item id, draw)``).
+information estimators use the same scheme (``difflens.seeding.derive_seed(seed, "info", item id, draw)``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import torch
 
+from ..seeding import derive_seed
+
 log = logging.getLogger(__name__)
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit generator seed from the parts' text forms joined by a unit separator (SHA-256)."""
-    key = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2 ** 63 - 1)
 
 
 def noise_seed(seed: int, sample_id: str, timestep: int, draw: int) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..extract.noise import derive_seed
+from ..seeding import derive_seed
 from ..models.catalog import ModelConfigError
 
 #: the configuration keys of the proposal (named by range errors)

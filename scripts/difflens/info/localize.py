@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..extract.noise import derive_seed
+from ..seeding import derive_seed
 from ..models.attention import aggregate_maps, record_cross_attention, word_token_indices
 from .estimators import LogSNRSampler, require_unconditional, score_item
 from .inputs import encode_samples, preprocess_mask
