@@ -1,7 +1,8 @@
 # Classifiers (Revelio's quantitative half) on the extracted features of every extraction model and data set:
 # linear probes on the pooled vectors (one job per model and data set: every layer x timestep x target), Diff-C on
-# the spatial maps (one job per model, data set, layer, timestep and target, so SLURM spreads them), an accuracy
-# table per model and data set (with the external baselines' probes, when configured), and PCA views.
+# the spatial maps (one job per model, data set, target and classify.group: the classifiers of every layer of a
+# timestep, or of every layer x timestep, trained side by side from one denoiser pass per batch), an accuracy table
+# per model and data set (with the external baselines' probes, when configured), and PCA views.
 # Library: scripts/difflens/classify/.
 
 
@@ -31,40 +32,53 @@ rule probe_features:
         "../scripts/probe_features.py"
 
 
-rule train_diffc:
-    input:
-        index=f"{R}/activations/{{model}}/{{dataset}}/index.json",
-        model=get_model_marker,
-        empty_prompt=empty_prompt_input,
-    output:
-        f"{R}/classify/{{model}}/{{dataset}}/diffc/{{target}}/t{{timestep}}/{{layer}}.json",
-    wildcard_constraints:
-        timestep=r"\d+",
-        layer=r"[A-Za-z0-9_.\-]+",
-        target=r"[A-Za-z0-9_\-]+",
-    params:
-        kind=lambda w: config["models"][w.model]["kind"],
-        source=lambda w: model_dir(w.model),
-        dtype=lambda w: config["models"][w.model]["dtype"],
-        options=lambda w: load_options(w.model, activation_components(w.model)),
-        classify=CL,
-        seed=config["seed"],
-        noise_draws=EX["noise_draws"],
-        prompt=lambda w: EX["prompt"],
-        work=lambda w: f"{R}/classify/{w.model}/{w.dataset}/diffc/{w.target}/t{w.timestep}/{w.layer}.work",
-    threads: 1  # small nets: on a CPU-only machine two jobs side by side beat one job on two threads
-    resources:
-        gpu=1,
-        runtime=lambda w, attempt: 240 * attempt,
-        mem_mb=diffc_mem,
-    log:
-        f"{R}/logs/train_diffc/{{model}}/{{dataset}}/{{target}}/t{{timestep}}/{{layer}}.log",
-    benchmark:
-        f"{R}/benchmarks/train_diffc/{{model}}/{{dataset}}/{{target}}/t{{timestep}}/{{layer}}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/train_diffc.py"
+# Diff-C: one rule per classified model, each job training the classifiers of its grouping (classify.group: every
+# layer of a timestep, every layer x timestep, or one) from the same maps of each batch; one result JSON per
+# (target, timestep, layer) whatever the grouping.
+for _name in diffc_models():
+    _part, _keys = diffc_job(_name)
+
+    rule:
+        name:
+            f"train_diffc_{_name}"
+        input:
+            index=f"{R}/activations/{_name}/{{dataset}}/index.json",
+            model=model_marker(_name),
+            empty_prompt=[] if EX["prompt"] else f"{R}/models/{_name}/empty_prompt.safetensors",
+        output:
+            [f"{R}/classify/{_name}/{{dataset}}/diffc/{{target}}/{p}.json" for p in
+             ([f"t{t}/{l}" for t, l in classify_grid(_name)] if _part == "all" else
+              [f"t{{timestep}}/{l}" for l in dict.fromkeys(l for _, l in classify_grid(_name))]
+              if _part == "t{timestep}" else [_part])],
+        wildcard_constraints:
+            timestep=r"\d+",
+            layer=r"[A-Za-z0-9_.\-]+",
+            target=r"[A-Za-z0-9_\-]+",
+        params:
+            model=_name,
+            pairs=_keys,
+            kind=config["models"][_name]["kind"],
+            source=model_dir(_name),
+            dtype=config["models"][_name]["dtype"],
+            options=load_options(_name, activation_components(_name)),
+            classify=CL,
+            seed=config["seed"],
+            noise_draws=EX["noise_draws"],
+            prompt=lambda w: EX["prompt"],
+            work=f"{R}/classify/{_name}/{{dataset}}/diffc/{{target}}/{_part}.work",
+        threads: 1  # small nets: on a CPU-only machine two jobs side by side beat one job on two threads
+        resources:
+            gpu=1,
+            runtime=lambda w, attempt: 240 * attempt,
+            mem_mb=diffc_mem(_name),
+        log:
+            f"{R}/logs/train_diffc/{_name}/{{dataset}}/{{target}}/{_part}.log",
+        benchmark:
+            f"{R}/benchmarks/train_diffc/{_name}/{{dataset}}/{{target}}/{_part}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/train_diffc.py"
 
 
 rule baseline_probes:

@@ -144,6 +144,29 @@ def classify_grid(name):
     return selected_grid(name, CL)
 
 
+def diffc_group(name):
+    """classify.group of model ``name``, auto resolved by the memory of its classifiers (the largest map a layer can
+    give: 1280 channels on the latent grid)."""
+    if CL["group"] != "auto":
+        return CL["group"]
+    grid = classify_grid(name)
+    resolution = config["models"][name]["resolution"] or resources_lib.native_resolution(model_dir(name))
+    head = resources_lib.diffc_head_mb(1280, (resolution // 8) ** 2, CL["width"], CL["batch_size"])
+    return resources_lib.diffc_grouping(len({t for t, _ in grid}), len({l for _, l in grid}), head,
+                                        CL["group_memory_gb"])
+
+
+def diffc_job(name):
+    """(path of one Diff-C job's part under diffc/{target}/, with the wildcards of its grouping: "all",
+    "t{timestep}" or "t{timestep}/{layer}"; its (timestep, layer) pairs as a function of the wildcards)."""
+    group, grid = diffc_group(name), classify_grid(name)
+    if group == "all":
+        return "all", lambda w: grid
+    if group == "timestep":
+        return "t{timestep}", lambda w: [(t, l) for t, l in grid if t == int(w.timestep)]
+    return "t{timestep}/{layer}", lambda w: [(int(w.timestep), w.layer)]
+
+
 def diffc_results(model, dataset):
     return [f"{R}/classify/{model}/{dataset}/diffc/{target}/t{t}/{layer}.json" for target in CL["targets"]
             for t, layer in classify_grid(model)]
@@ -370,15 +393,21 @@ def denoiser_job_mem(batch_of, held_of=lambda w, input: 0.0):
     return mem
 
 
-def diffc_mem(wildcards, input, attempt):
-    """mem_mb of a Diff-C job: cached maps in memory, or the denoiser on the fly (classify.mode, as the job chooses
-    it from the extraction index)."""
-    entries = resources_lib.index_entries(input.index, wildcards.layer, int(wildcards.timestep))
-    if not entries:  # the job itself stops with the message naming the missing layer
-        return resources_lib.request_mb(0, attempt)
-    entry = entries[0]
-    held = resources_lib.cached_maps_mb(entry, CL["cache_limit_gb"])
-    if CL["mode"] == "cached" or (CL["mode"] == "auto" and held > 0):
-        return resources_lib.request_mb(held + CL["batch_size"] * resources_lib.map_values(entry) * 4 * 8 / 1e6,
-                                        attempt)
-    return denoiser_job_mem(lambda w: CL["batch_size"])(wildcards, input, attempt)
+def diffc_mem(name):
+    """mem_mb of a Diff-C job of model ``name``: its classifiers (difflens.resources.diffc_head_mb), with the cached
+    maps of every one in memory, or the denoiser on the fly (a batch of every timestep of the job), as the job
+    chooses from the extraction index (classify.mode)."""
+    keys_of = diffc_job(name)[1]
+
+    def mem(wildcards, input, attempt):
+        entries = [e for t, l in keys_of(wildcards) for e in resources_lib.index_entries(input.index, l, t)]
+        heads = sum(resources_lib.diffc_head_mb(int(e["map_shape"][0]), resources_lib.map_values(e) //
+                                                int(e["map_shape"][0]), CL["width"], CL["batch_size"])
+                    for e in entries)
+        held = [resources_lib.cached_maps_mb(e, CL["cache_limit_gb"]) for e in entries]
+        if CL["mode"] == "cached" or (CL["mode"] == "auto" and entries and all(h > 0 for h in held)):
+            return resources_lib.request_mb(heads + sum(held), attempt)
+        batch = CL["batch_size"] * len({int(e["timestep"]) for e in entries} or {0})
+        return denoiser_job_mem(lambda w: batch, lambda w, i: heads)(wildcards, input, attempt)
+
+    return mem

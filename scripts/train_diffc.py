@@ -1,7 +1,9 @@
-"""Rule train_diffc: Diff-C on the maps of one (model, data set, layer, timestep) for one target -> result JSON.
+"""Rule train_diffc_<model>: Diff-C on the maps of one (model, data set, target) for the (timestep, layer) pairs of
+the job's grouping (classify.group) -> one result JSON per pair.
 
-Maps come from the saved ones or from the denoiser on the fly (classify.mode); selection on val, test read once;
-resumable from its work folder.
+Maps come from the saved ones or from the denoiser on the fly (classify.mode; on the fly as soon as one pair's maps
+are not cached), every pair's maps of a batch made together; each classifier selected on val, test read once;
+resumable from the job's work folder.
 """
 import json
 import time
@@ -13,22 +15,30 @@ log = start_log(snakemake.log[0])
 
 import torch  # noqa: E402
 
-from difflens.classify.diffc import DiffCSettings, train_diffc  # noqa: E402
-from difflens.classify.sources import CachedMaps, OnTheFlyMaps, choose_mode  # noqa: E402
+from difflens.classify.diffc import DiffCSettings, HeadSources, train_diffc_heads  # noqa: E402
+from difflens.classify.sources import CachedMaps, OnTheFlyMaps, choose_mode, head_name  # noqa: E402
 from difflens.extract.store import FeatureStore  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 w, p = snakemake.wildcards, snakemake.params
-t = int(w.timestep)
+keys = [(int(t), layer) for t, layer in p.pairs]
 index = json.loads(Path(snakemake.input.index).read_text())
-entry = next(e for e in index["entries"] if e["timestep"] == t and e["layer"] == w.layer)
+entries = {(e["timestep"], e["layer"]): e for e in index["entries"]}
+missing = [k for k in keys if k not in entries]
+if missing:
+    raise ValueError(f"{snakemake.input.index} has no activations of (timestep, layer) {missing}; it holds "
+                     f"{sorted(entries)}")
 store = FeatureStore(Path(snakemake.input.index).parents[3])
 c = p.classify
-mode = choose_mode(c["mode"], entry, c["cache_limit_gb"])
+modes = {k: choose_mode(c["mode"], entries[k], c["cache_limit_gb"]) for k in keys}
+mode = "cached" if all(m == "cached" for m in modes.values()) else "on_the_fly"
+(t0, layer0) = keys[0]
 if mode == "cached":
-    source = CachedMaps(store, w.model, w.dataset, w.layer, t, target=w.target, seed=p.seed, augment=c["augment"],
-                        max_bytes=int(c["cache_limit_gb"] * 2 ** 30))
+    source = HeadSources({head_name(t, layer): CachedMaps(
+        store, p.model, w.dataset, layer, t, target=w.target, seed=p.seed, augment=c["augment"],
+        max_bytes=int(c["cache_limit_gb"] * 2 ** 30)) for t, layer in keys})
     device = torch.device(job_device(snakemake.resources) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    first = source.sources[head_name(t0, layer0)]
 else:
     from safetensors.torch import load_file
 
@@ -37,18 +47,23 @@ else:
     denoiser = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
     if snakemake.input.empty_prompt:
         denoiser.set_condition("", load_file(snakemake.input.empty_prompt)["condition"])
-    source = OnTheFlyMaps(store, denoiser, w.model, w.dataset, w.layer, t, target=w.target, seed=p.seed,
-                          noise_draws=p.noise_draws, prompt=p.prompt, augment=c["augment"])
+    source = first = OnTheFlyMaps(store, denoiser, p.model, w.dataset, layer0, t0, target=w.target, seed=p.seed,
+                                  noise_draws=p.noise_draws, prompt=p.prompt, augment=c["augment"], keys=keys)
     device = denoiser.device
-log.info("Diff-C on %s/%s %s t%d, target %s: %s maps %dx%dx%d, %d classes, rows %s", w.model, w.dataset, w.layer, t,
-         w.target, mode, source.channels, *source.map_size, source.n_classes,
-         {s: source.n(s) for s in ("train", "val", "test")})
+log.info("Diff-C on %s/%s, target %s, %d classes, rows %s: %s maps of %s", p.model, w.dataset, w.target,
+         first.n_classes, {s: first.n(s) for s in ("train", "val", "test")}, mode,
+         ", ".join(f"{h} {tuple(shape)}" for h, shape in source.shapes.items()))
 settings = DiffCSettings(epochs=c["epochs"], lr=c["lr"], batch_size=c["batch_size"], width=c["width"],
                          dropout=c["dropout"], seed=p.seed)
 start = time.perf_counter()
-result = train_diffc(source, source.n_classes, settings, work_dir=p.work, device=device, log=log)
-result.update(model=w.model, dataset=w.dataset, layer=w.layer, timestep=t, target=w.target, mode=mode,
-              class_names=source.class_names, n_classes=source.n_classes)
-Path(snakemake.output[0]).write_text(json.dumps(result, indent=1) + "\n")
-log.info("best epoch %d: val %.4f, test %.4f", result["best_epoch"], result["val_accuracy"], result["test_accuracy"])
-log.info(throughput_line(result["n_train"] * result["epochs"], time.perf_counter() - start, device))
+results = train_diffc_heads(source, first.n_classes, settings, work_dir=p.work, device=device, log=log)
+outputs = {Path(o).parent.name + "/" + Path(o).stem: o for o in snakemake.output}  # "t25/up_blocks.1" -> path
+for t, layer in keys:
+    out, result = outputs[head_name(t, layer)], results[head_name(t, layer)]
+    result.update(model=p.model, dataset=w.dataset, layer=layer, timestep=t, target=w.target, mode=mode,
+                  class_names=first.class_names, n_classes=first.n_classes, heads_in_job=len(keys))
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    log.info("%s: best epoch %d: val %.4f, test %.4f", head_name(t, layer), result["best_epoch"],
+             result["val_accuracy"], result["test_accuracy"])
+log.info(throughput_line(results[head_name(t0, layer0)]["n_train"] * settings.epochs * len(keys),
+                         time.perf_counter() - start, device))

@@ -74,11 +74,11 @@ def test_diffc_selects_on_val_and_reads_test_once(monkeypatch):
     val_script = iter([0.5, 0.9, 0.7, 0.9])
     calls = []
 
-    def scripted(model, source, split, batch_size, device):
-        calls.append((split, [p.detach().clone() for p in model.parameters()]))
-        return 0.25 if split == "test" else next(val_script)
+    def scripted(heads, source, split, batch_size, device, n_classes):
+        calls.append((split, [p.detach().clone() for p in heads[0].model.parameters()]))
+        return {"": 0.25 if split == "test" else next(val_script)}
 
-    monkeypatch.setattr(diffc, "accuracy", scripted)
+    monkeypatch.setattr(diffc, "_accuracies", scripted)
     settings = DiffCSettings(epochs=4, lr=1e-3, width=8, batch_size=16)
     result = train_diffc(quadrant_source({"train": 32, "val": 8, "test": 8}), 4, settings, progress=False)
     assert [split for split, _ in calls] == ["val"] * 4 + ["test"]
@@ -105,6 +105,49 @@ def test_diffc_resumes_to_the_same_numbers(tmp_path):
     assert {k: again[k] for k in keys} == {k: straight[k] for k in keys}
 
 
+def two_heads(rows=None) -> diffc.HeadSources:
+    """Two heads over the same rows and targets: the quadrant maps at 8 x 8 with 4 channels, and at 4 x 4 with 6
+    (bump 0.5), each split seeded as ``quadrant_source``."""
+    rows = rows or {"train": 48, "val": 16, "test": 16}
+    a = quadrant_source(rows)
+    small = {s: quadrant_maps(n, seed, channels=6, size=4, bump=0.5) for seed, (s, n) in enumerate(rows.items())}
+    b = TensorSource({s: m for s, (m, _) in small.items()}, {s: t for s, (_, t) in small.items()})
+    return diffc.HeadSources({"big": a, "small": b})
+
+
+def test_heads_train_as_each_would_alone(tmp_path):
+    """Two heads trained together (dropout on) == each trained alone: curves, accuracies and best epochs exactly
+    equal on the CPU; a 2-epoch multi-head run resumed to 4 == the straight run."""
+    heads = two_heads()
+    settings = DiffCSettings(epochs=4, lr=1e-3, width=16, batch_size=16, dropout=0.5, seed=5)
+    together = diffc.train_diffc_heads(heads, 4, settings, progress=False)
+    keys = ("curves", "val_accuracy", "test_accuracy", "best_epoch")
+    for name, source in heads.sources.items():
+        alone = train_diffc(source, 4, settings, progress=False)
+        assert {k: together[name][k] for k in keys} == {k: alone[k] for k in keys}, name
+    assert together["big"]["curves"] != together["small"]["curves"]
+    work = tmp_path / "work"
+    diffc.train_diffc_heads(heads, 4, DiffCSettings(**{**vars(settings), "epochs": 2}), work_dir=work,
+                            progress=False)
+    resumed = diffc.train_diffc_heads(heads, 4, settings, work_dir=work, progress=False)
+    assert {h: {k: resumed[h][k] for k in keys} for h in resumed} == \
+        {h: {k: together[h][k] for k in keys} for h in together}
+    with pytest.raises(ValueError, match=r"heads \['big', 'small'\], not \['big'\]"):
+        diffc.train_diffc_heads(diffc.HeadSources({"big": heads.sources["big"]}), 4, settings, work_dir=work,
+                                progress=False)
+
+
+def test_heads_must_share_their_rows():
+    heads = two_heads()
+    other = quadrant_source({"train": 40, "val": 16, "test": 16})
+    with pytest.raises(ValueError, match="head 'other' has rows"):
+        diffc.HeadSources({**heads.sources, "other": other})
+    shuffled = quadrant_source({"train": 48, "val": 16, "test": 16})
+    shuffled.targets["val"] = shuffled.targets["val"].roll(1)
+    with pytest.raises(ValueError, match="other targets"):
+        list(diffc.HeadSources({"a": heads.sources["big"], "b": shuffled}).batches("val", 8, epoch=0, train=False))
+
+
 def test_diffc_refuses_a_checkpoint_of_other_settings(tmp_path):
     """lr 1e-3 saved, 1e-2 asked: ValueError naming the work_dir and lr; 1 epoch saved with 2 asked for is fine,
     but a 2-epoch state resumed with epochs=1 is refused."""
@@ -123,7 +166,7 @@ def test_diffc_trains_on_a_last_batch_of_one_row():
     """17 train rows of 4x4 maps in batches of 16: the lone 17th row joins the batch before it (one batch of 17),
     since BatchNorm on a 1x1 map cannot train on one row; the epoch then runs."""
     source = quadrant_source({"train": 17, "val": 4, "test": 4}, size=4)
-    batches = diffc._no_single_rows(source.batches("train", 16, epoch=0, train=True))
+    batches = diffc._no_single_rows(diffc._OneHead(source).batches("train", 16, epoch=0, train=True))
     assert [len(t) for _, t in batches] == [17]
     result = train_diffc(source, 4, DiffCSettings(epochs=1, width=8, batch_size=16), progress=False)
     assert len(result["curves"]) == 1

@@ -223,10 +223,13 @@ def check_retrain_and_check(results: Path, out: str) -> None:
     acc = pd.read_csv(results / "classify/shapes/shapes/accuracy.csv")
     assert set(zip(acc["classifier"], acc["target"])) == {("linear_probe", "label"), ("linear_probe", "colour"),
                                                            ("diffc", "label")}
-    result = json.loads((results / "classify/shapes/shapes/diffc/label/t25/mid_block.json").read_text())
-    assert result["mode"] == "on_the_fly" and result["epochs"] == 1 and len(result["curves"]) == 1
-    log = (results / "logs/train_diffc/shapes/shapes/label/t25/mid_block.log").read_text()
-    assert "on_the_fly maps 32x4x4" in log and "images/s on CPU" in log.splitlines()[-1]
+    for layer in ("mid_block", "up_blocks.1"):  # classify.group all: both classifiers in one job, one denoiser pass
+        result = json.loads((results / f"classify/shapes/shapes/diffc/label/t25/{layer}.json").read_text())
+        assert result["mode"] == "on_the_fly" and result["epochs"] == 1 and len(result["curves"]) == 1
+        assert result["heads_in_job"] == 2
+    log = (results / "logs/train_diffc/shapes/shapes/label/all.log").read_text()
+    assert "on_the_fly maps of t25/mid_block (32, 4, 4), t25/up_blocks.1 (" in log
+    assert "images/s on CPU" in log.splitlines()[-1]
 
 
 def check_downloads(results: Path, out: str) -> None:

@@ -82,3 +82,29 @@ def test_augment_does_only_the_listed_operations():
     assert torch.equal(augment(x, torch.Generator().manual_seed(2), []), x)
     with pytest.raises(TargetError, match=r"unknown augmentation\(s\) \['rotate'\]"):
         augment(x, torch.Generator(), ["crop", "rotate"])
+
+
+def test_one_pass_makes_every_heads_maps_and_trains_them_as_alone(store, model):
+    """Every (timestep, layer) of the tiny extraction from one denoiser pass per batch: the maps are those of a
+    source of that key alone (within one float16 step), and Diff-C heads trained together reach the accuracies of
+    separate runs (on the CPU: the same numbers)."""
+    from difflens.classify.diffc import DiffCSettings, train_diffc, train_diffc_heads
+    from difflens.classify.sources import head_name
+
+    keys = [(25, "mid_block"), (25, "up_ft1"), (500, "up_ft1")]
+    kw = dict(target="label", seed=SETTINGS["seed"], augment=("crop",))
+    heads = OnTheFlyMaps(store, model, "tiny", "shapes", "up_ft1", 25, keys=keys, **kw)
+    assert heads.heads == tuple(head_name(t, layer) for t, layer in keys)
+    alone = {head_name(t, layer): OnTheFlyMaps(store, model, "tiny", "shapes", layer, t, **kw) for t, layer in keys}
+    for (maps, y), *singles in zip(heads.batches("train", 8, epoch=1, train=True),
+                                   *[s.batches("train", 8, epoch=1, train=True) for s in alone.values()]):
+        for (name, source), (single, ys) in zip(alone.items(), singles):
+            assert maps[name].shape[1:] == (source.channels, *source.map_size) == heads.shapes[name]
+            torch.testing.assert_close(maps[name], single, atol=2e-3, rtol=2e-3)
+            assert torch.equal(y, ys)
+    settings = DiffCSettings(epochs=2, lr=1e-3, width=8, batch_size=8, seed=1)
+    together = train_diffc_heads(heads, heads.n_classes, settings, progress=False)
+    for name, source in alone.items():
+        single = train_diffc(source, source.n_classes, settings, progress=False)
+        assert abs(together[name]["test_accuracy"] - single["test_accuracy"]) <= 1 / single["n_test"], name
+        assert abs(together[name]["val_accuracy"] - single["val_accuracy"]) <= 1 / single["n_val"], name

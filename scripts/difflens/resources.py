@@ -105,3 +105,19 @@ def native_resolution(folder: str | Path, default: int = 512) -> int:
             if isinstance(size, int):
                 return size * 8
     return default
+
+
+def diffc_head_mb(channels: int, map_pixels: int, width: int, batch: int) -> float:
+    """One Diff-C classifier in training: its parameters with their gradients and AdamW's two moments (16 bytes per
+    parameter), and a batch's activations kept for the backward pass (the input and about 12 width-wide maps at the
+    input's size, float32)."""
+    params = channels * width * 9 + 3 * width * width * 9 + 8 * width
+    return (params * 16 + batch * (channels + 12 * width) * map_pixels * 4) / MB
+
+
+def diffc_grouping(n_timesteps: int, n_layers: int, head_mb: float, budget_gb: float) -> str:
+    """``all`` when every layer x timestep's classifier fits in ``budget_gb``, else ``timestep`` when one
+    timestep's do, else ``none``."""
+    if n_timesteps * n_layers * head_mb <= budget_gb * 1e3:
+        return "all"
+    return "timestep" if n_layers * head_mb <= budget_gb * 1e3 else "none"

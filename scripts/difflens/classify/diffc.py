@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -122,6 +122,39 @@ class TensorSource:
             yield self.maps[split][rows].float(), self.targets[split][rows].long()
 
 
+class HeadSources:
+    """Several single-map sources over the same rows (one per head, e.g. the cached maps of each layer) as one
+    multi-head source: their batches are drawn side by side, each source shuffling and augmenting as it would alone,
+    and must hold the same targets. A source that makes every head's maps at once (``OnTheFlyMaps`` with ``keys``)
+    saves the repeated work; this one only saves the separate jobs."""
+
+    def __init__(self, sources: dict):
+        if not sources:
+            raise ValueError("HeadSources: no sources")
+        self.sources = dict(sources)
+        self.heads = tuple(self.sources)
+        self.shapes = {h: (int(s.channels), *(int(v) for v in s.map_size)) for h, s in self.sources.items()}
+        first = next(iter(self.sources.values()))
+        for h, s in self.sources.items():
+            sizes = {split: s.n(split) for split in SPLITS}
+            if sizes != {split: first.n(split) for split in SPLITS}:
+                raise ValueError(f"HeadSources: head {h!r} has rows {sizes}, the first head "
+                                 f"{ {split: first.n(split) for split in SPLITS} }")
+
+    def n(self, split: str) -> int:
+        return next(iter(self.sources.values())).n(split)
+
+    def batches(self, split: str, batch_size: int, *, epoch: int, train: bool):
+        streams = {h: s.batches(split, batch_size, epoch=epoch, train=train) for h, s in self.sources.items()}
+        for parts in zip(*streams.values()):
+            targets = parts[0][1]
+            for h, (_, y) in zip(self.heads, parts):
+                if not torch.equal(y, targets):
+                    raise ValueError(f"HeadSources: head {h!r} gives other targets than head {self.heads[0]!r} "
+                                     f"in a {split} batch: the sources do not hold the same rows")
+            yield {h: maps for h, (maps, _) in zip(self.heads, parts)}, targets
+
+
 # ---- training -----------------------------------------------------------------------------------------------------
 @dataclass
 class DiffCSettings:
@@ -167,70 +200,9 @@ def _check_source(source: FeatureSource, n_classes: int) -> dict[str, int]:
     return sizes
 
 
-def _no_single_rows(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches with a one-row batch joined to the one before it (BatchNorm cannot train on one row of a 1x1
-    map); every row is still seen once."""
-    held = None
-    for maps, targets in batches:
-        if held is not None and len(targets) == 1:
-            maps, targets = torch.cat([held[0], maps]), torch.cat([held[1], targets])
-            held = None
-        if held is not None:
-            yield held
-        held = (maps, targets)
-    if held is not None:
-        yield held
-
-
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA, none elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def train_epoch(model: DiffC, opt: torch.optim.Optimizer, source: FeatureSource, batch_size: int, epoch: int,
-                device: torch.device) -> tuple[float, float]:
-    """One pass over the shuffled, augmented train split: (mean loss, accuracy) over its rows."""
-    model.train()
-    n_classes = model.head.out_features
-    loss_sum, correct, rows, seen = 0.0, 0, 0, set()
-    for maps, targets in _no_single_rows(source.batches("train", batch_size, epoch=epoch, train=True)):
-        check_targets(targets, n_classes, "train")
-        seen.update(targets.tolist())
-        maps, targets = maps.to(device), targets.to(device)
-        with _autocast(device):
-            logits = model(maps)
-        loss = F.cross_entropy(logits.float(), targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += float(loss.detach()) * len(targets)
-        correct += int((logits.argmax(1) == targets).sum())
-        rows += len(targets)
-    if len(seen) < 2:
-        raise ValueError(f"Diff-C: the train split holds {len(seen)} class(es) ({sorted(seen)}); it needs at least 2")
-    return loss_sum / rows, correct / rows
-
-
-@torch.no_grad()
-def accuracy(model: DiffC, source: FeatureSource, split: str, batch_size: int, device: torch.device) -> float:
-    """Share of the split's rows (in order, not augmented) whose arg-max class is the target."""
-    model.eval()
-    correct, rows = 0, 0
-    for maps, targets in source.batches(split, batch_size, epoch=0, train=False):
-        check_targets(targets, model.head.out_features, split)
-        with _autocast(device):
-            logits = model(maps.to(device))
-        correct += int((logits.argmax(1).cpu() == targets).sum())
-        rows += len(targets)
-    return correct / rows
-
-
-def _identity(source: FeatureSource, n_classes: int, settings: DiffCSettings) -> dict:
-    """What a checkpoint must share with the run that resumes it: every setting but ``epochs``, and the data shape."""
-    out = {k: v for k, v in asdict(settings).items() if k != "epochs"}
-    return {**out, "n_classes": n_classes, "channels": int(source.channels),
-            "map_size": tuple(int(s) for s in source.map_size)}
 
 
 def _cpu_copy(state: dict) -> dict:
@@ -255,22 +227,190 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(work_dir: Path, identity: dict, epochs: int) -> dict | None:
-    """The checkpoint in ``work_dir`` if there is one; ValueError if it belongs to other settings or data, or holds
-    more epochs than asked for."""
+class _OneHead:
+    """A single-map source seen as a multi-head one with the head ``""``."""
+
+    heads = ("",)
+
+    def __init__(self, source: FeatureSource):
+        self.source = source
+        self.shapes = {"": (int(source.channels), *(int(v) for v in source.map_size))}
+
+    def n(self, split: str) -> int:
+        return self.source.n(split)
+
+    def batches(self, split: str, batch_size: int, *, epoch: int, train: bool):
+        for maps, targets in self.source.batches(split, batch_size, epoch=epoch, train=train):
+            yield {"": maps}, targets
+
+
+class _Head:
+    """One classifier of a multi-head run: its model, optimiser, random stream (dropout) and record."""
+
+    def __init__(self, name: str, shape: tuple[int, int, int], n_classes: int, settings: DiffCSettings,
+                 device: torch.device):
+        self.name = name
+        torch.manual_seed(settings.seed)  # as a run of this head alone: the same initial weights and dropout stream
+        self.model = DiffC(shape[0], n_classes, settings.width, settings.dropout).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.rng = _rng_state()
+        self.run = {"epoch": 0, "curves": [], "best": None, "best_val": -1.0, "best_epoch": 0, "seconds": 0.0}
+        self.identity = {k: v for k, v in asdict(settings).items() if k != "epochs"}
+        self.identity.update(n_classes=n_classes, channels=int(shape[0]), map_size=tuple(int(v) for v in shape[1:]))
+        self.loss_sum, self.correct, self.rows, self.seen = 0.0, 0, 0, set()
+
+    def state(self) -> dict:
+        return {**self.run, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "rng": self.rng,
+                "identity": self.identity}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.rng = state["rng"]
+        self.run = {k: state[k] for k in self.run}
+
+    def step(self, maps: torch.Tensor, targets: torch.Tensor) -> None:
+        """One optimisation step on its own random stream (its dropout draws are those of a run of it alone)."""
+        _set_rng_state(self.rng)
+        with _autocast(maps.device):
+            logits = self.model(maps)
+        loss = F.cross_entropy(logits.float(), targets)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.rng = _rng_state()
+        self.loss_sum += float(loss.detach()) * len(targets)
+        self.correct += int((logits.argmax(1) == targets).sum())
+        self.rows += len(targets)
+        self.seen.update(targets.tolist())
+
+
+def _train_epoch_heads(heads: list[_Head], source, batch_size: int, epoch: int, device: torch.device,
+                       n_classes: int) -> None:
+    """One pass over the shuffled, augmented train split, every head stepping on its maps of each batch."""
+    for head in heads:
+        head.model.train()
+        head.loss_sum, head.correct, head.rows, head.seen = 0.0, 0, 0, set()
+    for maps, targets in _no_single_rows(source.batches("train", batch_size, epoch=epoch, train=True)):
+        check_targets(targets, n_classes, "train")
+        targets = targets.to(device)
+        for head in heads:
+            head.step(maps[head.name].to(device), targets)
+    seen = heads[0].seen
+    if len(seen) < 2:
+        raise ValueError(f"Diff-C: the train split holds {len(seen)} class(es) ({sorted(seen)}); it needs at least 2")
+
+
+def _no_single_rows(batches):
+    """The batches ({head: maps}, targets) with a one-row batch joined to the one before it (BatchNorm cannot train
+    on one row of a 1x1 map); every row is still seen once."""
+    held = None
+    for maps, targets in batches:
+        if held is not None and len(targets) == 1:
+            maps = {h: torch.cat([held[0][h], m]) for h, m in maps.items()}
+            targets = torch.cat([held[1], targets])
+            held = None
+        if held is not None:
+            yield held
+        held = (maps, targets)
+    if held is not None:
+        yield held
+
+
+@torch.no_grad()
+def _accuracies(heads: list[_Head], source, split: str, batch_size: int, device: torch.device,
+                n_classes: int) -> dict[str, float]:
+    """Every head's share of the split's rows (in order, not augmented) whose arg-max class is the target."""
+    correct, rows = dict.fromkeys([h.name for h in heads], 0), 0
+    for head in heads:
+        head.model.eval()
+    for maps, targets in source.batches(split, batch_size, epoch=0, train=False):
+        check_targets(targets, n_classes, split)
+        for head in heads:
+            with _autocast(device):
+                logits = head.model(maps[head.name].to(device))
+            correct[head.name] += int((logits.argmax(1).cpu() == targets).sum())
+        rows += len(targets)
+    return {name: c / rows for name, c in correct.items()}
+
+
+def _load_heads_checkpoint(work_dir: Path, heads: list[_Head], epochs: int) -> dict | None:
+    """The saved states of every head in ``work_dir``; ValueError if they belong to other heads, settings or data,
+    or hold more epochs than asked for."""
     path = work_dir / CHECKPOINT
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = state["identity"]
-    differ = [f"{k}: {saved.get(k)!r} there, {v!r} here" for k, v in identity.items() if saved.get(k) != v]
-    if differ:
-        raise ValueError(f"Diff-C: {work_dir} holds a training state of other settings ({'; '.join(differ)}); "
-                         f"resume with the same settings, or delete {work_dir} to start afresh")
+    saved = state.get("heads", {})
+    if sorted(saved) != sorted(h.name for h in heads):
+        raise ValueError(f"Diff-C: {work_dir} holds a training state of heads {sorted(saved)}, not "
+                         f"{sorted(h.name for h in heads)}; resume with the same heads, or delete {work_dir}")
+    for head in heads:
+        differ = [f"{k}: {saved[head.name]['identity'].get(k)!r} there, {v!r} here"
+                  for k, v in head.identity.items() if saved[head.name]["identity"].get(k) != v]
+        if differ:
+            raise ValueError(f"Diff-C: {work_dir} holds a training state of other settings ({'; '.join(differ)}); "
+                             f"resume with the same settings, or delete {work_dir} to start afresh")
     if state["epoch"] > epochs:
         raise ValueError(f"Diff-C: {work_dir} holds a training state of {state['epoch']} epochs, more than the "
                          f"{epochs} asked for; ask for at least {state['epoch']}, or delete {work_dir}")
     return state
+
+
+def train_diffc_heads(source, n_classes: int, settings: DiffCSettings | None = None, *,
+                      work_dir: str | Path | None = None, device: str | torch.device | None = None,
+                      progress: bool = True, log: logging.Logger | None = None) -> dict[str, dict]:
+    """Train one Diff-C per head of a multi-head source (``heads``: names; ``shapes``: head -> (C, H, W);
+    ``n(split)``; ``batches`` yielding ({head: maps}, targets) of the same rows for every head), each exactly as
+    ``train_diffc`` would train it alone: the same initial weights, batches, augmentation and dropout draws, its
+    own optimiser and its own epoch chosen on val; the maps of a batch are made once for every head (one denoiser
+    pass for every layer and timestep). Returns ``train_diffc``'s result per head. With ``work_dir`` every head's
+    state is saved after each epoch in one checkpoint, and a later call resumes it."""
+    settings = settings or DiffCSettings()
+    log = log or logger
+    sizes = _check_source(source, n_classes)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    heads = [_Head(name, source.shapes[name], n_classes, settings, device) for name in source.heads]
+    ckpt = Path(work_dir) / CHECKPOINT if work_dir is not None else None
+    state = _load_heads_checkpoint(Path(work_dir), heads, settings.epochs) if work_dir is not None else None
+    done, seconds = 0, 0.0
+    if state is not None:
+        for head in heads:
+            head.restore(state["heads"][head.name])
+        done, seconds = state["epoch"], state["seconds"]
+        log.info("Diff-C resumed from %s after epoch %d", ckpt, done)
+    t0 = time.time() - seconds
+    bar = tqdm(range(done, settings.epochs), desc="Diff-C", initial=done, total=settings.epochs,
+               disable=not progress)
+    for epoch in bar:
+        _train_epoch_heads(heads, source, settings.batch_size, epoch, device, n_classes)
+        val = _accuracies(heads, source, "val", settings.batch_size, device, n_classes)
+        for head in heads:
+            if val[head.name] > head.run["best_val"]:
+                head.run.update(best=_cpu_copy(head.model.state_dict()), best_val=val[head.name],
+                                best_epoch=epoch + 1)
+            head.run["curves"].append({"epoch": epoch + 1, "train_loss": head.loss_sum / head.rows,
+                                       "train_accuracy": head.correct / head.rows, "val_accuracy": val[head.name]})
+            head.run.update(epoch=epoch + 1, seconds=time.time() - t0)
+            log.info("Diff-C %sepoch %d/%d: train loss %.4f, train accuracy %.4f, val accuracy %.4f",
+                     f"{head.name} " if head.name else "", epoch + 1, settings.epochs, head.loss_sum / head.rows,
+                     head.correct / head.rows, val[head.name])
+        if ckpt is not None:
+            save_checkpoint(ckpt, {"epoch": epoch + 1, "seconds": time.time() - t0, "settings": asdict(settings),
+                                   "heads": {h.name: h.state() for h in heads}})
+        bar.set_postfix(val=" ".join(f"{v:.3f}" for v in val.values()))
+    for head in heads:
+        head.model.load_state_dict(head.run["best"])
+    test = _accuracies(heads, source, "test", settings.batch_size, device, n_classes)
+    out = {}
+    for head in heads:
+        log.info("Diff-C %s: best val accuracy %.4f at epoch %d, test accuracy %.4f", head.name or "", head.run[
+            "best_val"], head.run["best_epoch"], test[head.name])
+        out[head.name] = {"val_accuracy": head.run["best_val"], "test_accuracy": test[head.name],
+                          "best_epoch": head.run["best_epoch"], "epochs": settings.epochs,
+                          "curves": head.run["curves"], "seconds": round(time.time() - t0, 2),
+                          "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"]}
+    return out
 
 
 def train_diffc(source: FeatureSource, n_classes: int, settings: DiffCSettings | None = None, *,
@@ -289,44 +429,5 @@ def train_diffc(source: FeatureSource, n_classes: int, settings: DiffCSettings |
     at the batch that holds it; a train split of fewer than 2 classes after the first epoch (a source lists no
     labels, so they are seen as they arrive).
     """
-    settings = settings or DiffCSettings()
-    log = log or logger
-    sizes = _check_source(source, n_classes)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    identity = _identity(source, n_classes, settings)
-    torch.manual_seed(settings.seed)
-    model = DiffC(source.channels, n_classes, settings.width, settings.dropout).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    run = {"epoch": 0, "curves": [], "best": None, "best_val": -1.0, "best_epoch": 0, "seconds": 0.0}
-    ckpt = Path(work_dir) / CHECKPOINT if work_dir is not None else None
-    state = load_checkpoint(Path(work_dir), identity, settings.epochs) if work_dir is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
-        run = {k: state[k] for k in run}
-        log.info("Diff-C resumed from %s after epoch %d", ckpt, run["epoch"])
-    t0 = time.time() - run["seconds"]
-    bar = tqdm(range(run["epoch"], settings.epochs), desc="Diff-C", initial=run["epoch"], total=settings.epochs,
-               disable=not progress)
-    for epoch in bar:
-        train_loss, train_acc = train_epoch(model, opt, source, settings.batch_size, epoch, device)
-        val_acc = accuracy(model, source, "val", settings.batch_size, device)
-        if val_acc > run["best_val"]:
-            run.update(best=_cpu_copy(model.state_dict()), best_val=val_acc, best_epoch=epoch + 1)
-        run["curves"].append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                              "val_accuracy": val_acc})
-        run.update(epoch=epoch + 1, seconds=time.time() - t0)
-        if ckpt is not None:
-            save_checkpoint(ckpt, {**run, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "rng": _rng_state(), "identity": identity, "settings": asdict(settings)})
-        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_acc:.3f}")
-        log.info("Diff-C epoch %d/%d: train loss %.4f, train accuracy %.4f, val accuracy %.4f", epoch + 1,
-                 settings.epochs, train_loss, train_acc, val_acc)
-    model.load_state_dict(run["best"])
-    test_acc = accuracy(model, source, "test", settings.batch_size, device)
-    log.info("Diff-C: best val accuracy %.4f at epoch %d, test accuracy %.4f", run["best_val"], run["best_epoch"],
-             test_acc)
-    return {"val_accuracy": run["best_val"], "test_accuracy": test_acc, "best_epoch": run["best_epoch"],
-            "epochs": settings.epochs, "curves": run["curves"], "seconds": round(time.time() - t0, 2),
-            "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"]}
+    return train_diffc_heads(_OneHead(source), n_classes, settings, work_dir=work_dir, device=device,
+                             progress=progress, log=log)[""]

@@ -178,33 +178,53 @@ class CachedMaps(_SplitSource):
         return augment(x, gen, self.augment) if gen is not None else x
 
 
+def head_name(timestep: int, layer: str) -> str:
+    """The name of the classifier head of one (timestep, layer)."""
+    return f"t{int(timestep)}/{layer}"
+
+
 class OnTheFlyMaps(_SplitSource):
     """Maps computed by ``denoiser`` (a loaded ``DiffusionModel``) from the cached latents, as extraction would with
-    (``seed``, ``noise_draws``, ``prompt``); ``batch_size`` of the denoiser is the classifier's."""
+    (``seed``, ``noise_draws``, ``prompt``); ``batch_size`` of the denoiser is the classifier's.
+
+    With ``keys`` ((timestep, layer) pairs; the rows are those of ``layer`` at ``timestep``) it is a multi-head
+    source (``classify.diffc.train_diffc_heads``): one denoiser batch, stopped after the deepest layer, gives every
+    key's maps of a batch (``heads``: ``head_name`` of each key; ``shapes``: head -> (C, H, W))."""
 
     def __init__(self, store: FeatureStore, denoiser, model: str, dataset: str, layer: str, timestep: int, *,
                  target: str = "label", seed: int = 0, noise_draws: int = 1, prompt: str = "",
-                 augment=AUGMENTATIONS):
+                 augment=AUGMENTATIONS, keys=None):
         super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
         self.denoiser, self.noise_draws, self.prompt = denoiser, int(noise_draws), prompt
+        self.keys = [(int(t), str(name)) for t, name in keys] if keys else None
         self._latents = {}
         for split in SPLITS:
             data = store.latents_dataset(model, dataset, split=split)
             position = {sid: i for i, sid in enumerate(data.sample_ids)}
             self._latents[split] = (data, np.asarray([position[s] for s in self.rows[split]["sample_id"]]))
         probe = self._maps("train", np.arange(1), None)
+        if self.keys:
+            self.heads = tuple(probe)
+            self.shapes = {h: tuple(int(v) for v in m.shape[1:]) for h, m in probe.items()}
+            probe = probe[head_name(timestep, layer)] if head_name(timestep, layer) in probe else \
+                next(iter(probe.values()))
         self.channels, self.map_size = int(probe.shape[1]), tuple(probe.shape[-2:])
 
-    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
+    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None):
+        """The maps (b, C, H, W) of rows ``idx`` of a split, or with ``keys`` every key's, by head name."""
         data, where = self._latents[split]
         x0 = torch.stack([data[int(where[i])][0] for i in idx])
         if gen is not None:
             x0 = augment(x0, gen, self.augment)
         rows = self.rows[split].iloc[idx]
         cond = self.denoiser.encode_text([format_prompt(self.prompt, n) for n in rows["label_name"]])
+        keys = self.keys or [(self.timestep, self.layer)]
+        timesteps = list(dict.fromkeys(t for t, _ in keys))
+        layers = list(dict.fromkeys(name for _, name in keys))
         got = capture_rows(self.denoiser, x0.to(self.denoiser.device), list(rows["sample_id"]), cond,
-                           [self.timestep], self.noise_draws, [self.layer], self.seed, True)
-        return got[self.layer].maps[0].float()
+                           timesteps, self.noise_draws, layers, self.seed, True)
+        maps = {head_name(t, name): got[name].maps[timesteps.index(t)].float() for t, name in keys}
+        return maps if self.keys else maps[head_name(self.timestep, self.layer)]
 
 
 def choose_mode(mode: str, entry: dict, limit_gb: float) -> str:
