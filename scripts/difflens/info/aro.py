@@ -129,20 +129,26 @@ def score_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws:
 
 
 def item_outcomes(scores: pd.DataFrame) -> pd.DataFrame:
-    """One line per (item, score): whether the true caption (candidate 0) won, and its margin over the best
-    negative (positive = right, in nats)."""
-    out = []
-    for item, g in scores.groupby("item", sort=True):
-        g = g.sort_values("candidate")
-        true, neg = g.iloc[0], g.iloc[1:]
-        for name, higher in SCORES.items():
-            col = f"{name}_nats"
-            best_neg = neg[col].max() if higher else neg[col].min()
-            margin = (true[col] - best_neg) if higher else (best_neg - true[col])
-            out.append({"item": item, "sample_id": true["sample_id"], "kind": true["kind"], "group": true["group"],
-                        "score": name, "n_candidates": len(g), "margin_nats": float(margin),
-                        "correct": bool(margin > 0)})
-    return pd.DataFrame(out)
+    """One line per (item, score), items in order and scores in ``SCORES`` order: whether the true caption (the
+    item's first candidate) won, and its margin over the best negative (positive = right, in nats). Vectorised over
+    the items (a table of ARO's ~83k items takes about a second and memory linear in its rows)."""
+    s = scores.sort_values(["item", "candidate"], kind="stable")
+    first = ~s["item"].duplicated()
+    true, neg = s[first.to_numpy()].set_index("item"), s[(~first).to_numpy()]
+    counts = s.groupby("item", sort=True).size()
+    parts = []
+    for name, higher in SCORES.items():
+        col = f"{name}_nats"
+        best = neg.groupby("item", sort=True)[col].max() if higher else neg.groupby("item", sort=True)[col].min()
+        best = best.reindex(true.index)
+        margin = (true[col] - best) if higher else (best - true[col])
+        parts.append(pd.DataFrame({"item": true.index, "sample_id": true["sample_id"].to_numpy(),
+                                   "kind": true["kind"].to_numpy(), "group": true["group"].to_numpy(),
+                                   "score": name, "n_candidates": counts.reindex(true.index).to_numpy(),
+                                   "margin_nats": margin.to_numpy(float), "correct": (margin > 0).to_numpy()}))
+    out = pd.concat(parts, ignore_index=True)
+    order = np.lexsort((out["score"].map({n: i for i, n in enumerate(SCORES)}).to_numpy(), out["item"].to_numpy()))
+    return out.iloc[order].reset_index(drop=True)
 
 
 def aggregate(outcomes: pd.DataFrame, *, min_group: int = 25,
