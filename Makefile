@@ -47,6 +47,19 @@ test-slurm: $(STAMP)
 	DIFFLENS_SLURM=1 SLURM_CONF=$${DIFFLENS_SLURM_DIR:-/tmp/difflens-slurm}/slurm.conf \
 	$(VENV)/bin/python -m pytest -q -rs -s --durations=5 tests/test_slurm.py
 
+# A full-size random-weight run through every rule (configs/paper_smoke.yaml; README, "Paper-size smoke run"; not
+# part of `make test`): the paper models built once with seeded random weights into the hub mirror, the fixture
+# data staged once where download_dataset looks, the pipeline, then each rule's time and peak memory (benchmarks).
+PAPER_SMOKE ?= results/paper_smoke
+.PHONY: paper-smoke
+paper-smoke: $(STAMP)
+	$(VENV)/bin/python tests/paper_models.py $(PAPER_SMOKE)/hub
+	$(VENV)/bin/python tests/paper_data.py $(PAPER_SMOKE)
+	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS) mem_mb=$(MEM_MB) \
+	  --configfile configs/paper_smoke.yaml --replace-workflow-config \
+	  --config results=$(PAPER_SMOKE) model_cache=$(PAPER_SMOKE)/model_cache hub_mirror=$(PAPER_SMOKE)/hub
+	$(VENV)/bin/python bench/rule_times.py $(PAPER_SMOKE)/benchmarks
+
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
 

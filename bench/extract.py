@@ -15,12 +15,12 @@ dense bf16 figure (table below, or --peak-tflops); on a CPU it is a measured fp3
 
     python bench/extract.py                       # GPU: 512 px, 64 images; CPU: 64 px, 2 images
     python bench/extract.py --arch both --size 256 --images 32
+    python bench/extract.py --arch both --smoke   # smoke-scale networks on the CPU, seconds (the tests' run)
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,82 +30,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from architectures import BUILDERS, difflens_model
+from harness import device_name, sync, write_json
 
-from difflens.data.common import Dataset, write_dataset  # noqa: E402
-from difflens.extract.activations import extract_activations  # noqa: E402
-from difflens.extract.latents import encode_latents  # noqa: E402
+from difflens.data.common import Dataset, write_dataset
+from difflens.extract.activations import extract_activations
+from difflens.extract.latents import encode_latents
 
-TOKENIZER = ROOT / "tests" / "fixtures" / "tiny_clip_tokenizer"  # any CLIP tokenizer: only "" is encoded
-SD_LAYERS = {"bottleneck": "mid_block", "up_ft0": "up_blocks.0", "up_ft1": "up_blocks.1", "up_ft2": "up_blocks.2"}
-DIT_LAYERS = {f"block{i}": f"transformer_blocks.{i}" for i in (6, 13, 20, 27)}
 TIMESTEPS = {1: [25], 4: [25, 100, 250, 500]}
 # dense bf16 tensor-core peaks, TFLOP/s (H100 as in docs/reference.md, section 5; override with --peak-tflops)
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 790.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 TARGETS = {1: 10.0, 4: 20.0}  # ratio targets on an H100; ceiling fraction >= 0.35
-
-
-# ---- models from public config values, random weights -----------------------------------------------------------
-def sd15_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512,
-                         scaling_factor=0.18215)
-
-
-def sd15_scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-def build_sd15(size: int) -> dict:
-    """runwayml/stable-diffusion-v1-5 unet/vae/text_encoder configs (860M + 84M + 123M parameters)."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=size // 8, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, norm_num_groups=32)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77)
-    return {"denoiser": unet.eval(), "vae": sd15_vae().eval(), "text_encoder": text_encoder.eval(),
-            "tokenizer": tokenizer, "scheduler": sd15_scheduler(), "layers": SD_LAYERS}
-
-
-def build_dit(size: int) -> dict:
-    """facebook/DiT-XL-2-512 transformer (675M parameters, 28 blocks, hidden 1152, patch 2) + the SD VAE."""
-    from diffusers import DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    dit = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                num_layers=28, sample_size=size // 8, patch_size=2, num_embeds_ada_norm=1000)
-    from diffusers import DDPMScheduler
-
-    return {"denoiser": dit.eval(), "vae": sd15_vae().eval(), "text_encoder": None, "tokenizer": None,
-            "scheduler": DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear"), "layers": DIT_LAYERS}
-
-
-def difflens_model(arch: str, parts: dict, device: torch.device, dtype: torch.dtype, size: int):
-    """The project's adapter around the same modules (moved to ``dtype`` in place)."""
-    if arch == "sd15":
-        from difflens.models.sd import StableDiffusionModel
-
-        return StableDiffusionModel(unet=parts["denoiser"], vae=parts["vae"], text_encoder=parts["text_encoder"],
-                                    tokenizer=parts["tokenizer"], scheduler=parts["scheduler"], device=device,
-                                    dtype=dtype, resolution=size, source="sd15-architecture-random-weights")
-    from difflens.models.dit import DiTModel
-
-    return DiTModel(transformer=parts["denoiser"], vae=parts["vae"], scheduler=parts["scheduler"], device=device,
-                    dtype=dtype, resolution=size, source="dit-xl-2-architecture-random-weights")
 
 
 # ---- the Revelio-style reference ----------------------------------------------------------------------------------
@@ -184,7 +119,9 @@ def flops_per_image(model, layers: list[str], size: int) -> tuple[float, float]:
     return vae, den
 
 
-def peak_flops(device: torch.device, override: float | None) -> tuple[float, str]:
+def peak_flops(device: torch.device, override: float | None, seconds: float = 1.0) -> tuple[float, str]:
+    """The device's peak FLOP/s and how it was found: ``override`` (TFLOP/s), the GPU table, or on a CPU an fp32
+    1024 x 1024 matmul rate measured for ``seconds``."""
     if override:
         return override * 1e12, f"{override:g} TFLOP/s (--peak-tflops)"
     if device.type == "cuda":
@@ -196,16 +133,11 @@ def peak_flops(device: torch.device, override: float | None) -> tuple[float, str
     a = torch.randn(1024, 1024)
     a @ a
     reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < 1.0:
+    while time.perf_counter() - t0 < seconds:
         a @ a
         reps += 1
     rate = 2 * 1024 ** 3 * reps / (time.perf_counter() - t0)
     return rate, f"{rate / 1e9:.1f} GFLOP/s (measured CPU fp32 matmul, {torch.get_num_threads()} threads)"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---- driver -------------------------------------------------------------------------------------------------------
@@ -227,11 +159,11 @@ def make_dataset(root: Path, n: int, size: int, splits: tuple[str, ...] = ("test
 
 def run_arch(arch: str, args, device: torch.device, peak: float, work: Path) -> list[dict]:
     t0 = time.perf_counter()
-    parts = (build_sd15 if arch == "sd15" else build_dit)(args.size)
+    parts = BUILDERS[arch](args.size, args.scale)
     for k in ("denoiser", "vae", "text_encoder"):
         if parts[k] is not None:
             parts[k].to(device)
-    print(f"[{arch}] built from config values in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"[{arch}] built from config values ({args.scale} scale) in {time.perf_counter() - t0:.1f} s", flush=True)
     dataset = make_dataset(work / f"{arch}-data", args.images, args.size)
     paths = [dataset.root / p for p in dataset.samples["image"]]
     rows = []
@@ -268,8 +200,8 @@ def run_arch(arch: str, args, device: torch.device, peak: float, work: Path) -> 
                      "ratio": ref_time[n_t] / ours, "tflop_per_img": flops / 1e12,
                      "ceiling": flops / ours / peak, "dtype": str(dtype).replace("torch.", "")})
         print(f"[{arch}] difflens, {n_t} timestep(s): {ours:.4f} s/image", flush=True)
-    print(f"[{arch}] FLOPs per image: VAE encoder {vae_flops / 1e9:.2f} GFLOP, denoiser up to "
-          f"{layers[-1]} {den_flops / 1e9:.2f} GFLOP per timestep", flush=True)
+    print(f"[{arch}] FLOPs per image: VAE encoder {vae_flops / 1e9:.4g} GFLOP, denoiser up to "
+          f"{layers[-1]} {den_flops / 1e9:.4g} GFLOP per timestep", flush=True)
     del model, parts
     gc.collect()
     if device.type == "cuda":
@@ -289,20 +221,24 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--channels-last", action="store_true", help="channels_last memory format (difflens path)")
     ap.add_argument("--peak-tflops", type=float, help="peak of the device in TFLOP/s (default: table / measured)")
+    ap.add_argument("--smoke", action="store_true", help="smoke-scale networks on the CPU (1 thread), 64 px, 2 "
+                    "images: checks that the benchmark runs (seconds), measures nothing")
+    ap.add_argument("--json", help="also write the table's rows to this JSON file (for bench/gpu_hours.py)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    args.scale = "smoke" if args.smoke else "paper"
+    device = torch.device("cpu" if args.smoke else args.device)
     gpu = device.type == "cuda"
     args.size = args.size or (512 if gpu else 64)
     args.images = args.images or (64 if gpu else 2)
     args.batch_size = args.batch_size or (16 if gpu else 2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.smoke:
+        torch.set_num_threads(args.threads or 1)  # one thread: small ops on shared cores
     if args.size % 64:
         raise SystemExit(f"--size must be a multiple of 64 (SD's latent must halve 3 times), got {args.size}")
-    peak, peak_text = peak_flops(device, args.peak_tflops)
-    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"difflens extraction benchmark: {name}, torch {torch.__version__}, {args.size} px, {args.images} images, "
-          f"batch {args.batch_size}, 4 layers; peak {peak_text}", flush=True)
+    peak, peak_text = peak_flops(device, args.peak_tflops, 0.2 if args.smoke else 1.0)
+    name = device_name(device)
+    print(f"difflens extraction benchmark: {name}, torch {torch.__version__}, {args.scale} scale, {args.size} px, "
+          f"{args.images} images, batch {args.batch_size}, 4 layers; peak {peak_text}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="difflens-bench-") as tmp:
         for arch in (["sd15", "dit"] if args.arch == "both" else [args.arch]):
@@ -313,12 +249,14 @@ def main(argv=None):
     for r in rows:
         print(f"{r['arch']:<5} {r['timesteps']:>2} {r['ref_s']:>15.4f} {1 / r['ref_s']:>7.2f} {r['ours_s']:>14.4f} "
               f"{1 / r['ours_s']:>7.2f} {r['ratio']:>5.1f}x {r['tflop_per_img']:>9.4f} {r['ceiling']:>9.1%}")
-    if gpu and "H100" in name:
+    if gpu and ("H100" in name or "H200" in name):
         for r in rows:
             if r["arch"] == "sd15":
                 ok = r["ratio"] >= TARGETS[r["timesteps"]] and r["ceiling"] >= 0.35
-                print(f"target sd15 T={r['timesteps']}: ratio >= {TARGETS[r['timesteps']]:g} and >= 35% of the "
-                      f"ceiling: {'PASS' if ok else 'FAIL'}")
+                print(f"target sd15 T={r['timesteps']} (set for an H100): ratio >= {TARGETS[r['timesteps']]:g} and "
+                      f">= 35% of the ceiling: {'PASS' if ok else 'FAIL'}")
+    write_json(args.json, {"device": name, "scale": args.scale, "size": args.size, "images": args.images,
+                           "layers": 4, "rows": rows})
     return rows
 
 

@@ -33,7 +33,7 @@ def errors(model, test: torch.Tensor, captions: list[str], train_mean: torch.Ten
     return {"model": float(((pred - noise) ** 2).mean()), "data_mean": float(((baseline - noise) ** 2).mean())}
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--dataset", type=Path, default=Path("results/data/shapes"))
@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--mean-images", type=int, default=2000, help="training images averaged for the baseline")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ds = Dataset.load(args.dataset)
     test, captions, _ = load_pixels(ds, "test", args.images)

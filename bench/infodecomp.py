@@ -17,43 +17,22 @@ attribute swap and 4 word-order shuffles, at 4 / 8 / 16 / 32 draws, plain vs str
 
     python bench/infodecomp.py                    # GPU: 512 px, 100 draws, 8 items; CPU: 128 px, 10 draws, 2 items
     python bench/infodecomp.py --size 256 --draws 50 --items 4 --shapes-images 48
+    python bench/infodecomp.py --smoke            # smoke-scale UNet, 2 draws, 1 item; 4 shapes images at 2 draws
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from architectures import ROOT, sd21_denoiser_model, text_width
+from harness import device_name, sync, write_json
 
-from difflens.info.estimators import LogSNRSampler, score_item  # noqa: E402
-from difflens.models.base import nearest_timestep  # noqa: E402
-
-SD21_BASE_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                      block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
-                      attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-                      down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-
-
-def sd21_model(size: int, dtype: torch.dtype, device: torch.device):
-    """A difflens SD adapter around a random-weight SD 2.1-base UNet (no VAE, no text encoder)."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    from difflens.models.sd import StableDiffusionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD21_BASE_UNET)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return StableDiffusionModel(unet=unet, vae=None, text_encoder=None, tokenizer=None, scheduler=scheduler,
-                                device=device, dtype=dtype, resolution=size, source="sd21-base (random)",
-                                components=("denoiser",))
+from difflens.info.estimators import LogSNRSampler, score_item
+from difflens.models.base import nearest_timestep
 
 
 def reference_item(unet, x0, conds, empty, draws, sampler, log_snr, gen, device):
@@ -74,21 +53,17 @@ def reference_item(unet, x0, conds, empty, draws, sampler, log_snr, gen, device)
     return out
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def cost_per_item(size: int, draws: int, items: int, batch: int, device: torch.device) -> None:
+def cost_per_item(size: int, draws: int, items: int, batch: int, device: torch.device, scale: str) -> dict:
+    """Seconds per item of the reference layout and of difflens, at equal draws (see the module doc)."""
     lat = size // 8
     sampler = LogSNRSampler(1.0, 2.0, 3.0)
     fast_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    ref = sd21_model(size, torch.float32, device)
+    ref = sd21_denoiser_model(size, scale, torch.float32, device)
     gen = torch.Generator().manual_seed(0)
-    states = {p: torch.randn(77, 1024, generator=gen) for p in ("", "caption a", "caption b")}
+    states = {p: torch.randn(77, text_width(ref.unet), generator=gen) for p in ("", "caption a", "caption b")}
     x0s = torch.randn((items, 4, lat, lat), generator=gen)
-    print(f"SD 2.1-base UNet (random weights), {size} px (latents 4 x {lat} x {lat}), {draws} draws, {items} items "
-          f"of 2 captions, on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}")
+    print(f"SD 2.1-base UNet (random weights, {scale} scale), {size} px (latents 4 x {lat} x {lat}), {draws} draws, "
+          f"{items} items of 2 captions, on {device_name(device)}")
     reference_item(ref.unet, x0s[0], [states["caption a"][None]], states[""][None], 2, sampler, ref.log_snr, gen,
                    device)  # warm-up
     sync(device)
@@ -99,7 +74,7 @@ def cost_per_item(size: int, draws: int, items: int, batch: int, device: torch.d
     sync(device)
     t_ref = (time.perf_counter() - t0) / items
     del ref
-    fast = sd21_model(size, fast_dtype, device)
+    fast = sd21_denoiser_model(size, scale, fast_dtype, device)
     for p, s in states.items():
         fast.set_condition(p, s)
     pairs = [("caption a", ""), ("caption b", "")]
@@ -115,9 +90,17 @@ def cost_per_item(size: int, draws: int, items: int, batch: int, device: torch.d
     print(f"difflens ({str(fast_dtype).split('.')[-1]}, {3 * draws} rows per item in batches of {batch}): "
           f"{t_fast:.3f} s/item = {1 / t_fast:.3f} items/s")
     print(f"ratio at equal draws: {t_ref / t_fast:.2f}x (target on a GPU: >= 4x)")
+    return {"device": device_name(device), "scale": scale, "size": size, "draws": draws, "items": items,
+            "captions": 2, "reference_s_per_item": t_ref, "reference_rows_per_item": 4 * draws,
+            "difflens_s_per_item": t_fast, "difflens_rows_per_item": 3 * draws,
+            "difflens_dtype": str(fast_dtype).split(".")[-1]}
 
 
-def sampler_accuracy(n_images: int, counts: list[int]) -> None:
+def sampler_accuracy(n_images: int, counts: list[int], world: int = 1000) -> list[dict]:
+    """Share of shapes-world items where the true caption wins, per draw count, sampler, kind and score, on the
+    first ``n_images`` test images of a ``world``-image shapes world (at least 12 x n_images)."""
+    import pandas as pd
+
     from difflens.data.common import Dataset
     from difflens.data.shapes import ShapesConfig, generate
     from difflens.info.aro import item_outcomes, score_image_rows, select_items
@@ -126,44 +109,64 @@ def sampler_accuracy(n_images: int, counts: list[int]) -> None:
 
     model = load_model("shapes", str(ROOT / "resources" / "shapes_model"), device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp), ShapesConfig(n_images=max(1000, 12 * n_images)), progress=False)
+        generate(Path(tmp), ShapesConfig(n_images=max(world, 12 * n_images)), progress=False)
         ds = Dataset.load(tmp)
         rows = select_items(ds.aro, ds.samples, "test", n_images, ds.name)
         latents = dict(zip(sorted(rows["sample_id"].unique()),
                            encode_samples(model, ds, sorted(rows["sample_id"].unique()))))
         print(f"\nshapes world, shipped model, {len(latents)} test images (relation swap, attribute swap, 4 word-order "
               f"shuffles each); share of items where the true caption wins:")
-        print(f"{'draws':>5} {'sampler':>10} " + " ".join(f"{k + ' ' + s:>16}" for k in ("relation", "attribute",
-                                                                                        "order") for s in ("i_s", "i_o")))
+        kinds = ("relation", "attribute", "order")
+        print(f"{'draws':>5} {'sampler':>10} " + " ".join(f"{k + ' ' + s:>16}" for k in kinds for s in ("i_s", "i_o")))
+        table = []
         for n in counts:
             for strat in (False, True):
                 sampler = LogSNRSampler(0.0, 2.0, 3.0, strat)
                 t0 = time.perf_counter()
                 scores = [score_image_rows(model, latents[sid], g, n_draws=n, sampler=sampler, seed=0, item=sid,
                                            batch_size=256) for sid, g in rows.groupby("sample_id")]
-                import pandas as pd
 
                 out = item_outcomes(pd.concat(scores)).groupby(["kind", "score"])["correct"].mean()
-                cells = " ".join(f"{out[(k, s)]:>16.3f}" for k in ("relation", "attribute", "order")
-                                 for s in ("i_s", "i_o"))
+                cells = " ".join(f"{out[(k, s)]:>16.3f}" for k in kinds for s in ("i_s", "i_o"))
                 print(f"{n:>5} {'stratified' if strat else 'plain':>10} {cells}   ({time.perf_counter() - t0:.0f} s)")
+                table.append({"draws": n, "sampler": "stratified" if strat else "plain",
+                              **{f"{k} {s}": float(v) for (k, s), v in out.items()}})
+    return table
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    gpu = torch.cuda.is_available()
-    ap.add_argument("--size", type=int, default=512 if gpu else 128)
-    ap.add_argument("--draws", type=int, default=100 if gpu else 10)
-    ap.add_argument("--items", type=int, default=8 if gpu else 2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--size", type=int, help="image side in px (default 512 on a GPU, 128 on the CPU)")
+    ap.add_argument("--draws", type=int, help="(log-SNR, noise) draws per item (default 100 GPU, 10 CPU)")
+    ap.add_argument("--items", type=int, help="items timed (default 8 GPU, 2 CPU)")
     ap.add_argument("--batch", type=int, default=300)
     ap.add_argument("--shapes-images", type=int, default=32)
+    ap.add_argument("--shapes-draws", type=int, nargs="+", default=[4, 8, 16, 32], help="draw counts compared")
+    ap.add_argument("--shapes-world", type=int, default=1000, help="images of the shapes world they come from")
     ap.add_argument("--skip-shapes", action="store_true")
-    args = ap.parse_args()
-    device = torch.device("cuda" if gpu else "cpu")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    cost_per_item(args.size, args.draws, args.items, args.batch, device)
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--smoke", action="store_true", help="smoke-scale UNet on the CPU (1 thread), 64 px, 2 draws, "
+                    "1 item; 4 shapes images of a 100-image world at 2 draws: checks that the benchmark runs "
+                    "(seconds), measures nothing")
+    ap.add_argument("--json", help="also write the measured numbers to this JSON file (for bench/gpu_hours.py)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.device, args.size, args.draws, args.items = "cpu", 64, 2, 1
+        args.shapes_images, args.shapes_draws, args.shapes_world, args.threads = 4, [2], 100, args.threads or 1
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    args.size = args.size or (512 if gpu else 128)
+    args.draws = args.draws or (100 if gpu else 10)
+    args.items = args.items or (8 if gpu else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    numbers = cost_per_item(args.size, args.draws, args.items, args.batch, device,
+                            "smoke" if args.smoke else "paper")
     if not args.skip_shapes:
-        sampler_accuracy(args.shapes_images, [4, 8, 16, 32])
+        numbers["shapes_accuracy"] = sampler_accuracy(args.shapes_images, args.shapes_draws, args.shapes_world)
+    write_json(args.json, numbers)
+    return numbers
 
 
 if __name__ == "__main__":

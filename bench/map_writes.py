@@ -2,6 +2,7 @@
 
     python bench/map_writes.py                       # SD up_ft1 (1280x32x32) and up_ft2 (640x64x64) at 512 px
     python bench/map_writes.py --images 64 --dir /scratch/me
+    python bench/map_writes.py --smoke               # 2 maps per layer, written once (the tests' run)
 
 Writes ``--images`` maps per layer in batches of ``--batch`` rows, as ``extract_activations`` does (one row per
 chunk, float16), for each compression (none, lzf, gzip level 4), on the calling thread, and prints MB/s, images/s
@@ -56,14 +57,26 @@ def write_speed(path: Path, maps: np.ndarray, compression: str, batch: int, repe
     return seconds, size
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32, help="distinct maps generated per layer")
     ap.add_argument("--repeats", type=int, default=2, help="times they are written (more data, same memory)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--dir", default=None, help="folder to write in (default: a temp folder)")
-    args = ap.parse_args()
-    folder = Path(args.dir or tempfile.mkdtemp(prefix="map_writes_"))
+    ap.add_argument("--dir", default=None, help="folder to write in (default: a temp folder, removed after)")
+    ap.add_argument("--smoke", action="store_true", help="2 maps per layer, written once, batches of 2: checks that "
+                    "the benchmark runs (seconds), measures nothing")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.images, args.repeats, args.batch = 2, 1, 2
+    if args.dir:
+        run(args, Path(args.dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="map_writes_") as tmp:
+            run(args, Path(tmp))
+
+
+def run(args, folder: Path) -> None:
+    """Write every layer's maps with every compression into ``folder`` and print the table."""
     print(f"map write benchmark: {args.images * args.repeats} images per layer, batches of {args.batch}, "
           f"float16, one row per chunk, in {folder}")
     print(f"{'layer':8} {'shape':>13} {'compression':>11} {'MB/s':>8} {'images/s':>9} {'size ratio':>10}")

@@ -39,10 +39,15 @@ def checkpoint_model(state: dict, dataset_dir: Path, arch: ShapesArch, out_dir: 
     return load_model("shapes", str(out_dir))
 
 
+def scene_latents(model, scenes: list[tuple[int, dict]]) -> torch.Tensor:
+    """Latents (B, C, h, w) of ``heldout_scenes``' (index, scene) pairs rendered at the model's resolution."""
+    pixels = torch.from_numpy(np.stack([render(s, model.resolution)[0] for _, s in scenes]))
+    return model.encode_images(pixels.permute(0, 3, 1, 2) / 127.5 - 1)
+
+
 def score(model, n_scenes: int, n_draws: int) -> dict:
     scenes = heldout_scenes(n_scenes)
-    pixels = torch.from_numpy(np.stack([render(s, model.resolution)[0] for _, s in scenes]))
-    latents = model.encode_images(pixels.permute(0, 3, 1, 2) / 127.5 - 1)
+    latents = scene_latents(model, scenes)
     pairs = {kind: choice_prompts(scenes, kind) for kind in ("relation", "attribute")}
     out = {}
     for kind, prompts in pairs.items():
@@ -64,7 +69,7 @@ def score(model, n_scenes: int, n_draws: int) -> dict:
     return out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("state", type=Path)
     ap.add_argument("--dataset", type=Path, default=Path("results/data/shapes"))
@@ -72,7 +77,7 @@ def main():
     ap.add_argument("--draws", type=int, default=16)
     ap.add_argument("--arch", default=None, help="ShapesArch fields as JSON, for states saved without them")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     state = torch.load(args.state, weights_only=False)
     fields = state.get("arch") or (json.loads(args.arch) if args.arch else None)

@@ -9,14 +9,16 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from difflens import resources as resources_lib
-from difflens.config import ConfigError, LOCAL_SOURCES, check_config, info_models
+from difflens.config import ConfigError, LOCAL_SOURCES, check_config, check_renamed, info_models
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
 from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id
 from difflens.report.catalog import ITEMS as PAPER_ITEMS
+from difflens.sae import memory as sae_memory
 
-validate(config, "../schemas/config.schema.yaml", set_default=True)
 try:
+    check_renamed(config)
+    validate(config, "../schemas/config.schema.yaml", set_default=True)
     check_config(config)
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
@@ -147,13 +149,8 @@ def classify_grid(name):
 def diffc_group(name):
     """classify.group of model ``name``, auto resolved by the memory of its classifiers (the largest map a layer can
     give: 1280 channels on the latent grid)."""
-    if CL["group"] != "auto":
-        return CL["group"]
-    grid = classify_grid(name)
     resolution = config["models"][name]["resolution"] or resources_lib.native_resolution(model_dir(name))
-    head = resources_lib.diffc_head_mb(1280, (resolution // 8) ** 2, CL["width"], CL["batch_size"])
-    return resources_lib.diffc_grouping(len({t for t, _ in grid}), len({l for _, l in grid}), head,
-                                        CL["group_memory_gb"])
+    return resources_lib.diffc_group(CL, classify_grid(name), resolution)
 
 
 def diffc_job(name):
@@ -203,6 +200,30 @@ def sae_targets():
     """One summary table per (SAE model, data set)."""
     return [f"{R}/sae/{name}/{ds}/summary.csv" for name in SAE["models"] or EXTRACT_MODELS for ds in EX["datasets"]
             if SAE["runs"]]
+
+
+def sae_job_sizes(w, index):
+    """What an SAE job will read (sae.memory.job_sizes): its layer's extraction index entry and the data set's split
+    sizes; None while they do not exist (a dry run: Snakemake computes the request again when the job is ready)."""
+    if not (Path(index).is_file() and Path(dataset_json(w.dataset)).is_file()):
+        return None
+    entries = resources_lib.index_entries(index, w.layer, int(w.timestep))
+    return sae_memory.job_sizes(entries[0], sae_memory.dataset_sizes(dataset_json(w.dataset)), w.input,
+                                SAE["positions"]) if entries else None
+
+
+def sae_train_mem(wildcards, input, attempt):
+    """mem_mb of train_sae: sae.memory.train_job_bytes of the run on the sizes it reads."""
+    sizes, run = sae_job_sizes(wildcards, input.index), sae_run(wildcards.run)
+    held = sae_memory.train_job_bytes(sizes, run["expansion"], run["batch_size"]) if sizes else 0
+    return resources_lib.request_mb(held / resources_lib.MB, attempt)
+
+
+def sae_analysis_mem(wildcards, input, attempt):
+    """mem_mb of analyse_sae: sae.memory.analysis_job_bytes of the run on the split it reads (sae.split)."""
+    sizes = sae_job_sizes(wildcards, input.index)
+    held = sae_memory.analysis_job_bytes(sizes, sae_run(wildcards.run)["expansion"], SAE["split"]) if sizes else 0
+    return resources_lib.request_mb(held / resources_lib.MB, attempt)
 
 
 def info_model_params(w):
@@ -360,6 +381,21 @@ def summary_inputs(wildcards):
 
 
 # ---- memory requests (difflens.resources: sizes read when the job is ready) -----------------------------------------
+def _gpu_rules_on_cpu():
+    """Whether the GPU rules run on the CPU, where a denoiser batch's activations take host memory: no GPU to share
+    (`--resources gpu=0`, as make demo passes on a machine without one), or a local run on a machine without
+    nvidia-smi. On a cluster the jobs get their GPU."""
+    import shutil
+
+    gpu = workflow.global_resources.get("gpu")
+    if getattr(gpu, "value", gpu) == 0:
+        return True
+    return bool(getattr(workflow, "local_exec", True)) and shutil.which("nvidia-smi") is None
+
+
+GPU_RULES_ON_CPU = _gpu_rules_on_cpu()
+
+
 def model_sizes(name):
     """(folder, dtype, resolution) of a configured model, for the memory formulas: the resolution configured, or
     the one its folder was built for."""
@@ -377,18 +413,17 @@ def extraction_mem(name):
         folder, dtype, res = model_sizes(name)
         batch = EX["batch_size"] * len(m["timesteps"]) * EX["noise_draws"]
         values = len(m["layers"]) * len(m["timesteps"]) * 1280 * (res // 8) ** 2
-        return resources_lib.extraction_mb(folder, dtype, res, batch, values, attempt)
+        return resources_lib.extraction_mb(folder, dtype, res, batch, values, attempt, GPU_RULES_ON_CPU)
 
     return mem
 
 
-def denoiser_job_mem(batch_of, held_of=lambda w, input: 0.0):
-    """mem_mb of a job that runs the model of ``wildcards.model`` on ``batch_of(wildcards)`` images and holds
-    ``held_of(wildcards, input)`` MB besides."""
+def denoiser_job_mem(batch_of):
+    """mem_mb of a job that runs the model of ``wildcards.model`` on ``batch_of(wildcards)`` images."""
 
-    def mem(wildcards, input, attempt):
-        folder, dtype, res = model_sizes(wildcards.model)
-        return resources_lib.model_job_mb(folder, dtype, res, batch_of(wildcards), held_of(wildcards, input), attempt)
+    def mem(wildcards, attempt):
+        return resources_lib.model_job_mb(*model_sizes(wildcards.model), batch_of(wildcards), 0.0, attempt,
+                                          GPU_RULES_ON_CPU)
 
     return mem
 
@@ -408,6 +443,6 @@ def diffc_mem(name):
         if CL["mode"] == "cached" or (CL["mode"] == "auto" and entries and all(h > 0 for h in held)):
             return resources_lib.request_mb(heads + sum(held), attempt)
         batch = CL["batch_size"] * len({int(e["timestep"]) for e in entries} or {0})
-        return denoiser_job_mem(lambda w: batch, lambda w, i: heads)(wildcards, input, attempt)
+        return resources_lib.model_job_mb(*model_sizes(name), batch, heads, attempt, GPU_RULES_ON_CPU)
 
     return mem

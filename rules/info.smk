@@ -1,10 +1,20 @@
 # Information decomposition (Kong et al., ICLR 2024): ARO caption choice in resumable shards, word localization
-# (MI / CMI / attention maps against masks) and prompt intervention, per (text model, data set) that the
-# infodecomp section lists. Library: scripts/difflens/info/.
+# (MI / CMI / attention maps and per-row IoU curves in resumable shards of images, thresholds chosen when they are
+# collected) and prompt intervention, per (text model, data set) that the infodecomp section lists.
+# Library: scripts/difflens/info/.
+from difflens.info import memory as localize_memory
+
+#: the infodecomp keys the estimators read, and the localize keys its jobs read: a job's params, so that changing
+#: another stage's settings (or adding a data set) reruns none of its shards
+INFO_ESTIMATOR = {k: INFO[k] for k in ("loc", "scale", "clip", "stratified", "n_draws", "batch_size")}
+LOCALIZE_JOB = {k: INFO["localize"][k] for k in ("split", "calibration_split", "max_images", "n_thresholds",
+                                                 "n_shards")}
 
 
 localrules:
     collect_aro,
+    plan_localization,
+    collect_localization,
 
 
 rule score_aro:
@@ -57,34 +67,89 @@ rule collect_aro:
         "../scripts/collect_aro.py"
 
 
+rule plan_localization:
+    input:
+        data=lambda w: dataset_json(w.dataset),
+    output:
+        f"{R}/info/{{model}}/{{dataset}}/localize/plan.json",
+    params:
+        localize=LOCALIZE_JOB,
+    resources:
+        mem_mb=lambda w, attempt: resources_lib.request_mb(0, attempt),  # the data set's tables: a few MB
+    log:
+        f"{R}/logs/plan_localization/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/plan_localization/{{model}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/plan_localization.py"
+
+
 rule localize_words:
     input:
         model=get_model_marker,
         data=lambda w: dataset_json(w.dataset),
+        plan=f"{R}/info/{{model}}/{{dataset}}/localize/plan.json",
     output:
-        table=f"{R}/info/{{model}}/{{dataset}}/localization.csv",
-        per_item=f"{R}/info/{{model}}/{{dataset}}/localization_items.csv",
-        maps=f"{R}/info/{{model}}/{{dataset}}/localization_maps.npz",
+        f"{R}/info/{{model}}/{{dataset}}/localize/shard-{{shard}}.npz",
+    wildcard_constraints:
+        shard=r"\d+",
     params:
         kind=lambda w: info_model_params(w)["kind"],
         source=lambda w: info_model_params(w)["source"],
         dtype=lambda w: info_model_params(w)["dtype"],
         options=lambda w: info_model_params(w)["options"],
-        infodecomp=INFO,
+        estimator=INFO_ESTIMATOR,
+        localize=LOCALIZE_JOB,
         seed=config["seed"],
     threads: 1
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        # the model's weights, the shard's rows, one caption's estimator tensors and the IoU step's chunk
+        # (difflens.info.memory); a denoiser batch's activations where the GPU rules run on the CPU
+        mem_mb=lambda w, input, attempt: resources_lib.request_mb(
+            resources_lib.weights_mb(*model_sizes(w.model)[:2]) + localize_memory.shard_held_mb(
+                input.plan, w.shard, model_sizes(w.model)[2], INFO["n_draws"], INFO["localize"]["n_thresholds"])
+            + GPU_RULES_ON_CPU * resources_lib.denoiser_working_mb(model_sizes(w.model)[2], INFO["batch_size"],
+                                                                   model_sizes(w.model)[1]),
+            attempt),
     log:
-        f"{R}/logs/localize_words/{{model}}/{{dataset}}.log",
+        f"{R}/logs/localize_words/{{model}}/{{dataset}}/shard-{{shard}}.log",
     benchmark:
-        f"{R}/benchmarks/localize_words/{{model}}/{{dataset}}.tsv"
+        f"{R}/benchmarks/localize_words/{{model}}/{{dataset}}/shard-{{shard}}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
         "../scripts/localize_words.py"
+
+
+rule collect_localization:
+    input:
+        data=lambda w: dataset_json(w.dataset),
+        plan=f"{R}/info/{{model}}/{{dataset}}/localize/plan.json",
+        shards=lambda w: [f"{R}/info/{w.model}/{w.dataset}/localize/shard-{k}.npz"
+                          for k in range(INFO["localize"]["n_shards"])],
+    output:
+        table=f"{R}/info/{{model}}/{{dataset}}/localization.csv",
+        per_item=f"{R}/info/{{model}}/{{dataset}}/localization_items.csv",
+        maps=f"{R}/info/{{model}}/{{dataset}}/localization_maps.npz",
+    params:
+        localize=LOCALIZE_JOB,
+        seed=config["seed"],
+    resources:
+        mem_mb=lambda w, input, attempt: resources_lib.request_mb(  # every row's maps and IoU curves
+            localize_memory.collect_held_mb(input.plan, model_sizes(w.model)[2], INFO["localize"]["n_thresholds"]),
+            attempt),
+    log:
+        f"{R}/logs/collect_localization/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/collect_localization/{{model}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/collect_localization.py"
 
 
 rule intervene_words:

@@ -1,6 +1,6 @@
 # k-sparse autoencoders (Revelio's mechanistic half) on the extracted features: one training job and one analysis
 # job per (model, data set, run, input, timestep, layer), and a summary table per (model, data set).
-# Library: scripts/difflens/sae/.
+# Library: scripts/difflens/sae/. Memory requests: sae.memory's formulas over the sizes a job reads (common.smk).
 
 
 localrules:
@@ -27,7 +27,7 @@ rule train_sae:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 120 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=sae_train_mem,
     log:
         f"{R}/logs/train_sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}.log",
     benchmark:
@@ -60,7 +60,7 @@ rule analyse_sae:
     threads: 1
     resources:
         runtime=lambda w, attempt: 60 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=sae_analysis_mem,
     log:
         f"{R}/logs/analyse_sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}.log",
     benchmark:

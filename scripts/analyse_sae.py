@@ -2,9 +2,10 @@
 latents.csv (one row per live latent), summary.json (sigma_label, purity, their random baselines, best AUROC per
 attribute value, the training metrics) and a PNG grid of the top images of the highest-ranked latents."""
 import json
+import time
 from pathlib import Path
 
-from difflens.runlog import start_log
+from difflens.runlog import start_log, throughput_line
 
 log = start_log(snakemake.log[0])
 
@@ -19,6 +20,7 @@ from difflens.sae.data import load_vectors  # noqa: E402
 from difflens.sae.model import CONFIG_FILE, KSAE  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
+start = time.perf_counter()
 w, p = snakemake.wildcards, snakemake.params
 t = int(w.timestep)
 folder = Path(snakemake.input.sae).parent
@@ -26,7 +28,8 @@ sae = KSAE.load(folder)
 trained = json.loads((folder / CONFIG_FILE).read_text())
 store = FeatureStore(Path(snakemake.input.index).parents[3])
 x, rows, per_image = load_vectors(store, w.model, w.dataset, w.layer, t, input=w.input, split=p.split)
-scores = image_scores(sae, x, positions=per_image)
+scores = image_scores(sae, x, positions=per_image)  # (images, n_latents): the one whole matrix the analysis holds
+del x
 labels = rows["label"].to_numpy()
 names, indicators = indicator_columns(rows, target_columns(rows.columns))
 live = live_latents(scores)
@@ -57,3 +60,4 @@ top_matches = sorted(best.items(), key=lambda kv: -kv[1])[:10]
 log.info("best AUROC per attribute value (top 10): %s", ", ".join(f"{k} {v:.3f}" for k, v in top_matches))
 if not np.isfinite(sig["sigma_label"]):
     log.warning("no latent fires on more than %d %s images: sigma_label is undefined", p.top, p.split)
+log.info(throughput_line(len(rows), time.perf_counter() - start))  # with the peak host memory (sae.memory's request)

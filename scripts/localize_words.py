@@ -1,45 +1,31 @@
-"""Rule localize_words: MI, CMI and attention maps of every word row of the held-out and evaluation images of one
-(model, data set) -> maps.npz (latent grid), per-row IoU (localization_items.csv) and mIoU per method and word type
-at the held-out threshold and at the oracle one (localization.csv)."""
+"""Rule localize_words: one shard of the word rows of a (model, data set) (every word of an image in the same
+shard): MI, CMI and attention maps on the latent grid and, against the masks, every row's IoU at each threshold ->
+localize/shard-<k>.npz; each finished image is appended to a .partial file, which a restarted job resumes from."""
 from pathlib import Path
 
 from difflens.runlog import job_device, start_log
 
 log = start_log(snakemake.log[0])
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.info.estimators import sampler_for  # noqa: E402
-from difflens.info.inputs import word_rows  # noqa: E402
-from difflens.info.localize import compute_maps, evaluate, ground_truth  # noqa: E402
+from difflens.info.localize_shards import localize_rows, localize_shard, planned_shard  # noqa: E402
+from difflens.info.memory import read_plan  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
-p = snakemake.params
-info, loc = p.infodecomp, p.infodecomp["localize"]
+p, w = snakemake.params, snakemake.wildcards
+est, loc = p.estimator, p.localize
 ds = Dataset.load(Path(snakemake.input.data).parent)
-splits = list(dict.fromkeys([loc["calibration_split"], loc["split"]]))
-rows = word_rows(ds, splits, loc["max_images"], need_masks=True)
+rows = planned_shard(localize_rows(ds, loc), int(w.shard), read_plan(snakemake.input.plan), snakemake.input.plan)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
-sampler = sampler_for(info, model)
-log.info("%d word rows on %d images of %s (splits %s), %d draws each, %s", len(rows), rows["sample_id"].nunique(),
-         ds.name, splits, info["n_draws"], sampler)
-maps = compute_maps(model, ds, rows, n_draws=info["n_draws"], sampler=sampler, seed=p.seed,
-                    batch_size=info["batch_size"])
-np.savez_compressed(snakemake.output.maps, sample_id=rows["sample_id"].to_numpy(str),
-                    word=rows["word"].to_numpy(str), word_type=rows["word_type"].to_numpy(str),
-                    **{k: v.astype(np.float32) for k, v in maps.items()})
+sampler = sampler_for(est, model)
+log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each, %s", w.shard, loc["n_shards"], len(rows),
+         rows["sample_id"].nunique(), ds.name, est["n_draws"], sampler)
 if ds.objects is None:
-    log.warning("%s has no objects.csv (no masks): maps only, no mIoU", ds.name)
-    rows.assign(mi_nats=maps["mi_nats"], cmi_nats=maps["cmi_nats"]).to_csv(snakemake.output.per_item, index=False)
-    Path(snakemake.output.table).write_text("word_type,n,threshold_source\n")
-else:
-    masks = ground_truth(ds, rows, model.resolution)
-    per_row, summary = evaluate(rows, maps, masks, calibration_split=loc["calibration_split"], seed=p.seed,
-                                n_thresholds=loc["n_thresholds"])
-    per_row.assign(mi_nats=maps["mi_nats"], cmi_nats=maps["cmi_nats"]).to_csv(snakemake.output.per_item, index=False)
-    summary.to_csv(snakemake.output.table, index=False, lineterminator="\n")
-    log.info("mIoU (held-out threshold; ':oracle' = best threshold on the evaluation rows):\n%s",
-             summary.to_string(index=False))
+    log.warning("%s has no objects.csv (no masks): maps only, no IoU", ds.name)
+result = localize_shard(model, ds, rows, snakemake.output[0], n_draws=est["n_draws"], sampler=sampler, seed=p.seed,
+                        n_thresholds=loc["n_thresholds"], batch_size=est["batch_size"])
+log.info("wrote %d rows", len(result["row"]))

@@ -13,15 +13,26 @@ if THREADS == 1:
 import pytest  # noqa: E402
 
 
-@pytest.fixture
-def two_threads():
-    """Torch on the test process's threads (two CPU threads, one per worker under xdist), restored after it."""
+def _torch_threads(n: int):
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(n)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_threads():
+    """Torch on the test process's threads (two CPU threads, one per worker under xdist), restored after it."""
+    yield from _torch_threads(THREADS)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread, restored after it: a tiny model's many small denoiser calls run several times slower on
+    two contended cores."""
+    yield from _torch_threads(1)
 
 
 SCIENCE_LAYERS = ["down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]

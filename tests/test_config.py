@@ -111,6 +111,11 @@ def test_schema_errors_name_the_key(cfg):
     assert "sea" in msg
 
 
+def test_a_renamed_key_names_its_replacement(cfg):
+    msg = _error(cfg, lambda c: c["sae"]["runs"]["shapes"].update(dead_after=20_000))
+    assert "sae.runs.shapes.dead_after: renamed; use dead_steps" in msg and "dead_passes" in msg
+
+
 def test_references_between_sections(cfg):
     msg = _error(cfg, lambda c: c.update(extraction={"datasets": ["pets"]}))
     assert "extraction.datasets" in msg and "'pets'" in msg

@@ -1,6 +1,8 @@
 """The information estimators against closed forms (a Gaussian world), their draws, batching, seeding and range checks,
 and the ARO / localization / intervention bookkeeping on small synthetic inputs."""
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +12,12 @@ import torch
 from difflens.info.aro import SYMMETRIC_RELATIONS, aggregate, item_outcomes, score_shard, shard_of
 from difflens.info.estimators import LogSNRSampler, information_scores, mmse_curve, require_unconditional, score_item
 from difflens.info.intervene import bootstrap_ci, ode_path, pearson, swap_word
-from difflens.info.localize import daam_map, evaluate, iou_curves
+from difflens.info import memory
+from difflens.info.localize import (MAP_METHODS, compute_maps, daam_map, evaluate, evaluate_curves, ground_truth,
+                                    iou_curves, row_curves, threshold_grid, threshold_passes)
+from difflens.info.localize_shards import (MAP_KEYS, join_shards, localize_rows, localize_shard, planned_shard,
+                                           shard_plan)
+from difflens.info.records import append_record, read_records
 from difflens.info.toy import GaussianToyModel, linear_alphas_cumprod
 from difflens.models.catalog import ModelConfigError, schedule_log_snr
 
@@ -292,6 +299,176 @@ def test_iou_and_threshold_chosen_on_held_out_rows():
     rows["split"] = "test"  # no held-out split: a 2-fold cross-fit, every row evaluated
     _, summary = evaluate(rows, maps_all, masks, calibration_split="val", seed=0, n_thresholds=19)
     assert summary.iloc[0]["threshold_source"] == "2-fold cross-fit" and summary.iloc[0]["n"] == 4
+
+
+def dense_curves(maps: dict, masks: np.ndarray, thresholds: np.ndarray) -> dict:
+    """The simple reference: every map upsampled at once, min-max normalised, compared with every threshold in one
+    (N, T, R, R) array."""
+    up = {m: torch.nn.functional.interpolate(torch.from_numpy(maps[m])[:, None], size=masks.shape[-2:],
+                                             mode="bilinear", align_corners=False)[:, 0].numpy()
+          for m in ("mi", "cmi", "attention")}
+
+    def norm(x):
+        return np.stack([(m - float(m.min())) / (float(m.max()) - float(m.min())) if m.max() > m.min()
+                         else np.zeros_like(m) for m in x])
+
+    up["attention+cmi"] = (norm(up["attention"]) + norm(up["cmi"])) / 2
+    out = {}
+    for m, v in up.items():
+        pred = norm(v)[:, None] >= thresholds[None, :, None, None]
+        inter, union = (pred & masks[:, None]).sum((2, 3)), (pred | masks[:, None]).sum((2, 3))
+        out[m] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return out
+
+
+def test_chunked_iou_equals_the_dense_reference():
+    rng = np.random.default_rng(3)
+    n, side, res = 23, 6, 24
+    maps = {k: rng.gamma(0.5, size=(n, side, side)).astype(np.float32) for k in ("mi", "cmi", "attention")}
+    maps["cmi"][2] = 0.0  # a constant map (exactly so after upsampling) normalises to zeros
+    maps["mi"][4] = np.round(maps["mi"][4] * 4) / 4  # ties: whole plateaus on one value
+    masks = rng.random((n, res, res)) < rng.random((n, 1, 1))
+    masks[5], masks[6] = False, True  # empty and full masks
+    thresholds = threshold_grid(50)
+    ref = dense_curves(maps, masks, thresholds)
+    for chunk in (1, 4, 23, 100):
+        calls = []
+        curves, whole = row_curves(maps, lambda a, b: calls.append((a, b)) or masks[a:b], res, thresholds, chunk)
+        assert max(b - a for a, b in calls) == min(chunk, n) and calls[-1][1] == n
+        for m in MAP_METHODS:
+            np.testing.assert_array_equal(curves[m], ref[m], err_msg=f"{m}, chunk {chunk}")
+        np.testing.assert_array_equal(whole, masks.reshape(n, -1).mean(1))
+    assert masks[2].any() and (ref["cmi"][2] == 0).all()  # a constant map passes no threshold
+    assert (np.diff(ref["mi"][6]) <= 0).all() and ref["mi"][6, 0] > ref["mi"][6, -1]  # full mask: IoU = share above
+    # values exactly on a threshold pass it; NaN passes none; float64 values compare as they are
+    values = np.array([0.0, thresholds[0], np.nextafter(thresholds[0], 0), 0.5, 1.0, np.nan, np.inf, -np.inf])
+    for dtype in (np.float32, np.float64):
+        v = values.astype(dtype)
+        expected = (v[:, None] >= thresholds[None]).sum(1)
+        np.testing.assert_array_equal(threshold_passes(v, thresholds), expected)
+    uneven = np.array([0.05, 0.06, 0.5, 0.99])
+    v = rng.random(1000).astype(np.float32)
+    np.testing.assert_array_equal(threshold_passes(v, uneven), (v[:, None] >= uneven[None]).sum(1))
+    with pytest.raises(ValueError, match="ascending"):
+        iou_curves(maps["mi"], masks, thresholds[::-1])
+
+
+def test_records_survive_a_torn_append(tmp_path):
+    path = tmp_path / "x.partial"
+    assert read_records(path) == []
+    for k in range(2):
+        append_record(path, {"row": np.arange(k, k + 3), "sample_id": np.array([f"s{k}"] * 3)})
+    size = path.stat().st_size
+    with open(path, "ab") as f:  # a job killed half-way through its third append
+        f.write((1000).to_bytes(8, "little") + b"PK\x03\x04 cut")
+    records = read_records(path)
+    assert [list(r["row"]) for r in records] == [[0, 1, 2], [1, 2, 3]] and records[1]["sample_id"][0] == "s1"
+    assert path.stat().st_size == size  # the torn record is cut off, so the next append lands after record 2
+    append_record(path, {"row": np.arange(2, 5), "sample_id": np.array(["s2"] * 3)})
+    assert [r["sample_id"][0] for r in read_records(path)] == ["s0", "s1", "s2"]
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "shapes_model"
+
+
+@pytest.fixture(scope="module")
+def word_world(tmp_path_factory):
+    from difflens.data.common import Dataset
+    from difflens.data.shapes import ShapesConfig, generate
+    from difflens.models import load_model
+
+    root = tmp_path_factory.mktemp("word_world")
+    generate(root, ShapesConfig(n_images=60), progress=False)
+    return Dataset.load(root), load_model("shapes", str(SHIPPED), device="cpu")
+
+
+def test_localization_shards_resume_and_match_the_one_job_run(tmp_path, word_world, monkeypatch, one_thread):
+    ds, model = word_world
+    loc = {"split": "test", "calibration_split": "val", "max_images": 3, "n_thresholds": 12, "n_shards": 2}
+    rows = localize_rows(ds, loc)
+    kw = dict(n_draws=2, sampler=LogSNRSampler(0, 2, 3), seed=0, batch_size=64)
+    maps = compute_maps(model, ds, rows, progress=False, **kw)  # the one-job run: every map, every mask at once
+    ref = evaluate(rows, maps, ground_truth(ds, rows, model.resolution), calibration_split="val", seed=0,
+                   n_thresholds=12)
+    plan = shard_plan(rows, 2)
+    assert [s["images"] for s in plan["shards"]] == [3, 3] and sum(s["rows"] for s in plan["shards"]) == len(rows)
+    paths = [tmp_path / f"shard-{k}.npz" for k in range(2)]
+    for k, path in enumerate(paths):
+        localize_shard(model, ds, planned_shard(rows, k, plan, "plan.json"), path, n_thresholds=12, progress=False,
+                       chunk_rows=2, **kw)
+    joined = join_shards(paths, rows)
+    for key in MAP_KEYS:
+        np.testing.assert_array_equal(joined[key], maps[key], err_msg=key)
+    got = evaluate_curves(rows, {m: joined[f"iou:{m}"] for m in MAP_METHODS}, joined["whole"],
+                          calibration_split="val", seed=0, thresholds=joined["thresholds"])
+    for a, b in zip(got, ref):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    with pytest.raises(ValueError, match=r"hold \d+ rows, the data set's selection \d+; first difference"):
+        join_shards(paths[:1], rows)
+    with pytest.raises(ValueError, match="plan.json: plans"):
+        planned_shard(rows.iloc[:-1], 0, plan, "plan.json")
+    # killed while encoding the shard's third image: two images are kept, the rerun computes only the third
+    from difflens.info import localize
+
+    encoded, real = [], localize.encode_samples
+
+    def encode(model, ds, sids):
+        encoded.extend(sids)
+        if len(encoded) == stop[0]:
+            raise RuntimeError("killed")
+        return real(model, ds, sids)
+
+    stop = [3]
+    monkeypatch.setattr(localize, "encode_samples", encode)
+    shard = planned_shard(rows, 0, plan, "plan.json")
+    with pytest.raises(RuntimeError, match="killed"):
+        localize_shard(model, ds, shard, tmp_path / "r.npz", n_thresholds=12, progress=False, **kw)
+    partial = tmp_path / "r.npz.partial"
+    assert [str(r["sample_id"][0]) for r in read_records(partial)] == sorted(shard["sample_id"].unique())[:2]
+    encoded.clear()
+    stop[0] = None
+    again = localize_shard(model, ds, shard, tmp_path / "r.npz", n_thresholds=12, progress=False, **kw)
+    assert encoded == sorted(shard["sample_id"].unique())[2:] and not partial.exists()
+    with np.load(paths[0]) as whole_run:
+        assert sorted(whole_run.files) == sorted(again)
+        for key in again:
+            np.testing.assert_array_equal(again[key], whole_run[key], err_msg=key)
+    # a data set without masks (COCO-WL): maps only, no curves and no thresholds to choose
+    maskless = copy.copy(ds)
+    maskless.objects = None
+    first = rows[rows["sample_id"] == rows["sample_id"].iloc[0]]
+    localize_shard(model, maskless, first, tmp_path / "m.npz", n_thresholds=12, progress=False, **kw)
+    only_maps = join_shards([tmp_path / "m.npz"], first)
+    assert sorted(only_maps) == sorted(["row", "sample_id", "word", *MAP_KEYS])
+    np.testing.assert_array_equal(only_maps["cmi"], maps["cmi"][:len(first)])
+
+
+def test_localization_memory_grows_with_the_shard_not_the_data_set(tmp_path):
+    def plan(*shards: tuple[int, int]) -> Path:
+        path = tmp_path / f"plan-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"n_rows": sum(r for r, _ in shards), "shards": [
+            {"rows": rows, "max_words_per_caption": words} for rows, words in shards]}))
+        return path
+
+    two = plan((200, 3), (400, 3), (200, 6))
+    base = memory.shard_held_mb(two, 0, 512, 100, 50)
+    assert memory.shard_held_mb(two, 1, 512, 100, 50) - base == pytest.approx(200 * 2 * memory.row_bytes(512, 50) / 1e6)
+    assert memory.shard_held_mb(two, 2, 512, 100, 50) > base  # more words in a caption: more estimator tensors
+    assert memory.row_bytes(512, 50) < memory.row_bytes(512, 100) < memory.row_bytes(768, 100)
+    assert memory.iou_step_bytes(512, 16) < memory.iou_step_bytes(512, 32) < memory.iou_step_bytes(768, 32)
+    # COCO-IT (6,973 rows at 512 px, 50 thresholds) in a single shard: well under the 8 GB the one job asked for,
+    # where the dense (N, 50, 512, 512) predictions, masks and their intersection took ~3 x 91 GB
+    coco = plan((6973, 4))
+    assert memory.shard_held_mb(coco, 0, 512, 100, 50) < 2000 < 3 * 6973 * 50 * 512 ** 2 / 1e6
+    rows_mb = memory.collect_held_mb(coco, 512, 50)
+    assert memory.collect_held_mb(plan((6973, 4), (6973, 4)), 512, 50) == pytest.approx(2 * rows_mb)
+    assert memory.collect_held_mb(coco, 512, 100) > rows_mb
+    # the plan the requests read: rows, images and the most words of a caption per shard
+    (tmp_path / "plan.json").write_text(json.dumps(shard_plan(pd.DataFrame(
+        {"sample_id": ["a", "a", "b", "c"], "caption": ["x", "x", "y", "z"]}), 2)))
+    made = memory.read_plan(tmp_path / "plan.json")
+    assert made["n_rows"] == 4 and [s["rows"] for s in made["shards"]] == [3, 1]
+    assert [(s["images"], s["max_words_per_caption"]) for s in made["shards"]] == [(2, 2), (1, 1)]
 
 
 def test_daam_map_drops_the_lowest_resolution_and_clamps():

@@ -169,7 +169,7 @@ def test_missing_input_names_the_rule_that_makes_it(tmp_path):
     path = tmp_path / "results" / "sae" / "shapes" / "shapes" / "summary.csv"
     with pytest.raises(MissingInput, match=r"rule collect_sae makes it: run `snakemake .*summary\.csv`"):
         require(path, "Revelio Table 2a")
-    assert producer("results/info/m/d/localization_maps.npz") == "localize_words"
+    assert producer("results/info/m/d/localization_maps.npz") == "collect_localization"
     assert producer("results/classify/m/d/pca/t25/mid_block.png") == "pca_views"
     assert producer("results/elsewhere.txt") is None
     with pytest.raises(UnknownItem, match="no paper item 'revelio/table9'"):

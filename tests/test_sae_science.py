@@ -40,7 +40,7 @@ pytestmark = pytest.mark.xdist_group("science_store")
 
 
 T = 25
-SETTINGS = SAETrainSettings(steps=500, batch_size=512, lr=3e-3, aux_coef=1 / 32, dead_after=20_000, seed=0)
+SETTINGS = SAETrainSettings(steps=500, batch_size=512, lr=3e-3, aux_coef=1 / 32, dead_steps=40, seed=0)
 SPATIAL_LAYERS = ["up_blocks.0", "up_blocks.1"]
 COLUMNS = [f"has_{c}" for c in COLOURS] + [f"has_{s}" for s in SHAPES]
 

@@ -53,8 +53,26 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+#: keys that were renamed: (section path, old key) -> what replaces it
+RENAMED = {("sae", "runs", "*", "dead_after"): "dead_steps (training steps) and dead_passes (passes over the "
+                                               "training vectors): a latent is dead after the fewer of the two"}
+
+
+def check_renamed(cfg: dict) -> None:
+    """A ConfigError naming the replacement of any renamed key the config still sets."""
+    for path, replacement in RENAMED.items():
+        level = [(cfg, "")]
+        for part in path[:-1]:
+            level = [(v, f"{where}{k}.") for node, where in level if isinstance(node, dict)
+                     for k, v in (node.items() if part == "*" else [(part, node.get(part))])]
+        for node, where in level:
+            if isinstance(node, dict) and path[-1] in node:
+                raise ConfigError(f"config key {where}{path[-1]}: renamed; use {replacement}")
+
+
 def validate_schema(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """Validate against the schema in place, filling defaults; one ConfigError naming the key on failure."""
+    check_renamed(cfg)
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))

@@ -64,17 +64,20 @@ def map_values(entry: dict) -> int:
 
 
 def extraction_mb(folder, dtype: str, resolution: int, batch: int, maps_per_image_values: int,
-                  attempt: int = 1) -> int:
+                  attempt: int = 1, on_cpu: bool = True) -> int:
     """An extraction job: the model, a denoiser batch (every timestep of a batch in one pass counts as ``batch``
-    images), and the batch's outputs (float32) before they are written."""
-    terms = weights_mb(folder, dtype) + denoiser_working_mb(resolution, batch, dtype)
+    images) when it runs on the CPU (on a GPU its activations are in the GPU's memory), and the batch's outputs
+    (float32) before they are written."""
+    terms = weights_mb(folder, dtype) + (denoiser_working_mb(resolution, batch, dtype) if on_cpu else 0.0)
     return request_mb(terms + batch * maps_per_image_values * 4 / MB, attempt)
 
 
-def model_job_mb(folder, dtype: str, resolution: int, batch: int, held_mb: float = 0.0, attempt: int = 1) -> int:
+def model_job_mb(folder, dtype: str, resolution: int, batch: int, held_mb: float = 0.0, attempt: int = 1,
+                 on_cpu: bool = True) -> int:
     """A job that runs the model (Diff-C on the fly, PCA views, information estimators): the model, one denoiser
-    batch, and what the job holds besides (``held_mb``)."""
-    return request_mb(weights_mb(folder, dtype) + denoiser_working_mb(resolution, batch, dtype) + held_mb, attempt)
+    batch when it runs on the CPU, and what the job holds besides (``held_mb``)."""
+    working = denoiser_working_mb(resolution, batch, dtype) if on_cpu else 0.0
+    return request_mb(weights_mb(folder, dtype) + working + held_mb, attempt)
 
 
 def pooled_table_mb(index, attempt: int = 1) -> int:
@@ -96,8 +99,14 @@ def cached_maps_mb(entry: dict, limit_gb: float) -> float:
 
 
 def native_resolution(folder: str | Path, default: int = 512) -> int:
-    """Image side a model folder was built for: its denoiser's latent ``sample_size`` x 8 (the VAE's factor), or
-    ``default`` when the folder has no such config (yet)."""
+    """Image side a model folder was built for: a shapes model's ``image_size`` (its model card), else its
+    denoiser's latent ``sample_size`` x 8 (the VAE's factor), or ``default`` when the folder has no such config
+    (yet)."""
+    card = Path(folder) / "difflens_model.json"
+    if card.is_file():
+        size = json.loads(card.read_text()).get("train_config", {}).get("arch", {}).get("image_size")
+        if isinstance(size, int):
+            return size
     for sub in ("unet", "transformer"):
         path = Path(folder) / sub / "config.json"
         if path.is_file():
@@ -121,3 +130,21 @@ def diffc_grouping(n_timesteps: int, n_layers: int, head_mb: float, budget_gb: f
     if n_timesteps * n_layers * head_mb <= budget_gb * 1e3:
         return "all"
     return "timestep" if n_layers * head_mb <= budget_gb * 1e3 else "none"
+
+
+def diffc_group(classify: dict, grid: list, resolution: int) -> str:
+    """``classify.group`` of a model whose Diff-C grid is ``grid`` ((timestep, layer) pairs) at ``resolution`` px:
+    ``auto`` resolved by ``diffc_grouping`` for the largest map a layer can give (1280 channels on the latent
+    grid)."""
+    if classify["group"] != "auto":
+        return classify["group"]
+    head = diffc_head_mb(1280, (int(resolution) // 8) ** 2, classify["width"], classify["batch_size"])
+    return diffc_grouping(len({t for t, _ in grid}), len({layer for _, layer in grid}), head,
+                          classify["group_memory_gb"])
+
+
+def diffc_heads_per_job(group: str, grid: list) -> int:
+    """Classifiers one Diff-C job trains under ``group`` (per target)."""
+    if group == "all":
+        return len(grid)
+    return len({layer for _, layer in grid}) if group == "timestep" else 1

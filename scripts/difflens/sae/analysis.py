@@ -12,6 +12,13 @@ An image's score for a latent is its code value (pooled input) or the maximum of
   percentile);
 * ``attribute_auroc``: for every latent, the AUROC of its score for each label value and each attribute value (a
   0/1 column as itself, any other column one value against the rest), and its best match.
+
+Memory: the scores matrix is the only whole (images x latents) array. Everything read from it goes over chunks of
+latents (or blocks of images) whose working memory is ``memory.CHUNK_BYTES`` (the ``chunk`` arguments), so an
+analysis holds the scores plus one chunk: at 6,149 images x 81,920 latents (Flowers-102 test, 64 x 1280), 2 GB plus
+256 MB, where ranking all latents at once held 13.5 times the scores (synthetic scores of that size, 32 latents per
+image, 102 classes: peak RSS 0.38 GB above the scores, 26 s on one loaded core). A chunk is copied latent-major
+(latents, images), so sorting and ranking read contiguous rows.
 """
 from __future__ import annotations
 
@@ -19,21 +26,27 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import memory
+from .memory import encode_batch, indicator_values, latent_chunk
 from .model import KSAE, SAEError
 
 TOP = 10
+#: working bytes per (image, latent) entry of a chunk: ranking (the chunk's copy of the scores, 4, and
+#: ``row_ranks``, 24) and picking top images (the negated copy, 4, and its sort order, 8)
+RANK_BYTES, TOP_BYTES = 28, 12
 
 
 @torch.no_grad()
-def image_scores(sae: KSAE, x: torch.Tensor, positions: int = 1, batch_size: int = 8192) -> torch.Tensor:
+def image_scores(sae: KSAE, x: torch.Tensor, positions: int = 1, batch_size: int | None = None) -> torch.Tensor:
     """(images, n_latents) float32 scores of the rows of ``x``: ``positions`` consecutive rows per image (1 =
     pooled vectors; H x W = map positions, scored by their maximum). Built from the sparse code by a scatter-max,
-    never as a dense code per vector."""
+    never as a dense code per vector; ``batch_size`` vectors are encoded at a time (None: as many as
+    ``memory.encode_batch`` allows; a batch may end inside an image)."""
     if len(x) % positions:
         raise SAEError(f"SAE analysis: {len(x)} vectors are not a whole number of images of {positions} positions")
     n = sae.config.n_latents
     scores = torch.zeros(len(x) // positions, n)
-    batch = max(positions, batch_size // positions * positions)
+    batch = batch_size or encode_batch(n)
     for a in range(0, len(x), batch):
         code = sae.encode(x[a:a + batch].to(sae.b_pre.device).float())
         image = (code.rows().cpu() + a) // positions
@@ -41,28 +54,64 @@ def image_scores(sae: KSAE, x: torch.Tensor, positions: int = 1, batch_size: int
     return scores
 
 
-def top_images(scores: torch.Tensor, top: int = TOP) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values), each (n_latents, top): every latent's highest-scoring images, best first."""
-    values, indices = scores.topk(min(top, len(scores)), dim=0)
-    return indices.T.numpy(), values.T.numpy()
+def as_array(scores) -> np.ndarray:
+    """Scores (images, n_latents) as a numpy array: a CPU tensor's own memory, not a copy."""
+    return scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+
+
+def _columns(s: np.ndarray, latents) -> np.ndarray:
+    return np.arange(s.shape[1]) if latents is None else np.asarray(latents, np.int64)
+
+
+def latent_stats(scores) -> tuple[np.ndarray, np.ndarray]:
+    """(images each latent fires on, int64 (n_latents,); its mean score, float64 (n_latents,)), read over blocks of
+    images (a boolean mask of the whole matrix would be a quarter of it)."""
+    s = as_array(scores)
+    fires, sums = np.zeros(s.shape[1], np.int64), np.zeros(s.shape[1])
+    block = max(1, memory.CHUNK_BYTES // max(1, s.shape[1]))
+    for a in range(0, len(s), block):
+        rows = s[a:a + block]
+        fires += np.count_nonzero(rows > 0, axis=0)
+        sums += rows.sum(0, dtype=np.float64)
+    return fires, sums / max(1, len(s))
+
+
+def live_latents(scores) -> np.ndarray:
+    """Latents that fire (score > 0) on at least one image."""
+    return np.flatnonzero(latent_stats(scores)[0] > 0)
+
+
+def top_images(scores, top: int = TOP, latents=None, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values), each (latents, top): the highest-scoring images of every latent (or of ``latents``),
+    best first, equal scores in image order. ``chunk`` latents at a time (None: sized by ``memory.CHUNK_BYTES``)."""
+    s = as_array(scores)
+    cols, top = _columns(s, latents), min(top, len(s))
+    indices, values = np.empty((len(cols), top), np.int64), np.empty((len(cols), top), s.dtype)
+    step = chunk or latent_chunk(len(s), TOP_BYTES)
+    for a in range(0, len(cols), step):
+        part = s.T[cols[a:a + step]]  # (chunk, images): a contiguous copy, negated in place
+        np.negative(part, out=part)
+        best = np.argsort(part, axis=1, kind="stable")[:, :top].copy()  # stable: ties keep image order
+        indices[a:a + step], values[a:a + step] = best, -np.take_along_axis(part, best, 1)
+        del part, best  # before the next chunk's
+    return indices, values
 
 
 def sigma_and_purity(labels_of_top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of class ids (m, 10): their standard deviation, and the share of the most common id."""
-    sigma = labels_of_top.std(axis=1)
-    purity = np.array([np.bincount(row).max() / len(row) for row in labels_of_top]) if len(labels_of_top) else \
-        np.zeros(0)
-    return sigma, purity
+    same = labels_of_top[:, :, None] == labels_of_top[:, None, :]  # (m, 10, 10)
+    counts = same.sum(2, dtype=np.int16).max(1, initial=0)  # of each row's most common id
+    return labels_of_top.std(axis=1), counts / max(1, labels_of_top.shape[1])
 
 
-def sigma_label(scores: torch.Tensor, labels: np.ndarray, top: int = TOP, step: int = 100) -> dict:
+def sigma_label(scores, labels: np.ndarray, top: int = TOP, step: int = 100) -> dict:
     """Revelio's sigma_label and the purity beside it, over the latents that fire on more than ``top`` images,
-    ranked by mean activation (module docstring). ``labels``: class ids (images,) >= 0."""
-    fires = (scores > 0).sum(0).numpy()
+    ranked by mean activation (module docstring). ``labels``: class ids (images,)."""
+    fires, mean = latent_stats(scores)
     eligible = np.flatnonzero(fires > top)
-    order = eligible[np.argsort(-scores.mean(0).numpy()[eligible], kind="stable")]
-    idx, _ = top_images(scores, top)
-    sigma, purity = sigma_and_purity(labels[idx[order]])
+    order = eligible[np.argsort(-mean[eligible], kind="stable")]
+    idx, _ = top_images(scores, top, order)
+    sigma, purity = sigma_and_purity(labels[idx])
     cumulative = {int(m): float(sigma[:m].mean()) for m in range(step, len(order) + 1, step)}
     return {"latents": order, "sigma": sigma, "purity": purity, "n_eligible": int(len(order)),
             "sigma_label": float(sigma.mean()) if len(order) else float("nan"),
@@ -81,17 +130,14 @@ def random_baseline(labels: np.ndarray, draws: int = 1000, top: int = TOP, seed:
 
 def indicator_columns(rows: pd.DataFrame, columns: list[str]) -> tuple[list[str], np.ndarray]:
     """0/1 indicators (images, m) named ``column=value`` of the given columns of a row table: a 0/1 column as
-    itself (``column=1``), another column one indicator per value; undefined entries (-1, "") are 0 and values
-    that every or no image has are left out."""
+    itself (``column=1``), another column one indicator per value (``memory.indicator_values``); undefined entries
+    (-1, "") are 0 and values that every or no image has are left out."""
     names, out = [], []
     for column in columns:
         if column not in rows.columns:
             raise SAEError(f"SAE analysis: unknown column {column!r}; the rows have {list(rows.columns)}")
         values = rows[column].astype(str).to_numpy()
-        distinct = sorted(set(values) - {"", "-1"})
-        if set(distinct) <= {"0", "1"}:
-            distinct = ["1"]
-        for v in distinct:
+        for v in indicator_values(values):
             hit = values == v
             if 0 < hit.sum() < len(hit):
                 names.append(f"{column}={v}")
@@ -99,59 +145,75 @@ def indicator_columns(rows: pd.DataFrame, columns: list[str]) -> tuple[list[str]
     return names, np.stack(out, axis=1).astype(np.float64) if out else np.zeros((len(rows), 0))
 
 
-def average_ranks(s: np.ndarray) -> np.ndarray:
-    """1-based ranks of each column of ``s`` (images, latents), tied values sharing their mean rank (as
-    scipy.stats.rankdata, whose import alone took a few seconds per job)."""
-    m = len(s)
-    order = np.argsort(s, axis=0, kind="stable")
-    ordered = np.take_along_axis(s, order, 0)
-    position = np.broadcast_to(np.arange(m)[:, None], s.shape)
-    starts = np.ones(s.shape, bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    ends = np.ones(s.shape, bool)
-    ends[:-1] = starts[1:]
-    first = np.maximum.accumulate(np.where(starts, position, 0), axis=0)
-    last = np.minimum.accumulate(np.where(ends, position, m - 1)[::-1], axis=0)[::-1]
-    ranks = np.empty(s.shape, np.float64)
-    np.put_along_axis(ranks, order, (first + last) / 2 + 1, 0)
+def row_ranks(t: np.ndarray) -> np.ndarray:
+    """1-based ranks (float64) along each row of a C-contiguous ``t`` (latents, images), tied values sharing their
+    mean rank (as scipy.stats.rankdata, whose import alone took a few seconds per job). Row-wise, so every pass
+    reads contiguous memory; 24 bytes per entry at its peak besides ``t`` (measured): call it on chunks of rows."""
+    m = t.shape[1]
+    order = np.argsort(t, axis=1, kind="stable")
+    ordered = np.take_along_axis(t, order, 1)
+    starts = np.ones(t.shape, bool)  # a position that starts a run of equal values
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    del ordered
+    position = np.arange(m, dtype=np.int32)
+    first = np.where(starts, position, 0)  # int32: the position where each value's run starts
+    np.maximum.accumulate(first, axis=1, out=first)
+    starts[:, :-1] = starts[:, 1:]  # now: a position that ends a run
+    starts[:, -1] = True
+    last = np.where(starts, position, m - 1)[:, ::-1]  # the position where the run ends, filled from the right
+    np.minimum.accumulate(last, axis=1, out=last)
+    del starts
+    mean = first.astype(np.float64)
+    mean += last[:, ::-1]
+    mean *= 0.5
+    mean += 1
+    del first, last
+    ranks = np.empty(t.shape, np.float64)
+    np.put_along_axis(ranks, order, mean, 1)
     return ranks
 
 
-def attribute_auroc(scores: torch.Tensor, indicators: np.ndarray, latents: np.ndarray | None = None) -> np.ndarray:
-    """AUROC (latents, m) of each latent's scores for each indicator column: the Mann-Whitney statistic from
-    ranks, tied scores sharing their mean rank (most images score 0 for a sparse latent)."""
-    s = scores.numpy() if latents is None else scores.numpy()[:, latents]
-    ranks = average_ranks(s)  # (images, latents)
+def average_ranks(s: np.ndarray) -> np.ndarray:
+    """1-based ranks of each column of ``s`` (images, latents), ties sharing their mean rank (``row_ranks``)."""
+    return row_ranks(np.ascontiguousarray(np.asarray(s).T)).T
+
+
+def attribute_auroc(scores, indicators: np.ndarray, latents=None, chunk: int | None = None) -> np.ndarray:
+    """AUROC (latents, m) of each latent's scores (of every latent, or of ``latents``) for each indicator column:
+    the Mann-Whitney statistic from ranks, tied scores sharing their mean rank (most images score 0 for a sparse
+    latent). Ranked ``chunk`` latents at a time (None: sized by ``memory.CHUNK_BYTES``); the rank sums are exact
+    (half-integers), so the result does not depend on the chunk."""
+    s = as_array(scores)
+    cols = _columns(s, latents)
     pos = indicators.sum(0)  # (m,)
     neg = len(indicators) - pos
-    rank_sums = ranks.T @ indicators  # (latents, m)
-    return (rank_sums - pos * (pos + 1) / 2) / (pos * neg)
+    out = np.empty((len(cols), indicators.shape[1]))
+    step = chunk or latent_chunk(len(s), RANK_BYTES)
+    for a in range(0, len(cols), step):
+        out[a:a + step] = row_ranks(s.T[cols[a:a + step]]) @ indicators  # rank sums (chunk, m)
+    out -= pos * (pos + 1) / 2
+    out /= pos * neg
+    return out
 
 
-def live_latents(scores: torch.Tensor) -> np.ndarray:
-    """Latents that fire (score > 0) on at least one image."""
-    return np.flatnonzero((scores > 0).sum(0).numpy() > 0)
-
-
-def latent_table(scores: torch.Tensor, labels: np.ndarray, names: list[str], auc: np.ndarray,
-                 top: int = TOP) -> pd.DataFrame:
+def latent_table(scores, labels: np.ndarray, names: list[str], auc: np.ndarray, top: int = TOP) -> pd.DataFrame:
     """One row per live latent (``live_latents``, the rows of ``auc``): frequency (share of images it fires on),
     mean activation, top-``top`` purity and sigma, the indicator ``names`` of its best AUROC and that AUROC, and its
     top images (row positions)."""
-    fires = (scores > 0).sum(0).numpy()
-    live = live_latents(scores)
+    fires, mean = latent_stats(scores)
+    live = np.flatnonzero(fires > 0)
     if auc.shape != (len(live), len(names)):
         raise SAEError(f"SAE analysis: AUROC table {auc.shape} does not match {len(live)} live latents x "
                        f"{len(names)} indicators")
-    idx, _ = top_images(scores, top)
-    sigma, purity = sigma_and_purity(labels[idx[live]])
+    idx, _ = top_images(scores, top, live)
+    sigma, purity = sigma_and_purity(labels[idx])
     best = auc.argmax(1) if len(names) else np.zeros(len(live), int)
     return pd.DataFrame({
-        "latent": live, "frequency": fires[live] / len(scores), "mean_activation": scores.mean(0).numpy()[live],
+        "latent": live, "frequency": fires[live] / max(1, len(as_array(scores))), "mean_activation": mean[live],
         "purity": purity, "sigma": sigma,
         "best_attribute": [names[b] for b in best] if len(names) else "",
         "auroc": auc[np.arange(len(live)), best] if len(names) else np.nan,
-        "top_images": [" ".join(map(str, idx[i])) for i in live]})
+        "top_images": [" ".join(map(str, row)) for row in idx]})
 
 
 def tile_images(rows: list[list[np.ndarray]], columns: int, caption: float = 0.0):

@@ -38,18 +38,23 @@ def load_vectors(store: FeatureStore, model: str, dataset: str, layer: str, time
         feats = store.pooled(model, dataset, layer, timestep, split=split)
         _check_ids(feats.sample_id, rows, f"{layer} t{timestep} pooled")
         return torch.from_numpy(np.ascontiguousarray(feats.x, np.float32)), rows, 1
-    parts, ids, per_image = [], [], None
+    out, ids, at, what = None, [], 0, f"{layer} t{timestep} maps"
     for batch in store.iter_maps(model, dataset, layer, timestep, split=split, batch_size=256, dtype=np.float16):
         c, h, w = batch.x.shape[1:]
-        flat = batch.x.reshape(len(batch.x), c, h * w).transpose(0, 2, 1)  # (b, positions, C)
+        flat = batch.x.reshape(len(batch.x), c, h * w).transpose(0, 2, 1)  # (b, positions, C), a view
         if positions is not None:
             flat = np.stack([flat[i, _position_draw(seed, sid, h * w, positions)]
                              for i, sid in enumerate(batch.sample_id)])
-        per_image = flat.shape[1]
-        parts.append(flat.reshape(-1, c))
+        if out is None:  # the float32 vectors of every image, filled batch by batch (no float16 copy of them all)
+            out = np.empty((len(rows) * flat.shape[1], c), np.float32)
         ids.extend(batch.sample_id)
-    _check_ids(np.asarray(ids), rows, f"{layer} t{timestep} maps")
-    return torch.from_numpy(np.concatenate(parts).astype(np.float32)), rows, per_image
+        n = flat.shape[0] * flat.shape[1]
+        if at + n > len(out):  # more rows than the row table: the check below names them
+            _check_ids(np.asarray(ids), rows, what)
+        out[at:at + n].reshape(flat.shape)[...] = flat  # cast to float32 in place
+        at += n
+    _check_ids(np.asarray(ids), rows, what)
+    return torch.from_numpy(out), rows, len(out) // len(rows)
 
 
 def _check_ids(ids: np.ndarray, rows, what: str) -> None:

@@ -1,0 +1,35 @@
+"""Rule collect_localization: the shards of one (model, data set) -> localization_maps.npz (every row's maps on the
+latent grid), localization_items.csv (per row: IoU of every method at its chosen threshold) and localization.csv
+(mIoU per method and word type at the held-out threshold and at the oracle one), from the rows' IoU curves alone."""
+from pathlib import Path
+
+from difflens.runlog import start_log
+
+log = start_log(snakemake.log[0])
+
+import numpy as np  # noqa: E402
+
+from difflens.data.common import Dataset  # noqa: E402
+from difflens.info.localize import MAP_METHODS, evaluate_curves  # noqa: E402
+from difflens.info.localize_shards import MAP_KEYS, join_shards, localize_rows  # noqa: E402
+
+p, out = snakemake.params, snakemake.output
+loc = p.localize
+ds = Dataset.load(Path(snakemake.input.data).parent)
+rows = localize_rows(ds, loc)
+joined = join_shards(snakemake.input.shards, rows)
+np.savez_compressed(out.maps, sample_id=rows["sample_id"].to_numpy(str), word=rows["word"].to_numpy(str),
+                    word_type=rows["word_type"].to_numpy(str), **{k: joined[k] for k in MAP_KEYS})
+totals = {"mi_nats": joined["mi_nats"], "cmi_nats": joined["cmi_nats"]}
+if "thresholds" not in joined:
+    log.warning("%s has no objects.csv (no masks): maps only, no mIoU", ds.name)
+    rows.assign(**totals).to_csv(out.per_item, index=False)
+    Path(out.table).write_text("word_type,n,threshold_source\n")
+else:
+    per_row, summary = evaluate_curves(rows, {m: joined[f"iou:{m}"] for m in MAP_METHODS}, joined["whole"],
+                                       calibration_split=loc["calibration_split"], seed=p.seed,
+                                       thresholds=joined["thresholds"])
+    per_row.assign(**totals).to_csv(out.per_item, index=False)
+    summary.to_csv(out.table, index=False, lineterminator="\n")
+    log.info("%d rows from %d shards; mIoU (held-out threshold; ':oracle' = best threshold on the evaluation "
+             "rows):\n%s", len(rows), len(snakemake.input.shards), summary.to_string(index=False))

@@ -1,0 +1,153 @@
+"""Word localization in resumable shards, and the join of the shards.
+
+The word rows of a (model, data set) are split by image (every caption and word of an image in one shard: the
+images whose rank among the sorted sample ids is the shard's number modulo the shard count, as ``aro.shard_of``).
+``shard_plan`` counts each shard's rows for the memory requests. A shard job (``localize_shard``) computes the maps
+of each image's rows and, against the masks, each row's IoU curve, appends the image as one record to
+``<shard>.partial`` (``records``) and, restarted, skips the images that file holds; its output ``shard-<k>.npz``
+holds per row (key ``row``: the row's position among the data set's word rows) the latent-grid maps
+(``MAP_KEYS``), and with masks the curves ``iou:<method>`` (rows, thresholds) and ``whole`` (the mask's share of the
+image). ``join_shards`` puts the shards back in row order for ``evaluate_curves``: the join needs neither masks nor
+full-resolution maps.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aro import shard_of
+from .estimators import LogSNRSampler, require_unconditional
+from .inputs import word_rows
+from .localize import compute_maps, ground_truth, row_curves, threshold_grid
+from .memory import CHUNK_ROWS
+from .records import append_record, read_records
+
+log = logging.getLogger(__name__)
+
+#: the latent-grid maps and totals of every row (localization_maps.npz holds them, float32)
+MAP_KEYS = ("cmi", "cmi_s", "attention", "cmi_nats", "mi", "mi_nats")
+
+
+def localize_rows(ds, localize: dict) -> pd.DataFrame:
+    """The word rows of the ``infodecomp.localize`` section's calibration and evaluation splits (index: the row's
+    position, the key every shard and the join use)."""
+    splits = list(dict.fromkeys([localize["calibration_split"], localize["split"]]))
+    return word_rows(ds, splits, localize["max_images"], need_masks=True)
+
+
+def shard_plan(rows: pd.DataFrame, n_shards: int) -> dict:
+    """Rows, images and the most words of one (image, caption) of every shard: what the jobs' memory requests
+    read (``info.memory``)."""
+    shards = []
+    for k in range(n_shards):
+        mine = shard_of(rows, k, n_shards)
+        words = mine.groupby(["sample_id", "caption"]).size()
+        shards.append({"shard": k, "rows": len(mine), "images": int(mine["sample_id"].nunique()),
+                       "max_words_per_caption": int(words.max()) if len(words) else 0})
+    return {"n_rows": len(rows), "n_images": int(rows["sample_id"].nunique()), "n_shards": n_shards,
+            "shards": shards}
+
+
+def planned_shard(rows: pd.DataFrame, shard: int, plan: dict, plan_path) -> pd.DataFrame:
+    """The rows of shard ``shard``, checked against the plan (a plan older than the data set names its file)."""
+    mine = shard_of(rows, shard, plan["n_shards"])
+    if len(rows) != plan["n_rows"] or len(mine) != plan["shards"][shard]["rows"]:
+        raise ValueError(f"{plan_path}: plans {plan['n_rows']} word rows, shard {shard} {plan['shards'][shard]['rows']}"
+                         f"; the data set now gives {len(rows)} and {len(mine)}: delete the plan to make it again")
+    return mine
+
+
+def image_record(model, ds, rows: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler, seed: int, batch_size: int,
+                 thresholds: np.ndarray | None, chunk_rows: int = CHUNK_ROWS) -> dict[str, np.ndarray]:
+    """One image's rows: their keys, maps and (``thresholds`` given: the data set has masks) IoU curves."""
+    rows = rows.sort_index()  # compute_maps returns the maps in index order
+    maps = compute_maps(model, ds, rows, n_draws=n_draws, sampler=sampler, seed=seed, batch_size=batch_size,
+                        progress=False)
+    out = {"row": rows.index.to_numpy(np.int64), "sample_id": rows["sample_id"].to_numpy(str),
+           "word": rows["word"].to_numpy(str), **{k: maps[k].astype(np.float32) for k in MAP_KEYS}}
+    if thresholds is not None:
+        curves, whole = row_curves(maps, lambda a, b: ground_truth(ds, rows.iloc[a:b], model.resolution),
+                                   model.resolution, thresholds, chunk_rows)
+        out.update({f"iou:{m}": c for m, c in curves.items()}, whole=whole)
+    return out
+
+
+def stack_records(records: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Records (or shards) joined into one set of arrays, in row order."""
+    if not records:
+        return {"row": np.zeros(0, np.int64), "sample_id": np.zeros(0, str), "word": np.zeros(0, str)}
+    joined = {k: np.concatenate([r[k] for r in records]) for k in records[0]}
+    order = np.argsort(joined["row"], kind="stable")
+    return {k: v[order] for k, v in joined.items()}
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed .npz written under a temporary name, then moved into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws: int, sampler: LogSNRSampler,
+                   seed: int, n_thresholds: int, batch_size: int = 256, chunk_rows: int = CHUNK_ROWS,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Maps and, when the data set has masks, IoU curves of every row of ``rows`` (one shard's, indexed by row
+    position) into ``out_path`` (.npz), image by image through ``<out_path>.partial``, which a restarted job
+    resumes from."""
+    from tqdm import tqdm
+
+    require_unconditional(model)
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + ".partial")
+    finished = {str(r["sample_id"][0]) for r in read_records(partial)}
+    if finished:
+        log.info("resuming %s: %d images already localized", partial, len(finished))
+    thresholds = threshold_grid(n_thresholds) if ds.objects is not None else None
+    by_image = dict(tuple(rows.groupby("sample_id", sort=False)))
+    todo = [s for s in sorted(by_image) if s not in finished]
+    for sid in tqdm(todo, desc="localized images", disable=not progress, mininterval=5):
+        append_record(partial, image_record(model, ds, by_image[sid], n_draws=n_draws, sampler=sampler, seed=seed,
+                                            batch_size=batch_size, thresholds=thresholds, chunk_rows=chunk_rows))
+    result = stack_records(read_records(partial))
+    if thresholds is not None:
+        result["thresholds"] = thresholds
+    write_npz(out_path, result)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def join_shards(paths: list[str | Path], rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The shards' arrays in row order, checked to hold every row of ``rows`` once (a shard made from another
+    selection of rows is named with the first row that differs)."""
+    shards = []
+    thresholds = None
+    for path in paths:
+        with np.load(path, allow_pickle=False) as z:
+            shard = {k: z[k] for k in z.files}
+        if "thresholds" in shard:
+            if thresholds is not None and not np.array_equal(thresholds, shard["thresholds"]):
+                raise ValueError(f"{path}: thresholds differ from the other shards' ({len(shard['thresholds'])} vs "
+                                 f"{len(thresholds)}): remake the shards")
+            thresholds = shard.pop("thresholds")
+        if len(shard["row"]):
+            shards.append(shard)
+    joined = stack_records(shards)
+    expected = pd.DataFrame({"row": rows.index, "sample_id": rows["sample_id"].astype(str), "word": rows["word"]})
+    got = pd.DataFrame({k: joined[k] for k in ("row", "sample_id", "word")})
+    if len(got) != len(expected) or not (got.to_numpy() == expected.to_numpy()).all():
+        bad = next((i for i in range(min(len(got), len(expected)))
+                    if tuple(got.iloc[i]) != tuple(expected.iloc[i])), min(len(got), len(expected)))
+        want = tuple(expected.iloc[bad]) if bad < len(expected) else "no row"
+        have = tuple(got.iloc[bad]) if bad < len(got) else "no row"
+        raise ValueError(f"shards {[str(p) for p in paths]} hold {len(got)} rows, the data set's selection "
+                         f"{len(expected)}; first difference at position {bad}: expected (row, sample_id, word) "
+                         f"{want}, found {have}")
+    if thresholds is not None:
+        joined["thresholds"] = thresholds
+    return joined

@@ -1,0 +1,81 @@
+"""What the localization jobs hold in memory, in MB (10^6 bytes), besides the model's weights and the Python process
+(``difflens.resources`` adds those). Pure Python: the Snakefile computes a job's request from its shard plan
+(``localize/plan.json``) when the job is ready.
+
+A ``localize_words`` job holds, for one shard of ``rows`` word rows:
+
+* its finished rows: every row's latent-grid maps (``MAP_KINDS`` float32 maps of ``(R / 8)^2``), totals and IoU
+  curves (``CURVE_METHODS`` x thresholds, float64), twice (the partial file's records read back and stacked);
+* one (image, caption) group's estimator tensors: ``n_draws`` x prompts (2 per word + caption + empty prompt)
+  latents of ``LATENT_CHANNELS`` x ``(R / 8)^2`` float32, ``ESTIMATOR_COPIES`` times (predictions, errors,
+  pixel-wise terms);
+* the IoU step (``iou_step_bytes``): ``CHUNK_ROWS`` rows upsampled to the input grid (R x R) with their masks, and
+  one row being counted. It does not grow with the number of rows.
+
+The denoiser's activations are on the GPU the rule asks for. ``collect_localization`` holds every row's maps and
+curves (``collect_held_mb``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MB = 1e6
+#: rows upsampled to the input resolution (and masks built) at once by ``info.localize.row_curves``
+CHUNK_ROWS = 16
+#: per chunk row and input pixel: the mi, cmi, attention and attention+cmi maps (float32, numpy and torch's
+#: interpolation output), the combined map's per-row parts, the mask (bool)
+CHUNK_BYTES_PER_PIXEL = 32
+#: per input pixel, for the one row being counted: its normalised map and the first guess of its bins (float32),
+#: each pixel's bin (int64), the thresholds compared with it (float32) and the comparisons (bool)
+ROW_BYTES_PER_PIXEL = 32
+#: latent-grid maps kept per row (mi, cmi, cmi_s, attention), float32
+MAP_KINDS = 4
+#: maps scored against the masks (mi, cmi, attention, attention+cmi): one IoU per threshold each, float64
+CURVE_METHODS = 4
+#: latent channels (Stable Diffusion's VAE; the shapes model's 12 channels on 16 x 16 are a few MB at any count)
+LATENT_CHANNELS = 4
+#: estimator tensors alive at once, in units of (draws x prompts x latent values)
+ESTIMATOR_COPIES = 8
+
+
+def latent_side(resolution: int) -> int:
+    """Side of the latent grid of a model fed ``resolution`` px images (the VAE's factor 8)."""
+    return max(1, int(resolution) // 8)
+
+
+def row_bytes(resolution: int, n_thresholds: int) -> int:
+    """Bytes one finished row holds: its latent-grid maps, two totals, its IoU curves and mask share, its row key."""
+    return MAP_KINDS * latent_side(resolution) ** 2 * 4 + 2 * 4 + CURVE_METHODS * n_thresholds * 8 + 8 + 8
+
+
+def iou_step_bytes(resolution: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    """Peak bytes of the IoU step on top of its results: ``chunk_rows`` rows on the R x R input grid, one row being
+    counted."""
+    return int(resolution) ** 2 * (chunk_rows * CHUNK_BYTES_PER_PIXEL + ROW_BYTES_PER_PIXEL)
+
+
+def estimator_bytes(resolution: int, n_draws: int, words_per_caption: int) -> int:
+    """Peak bytes of the estimator on one (image, caption) group of ``words_per_caption`` words."""
+    prompts = 2 * words_per_caption + 2
+    return ESTIMATOR_COPIES * n_draws * prompts * LATENT_CHANNELS * latent_side(resolution) ** 2 * 4
+
+
+def read_plan(path: str | Path) -> dict:
+    """A shard plan written by the ``plan_localization`` rule (``info.localize_shards.shard_plan``)."""
+    return json.loads(Path(path).read_text())
+
+
+def shard_held_mb(plan_path: str | Path, shard: int, resolution: int, n_draws: int, n_thresholds: int) -> float:
+    """MB a ``localize_words`` job holds for shard ``shard`` of a plan: its finished rows twice (read back, stacked),
+    one (image, caption) group's estimator tensors, the IoU step."""
+    planned = read_plan(plan_path)["shards"][int(shard)]
+    held = 2 * int(planned["rows"]) * row_bytes(resolution, n_thresholds)
+    held += estimator_bytes(resolution, n_draws, int(planned["max_words_per_caption"]))
+    return (held + iou_step_bytes(resolution)) / MB
+
+
+def collect_held_mb(plan_path: str | Path, resolution: int, n_thresholds: int) -> float:
+    """MB ``collect_localization`` holds: every row's maps and curves three times (the shards read, joined, and the
+    compressed output's buffers), and its per-row table (about 1 kB a row in pandas)."""
+    return read_plan(plan_path)["n_rows"] * (3 * row_bytes(resolution, n_thresholds) + 1000) / MB
