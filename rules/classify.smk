@@ -97,7 +97,7 @@ rule baseline_probes:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 60 * attempt,
-        mem_mb=lambda w, attempt: 16000 * attempt,
+        mem_mb=baseline_mem,
     log:
         f"{R}/logs/baseline_probes/{{baseline}}/{{dataset}}.log",
     benchmark:

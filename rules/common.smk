@@ -3,6 +3,7 @@
 # pandas, PyYAML): the difflens modules below are pure Python. Everything heavier runs inside the jobs.
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -446,3 +447,24 @@ def diffc_mem(name):
         return resources_lib.model_job_mb(*model_sizes(name), batch, heads, attempt, GPU_RULES_ON_CPU)
 
     return mem
+
+
+def baseline_mem(wildcards, input, attempt):
+    """mem_mb of baseline_probes: the image model's weights (float32), a batch of 224 px images through it, and the
+    pooled features of every image (at most 1,536 wide) with the probes' four float64 working copies."""
+    images = sum(sae_memory.dataset_sizes(input.data)["splits"].values())
+    model = resources_lib.weights_mb(baseline_source(wildcards.baseline))
+    return resources_lib.request_mb(model + 64 * 224 * 224 * 3 * 4 * 50 / 1e6 + images * 1536 * 8 * 5 / 1e6, attempt)
+
+
+def browser_mem(wildcards, input, attempt):
+    """mem_mb of feature_browser: the largest SAE's analysis (sae.memory.analysis_job_bytes: its vectors, model and
+    scores; the browser reads one SAE at a time) and the localization maps it shows (decompressed: 4 x the file)."""
+    largest = 0
+    for r in browser_runs():
+        w = SimpleNamespace(**r)
+        sizes = sae_job_sizes(w, f"{R}/activations/{r['model']}/{r['dataset']}/index.json")
+        if sizes:
+            largest = max(largest, sae_memory.analysis_job_bytes(sizes, sae_run(r["run"])["expansion"], SAE["split"]))
+    maps = sum(4 * Path(f).stat().st_size for f in input.info if str(f).endswith(".npz") and Path(f).is_file())
+    return resources_lib.request_mb((largest + maps) / resources_lib.MB, attempt)

@@ -36,7 +36,7 @@ rule score_aro:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=denoiser_job_mem(lambda w: INFO["batch_size"]),  # the model and one estimator batch
     log:
         f"{R}/logs/score_aro/{{model}}/{{dataset}}/shard-{{shard}}.log",
     benchmark:
@@ -171,7 +171,7 @@ rule intervene_words:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 240 * attempt,
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=denoiser_job_mem(lambda w: INFO["batch_size"]),  # the model, one batch of an image's edits
     log:
         f"{R}/logs/intervene_words/{{model}}/{{dataset}}.log",
     benchmark:

@@ -78,7 +78,7 @@ rule check_model:
     resources:
         gpu=1,
         runtime=lambda w, attempt: 60 * attempt,
-        mem_mb=lambda w, attempt: 4000 * attempt,
+        mem_mb=denoiser_job_mem(lambda w: config["check"]["n_images"]),
     log:
         f"{R}/logs/check_model/{{model}}.log",
     benchmark:
@@ -104,7 +104,7 @@ rule encode_empty_prompt:
     priority: 10
     resources:
         runtime=lambda w, attempt: 30 * attempt,
-        mem_mb=lambda w, attempt: 4000 * attempt,
+        mem_mb=denoiser_job_mem(lambda w: 1),  # the text encoder on one prompt: the weights bound it
     log:
         f"{R}/logs/encode_empty_prompt/{{model}}.log",
     benchmark:

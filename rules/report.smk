@@ -62,7 +62,7 @@ rule feature_browser:
     threads: 1
     resources:
         runtime=lambda w, attempt: (30 + 5 * len(browser_runs())) * attempt,  # re-reads every SAE's split
-        mem_mb=lambda w, attempt: 8000 * attempt,
+        mem_mb=browser_mem,
     log:
         f"{R}/logs/feature_browser.log",
     benchmark:

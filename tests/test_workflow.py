@@ -12,8 +12,10 @@ def test_default_config_dry_run(tmp_path):
 
 
 @pytest.mark.parametrize("config_file", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_paper_configs_dry_run(config_file):
-    out = run_snakemake(["-n", "--configfile", str(config_file), "--replace-workflow-config"])
+def test_paper_configs_dry_run(config_file, tmp_path):
+    # results and model cache in a fresh folder: outputs of an earlier run here must not make the plan empty
+    out = run_snakemake(["-n", "--configfile", str(config_file), "--replace-workflow-config", "--config",
+                         f"results={tmp_path / 'results'}", f"model_cache={tmp_path / 'model_cache'}"])
     text = out.stdout + out.stderr
     assert "download_dataset" in text and "prepare_dataset" in text
     # every hub model's weights are fetched once, by a local job planned before anything else needs them
