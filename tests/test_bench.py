@@ -268,7 +268,9 @@ def test_scale_smoke():
         values = numbers(line[len(name):])  # full size, three sizes, peak, s, full MB, full s, rule MB, ...
         full, *sizes = values[:4]
         assert sizes == sorted(sizes) and full > sizes[-1], (name, values)
-        assert finite_positive(values[4:9]), (name, values)
+        peak, secs, full_mb, full_s, asked = values[4:9]
+        assert finite_positive([peak, asked]) and secs >= 0, (name, values)
+        assert math.isfinite(full_mb) and math.isfinite(full_s), (name, values)  # smoke extrapolations: noise
 
 
 def test_map_writes_smoke():
