@@ -150,8 +150,7 @@ def classify_grid(name):
 def diffc_group(name):
     """classify.group of model ``name``, auto resolved by the memory of its classifiers (the largest map a layer can
     give: 1280 channels on the latent grid)."""
-    resolution = config["models"][name]["resolution"] or resources_lib.native_resolution(model_dir(name))
-    return resources_lib.diffc_group(CL, classify_grid(name), resolution)
+    return resources_lib.diffc_group(CL, classify_grid(name), model_sizes(name)[2])
 
 
 def diffc_job(name):

@@ -39,8 +39,8 @@ ALLOWED = {
 FORBIDDEN = {"models": {"h5py", "pandas"}, "info": {"h5py"}, "classify": {"h5py"}, "sae": {"h5py"},
              "report": {"h5py"}}
 #: what the Snakefile imports when it parses: standard library, PyYAML and jsonschema only (envs/snakemake.yaml)
-PARSE_TIME = ("config", "runlog", "seeding", "resources", "data.registry", "models.catalog", "models.fetch", "extract.layout",
-              "extract.prompts", "report.catalog", "info.memory", "sae.memory")
+PARSE_TIME = ("config", "runlog", "seeding", "resources", "data.registry", "models.catalog", "models.fetch",
+              "extract.layout", "extract.prompts", "report.catalog", "info.memory", "sae.memory")
 PARSE_TIME_OK = {"yaml", "jsonschema"}
 
 
