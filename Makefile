@@ -23,9 +23,14 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS) mem_mb=$(MEM_MB)
 	$(VENV)/bin/snakemake --report results/report.zip
 
+# pytest's exit status is make's: 5 (no tests collected) fails too. The science claims held at several seeds against
+# their controls (tests marked `science`) are left to `make test-science`, which CI runs after `make test`.
 test: $(STAMP) browser
-	@$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not science" tests
+
+.PHONY: test-science
+test-science: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -rfEP -n 2 --dist loadgroup -m science --durations=10 tests
 
 # Headless Chromium for the feature-browser test (Debian's chromium and chromium-driver; installed when missing and
 # this runs as root; without them the browser test skips, except under .ci/run, where it must run)

@@ -1,5 +1,6 @@
 # k-sparse autoencoders (Revelio's mechanistic half) on the extracted features: one training job and one analysis
-# job per (model, data set, run, input, timestep, layer), and a summary table per (model, data set).
+# job per (model, data set, run, input, timestep, layer), and a summary table per (model, data set). Each analysis
+# also reads the run's two controls (its untrained state, saved by train_sae in init/, and random directions).
 # Library: scripts/difflens/sae/. Memory requests: sae.memory's formulas over the sizes a job reads (common.smk).
 
 
@@ -14,6 +15,7 @@ rule train_sae:
         model=f"{R}/sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}/sae.safetensors",
         config=f"{R}/sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}/sae_config.json",
         curve=f"{R}/sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}/curve.csv",
+        init=f"{R}/sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}/init/sae.safetensors",
     wildcard_constraints:
         input="pooled|spatial",
         timestep=r"\d+",
@@ -42,6 +44,7 @@ rule analyse_sae:
     input:
         index=f"{R}/activations/{{model}}/{{dataset}}/index.json",
         sae=rules.train_sae.output.model,
+        init=rules.train_sae.output.init,
         data=lambda w: dataset_json(w.dataset),
     output:
         latents=f"{R}/sae/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}/latents.csv",

@@ -59,7 +59,8 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     meta = {"model": model, "dataset": ds, "layer": layer, "timestep": t, "run": r["run"], "input": r["input"],
             "n_latents": sae.config.n_latents, "live": summary["live_latents"], "split": summary["split"],
             "n_images": len(rows), "sigma_label": summary["sigma_label"], "purity": summary["purity"],
-            "maps": has_maps}
+            "maps": has_maps, "controls": {name: {k: c[k] for k in ("sigma_label", "purity", "best_auroc")}
+                                           for name, c in summary["controls"].items()}}
     site.add("saes", meta, {"latents": pages, "images": images})
     log.info("%s/%s %s t%d %s/%s: %d latents listed, %d images, heat maps %s", model, ds, layer, t, r["run"],
              r["input"], len(pages), len(images), f"for {heat} latents" if has_maps else "none (maps not saved)")

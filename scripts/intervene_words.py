@@ -1,6 +1,8 @@
 """Rule intervene_words: invert images of one (model, data set), regenerate them with a word omitted or swapped,
-and correlate the change with the word's CMI and attention maps -> intervention_items.csv (one line per edit),
-intervention.csv (image- and pixel-level Pearson correlations with bootstrap intervals) and intervention_maps.npz."""
+and correlate the change with the word's CMI and attention maps, and with the mask baselines where the data set has
+masks for every edited word -> intervention_items.csv (one line per edit), intervention.csv (image- and pixel-level
+Pearson correlations with bootstrap intervals, and each map's paired difference with each mask baseline; layout in
+``difflens.info.intervene``) and intervention_maps.npz (the change, CMI, attention and mask maps)."""
 from pathlib import Path
 
 from difflens.runlog import job_device, start_log
@@ -12,8 +14,8 @@ import torch  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.info.estimators import sampler_for  # noqa: E402
-from difflens.info.inputs import word_rows  # noqa: E402
-from difflens.info.intervene import run_intervention  # noqa: E402
+from difflens.info.inputs import drop_unreadable, unreadable_images, word_rows  # noqa: E402
+from difflens.info.intervene import run_intervention, why_no_masks  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
@@ -21,6 +23,7 @@ p = snakemake.params
 info, cfg = p.infodecomp, p.infodecomp["intervene"]
 ds = Dataset.load(Path(snakemake.input.data).parent)
 rows = word_rows(ds, [cfg["split"]], cfg["max_images"], need_masks=False)
+rows = drop_unreadable(rows, unreadable_images(ds, rows["sample_id"]), "intervention", log).reset_index(drop=True)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(info, model)
 log.info("%d images of %s, %d word(s) each, %s %d steps, %d draws for the maps", rows["sample_id"].nunique(),
@@ -33,5 +36,7 @@ edits.to_csv(snakemake.output.per_item, index=False, lineterminator="\n")
 table.to_csv(snakemake.output.table, index=False, lineterminator="\n")
 np.savez_compressed(snakemake.output.maps, change=change.astype(np.float32), **{k: v.astype(np.float32)
                                                                                 for k, v in preds.items()})
-log.info("Pearson correlation of the change with each map (95%% bootstrap interval over edits):\n%s",
-         table.to_string(index=False))
+if reason := why_no_masks(ds, edits):
+    log.info("no mask baselines: %s", reason)
+log.info("Pearson correlation of the change with each map (95%% bootstrap interval over edits; <map>-<mask>: the "
+         "paired difference of the two correlations):\n%s", table.to_string(index=False))

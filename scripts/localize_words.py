@@ -13,13 +13,15 @@ from difflens.data.common import Dataset  # noqa: E402
 from difflens.info.estimators import sampler_for  # noqa: E402
 from difflens.info.localize_shards import localize_rows, localize_shard, planned_shard  # noqa: E402
 from difflens.info.memory import read_plan  # noqa: E402
+from difflens.info.records import job_identity  # noqa: E402
 from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p, w = snakemake.params, snakemake.wildcards
 est, loc = p.estimator, p.localize
 ds = Dataset.load(Path(snakemake.input.data).parent)
-rows = planned_shard(localize_rows(ds, loc), int(w.shard), read_plan(snakemake.input.plan), snakemake.input.plan)
+plan = read_plan(snakemake.input.plan)
+rows = planned_shard(localize_rows(ds, loc, plan["skipped"]), int(w.shard), plan, snakemake.input.plan)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(est, model)
 log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each, %s", w.shard, loc["n_shards"], len(rows),
@@ -27,5 +29,6 @@ log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each, %s", w
 if ds.objects is None:
     log.warning("%s has no objects.csv (no masks): maps only, no IoU", ds.name)
 result = localize_shard(model, ds, rows, snakemake.output[0], n_draws=est["n_draws"], sampler=sampler, seed=p.seed,
-                        n_thresholds=loc["n_thresholds"], batch_size=est["batch_size"])
+                        n_thresholds=loc["n_thresholds"], batch_size=est["batch_size"],
+                        identity=job_identity(p, snakemake.input))
 log.info("wrote %d rows", len(result["row"]))

@@ -1,5 +1,6 @@
 """Rule train_sae: a k-SAE on the train split of one (model, data set, layer, timestep, input) -> sae.safetensors +
-sae_config.json (settings and val metrics) + curve.csv, beside each other."""
+sae_config.json (settings and val metrics) + curve.csv, beside each other, and the SAE's untrained state (the same
+files in init/: the control that analyse_sae reads beside it)."""
 import json
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch  # noqa: E402
 from difflens.extract.store import FeatureStore  # noqa: E402
 from difflens.sae.data import load_vectors  # noqa: E402
 from difflens.sae.model import SAEConfig, SAEError  # noqa: E402
-from difflens.sae.train import SAETrainSettings, evaluate, train_sae  # noqa: E402
+from difflens.sae.controls import INIT_FOLDER  # noqa: E402
+from difflens.sae.train import SAETrainSettings, evaluate, initial_sae, train_sae  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 w, p = snakemake.wildcards, snakemake.params
@@ -45,6 +47,8 @@ metrics = {f"{split}_{k}": v for split, m in (("train", train_metrics), ("val", 
 out = Path(snakemake.output.model).parent
 sae.save(out, extra={**where, "run": w.run, "settings": run, "seed": p.seed, "positions_per_image": per_image,
                      "n_train_vectors": len(x), "seconds": round(seconds, 1), **metrics})
+initial_sae(x, config, settings.seed)[0].save(out / INIT_FOLDER, extra={**where, "run": w.run, "seed": p.seed,
+                                                                        "untrained": True})
 pd.DataFrame(curve).to_csv(snakemake.output.curve, index=False, lineterminator="\n")
 log.info("val FVU %.4f (explained variance %.4f), L0 %.2f, dead on train %.1f%%", metrics["val_fvu"],
          metrics["val_explained_variance"], metrics["val_l0"], 100 * metrics["train_dead_fraction"])

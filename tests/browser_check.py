@@ -51,6 +51,7 @@ def shown_latents(driver) -> list[tuple[str, str]]:
 
 def check_browser(index: Path, shots: Path, expect_info: bool = True) -> dict:
     """Run the checks on ``index`` (results/browser/index.html); returns what it saw."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -59,7 +60,8 @@ def check_browser(index: Path, shots: Path, expect_info: bool = True) -> dict:
     driver = open_chromium()
     seen = {}
     try:
-        wait = WebDriverWait(driver, 20)
+        # a table re-rendered between finding a row and reading it: the wait polls again
+        wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(Path(index).resolve().as_uri())
         wait.until(lambda d: shown_latents(d))
         wait.until(lambda d: d.find_elements("css selector", "#latent-images img"))
@@ -81,6 +83,11 @@ def check_browser(index: Path, shots: Path, expect_info: bool = True) -> dict:
         seen["latent_images"] = len(images)
         seen["heat_maps"] = len(driver.find_elements("css selector", "#latent-images canvas"))
         seen["histogram_bars"] = len(driver.find_elements("css selector", "#latent-page svg.hist rect"))
+        # the SAE's controls beside it: its sigma_label / purity line, and the untrained SAE's AUROC for the latent
+        seen["sae_meta"] = driver.find_element("id", "sae-meta").text
+        seen["latent_text"] = driver.find_element("css selector", "#latent-page p").text
+        assert "controls, sigma_label / purity: untrained " in seen["sae_meta"], seen["sae_meta"]
+        assert "random directions " in seen["sae_meta"] and "the untrained SAE's best latent: " in seen["latent_text"]
         driver.save_screenshot(str(shots / "latents.png"))
 
         driver.find_element("id", "tab-data").click()

@@ -13,6 +13,11 @@ if THREADS == 1:
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "science: a science claim at several seeds against its controls (slow: run by "
+                            "`make test-science`, left out of `make test`)")
+
+
 def _torch_threads(n: int):
     import torch
 

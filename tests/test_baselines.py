@@ -8,7 +8,7 @@ import torch
 from difflens.classify.baselines import (BaselineError, baseline_probe_table, image_features, load_image_encoder,
                                          sample_rows)
 from difflens.data.common import Dataset
-from difflens.data.shapes import ShapesConfig, generate
+from difflens.data.shapes import CLASSES, ShapesConfig, generate
 from tiny_pipelines import build_tiny_clip, build_tiny_dinov2
 
 
@@ -32,15 +32,22 @@ def test_features_are_the_pooled_output_of_each_image(build, shapes, tmp_path):
         assert type(encoder).__name__.startswith("CLIPVision")  # the image tower alone
 
 
-def test_probe_table_rows_for_label_and_attributes(shapes, tmp_path):
-    processor, encoder = load_image_encoder(str(build_tiny_dinov2(tmp_path / "dino")))
-    feats, _ = image_features(processor, encoder, shapes, progress=False)
+def test_probe_table_rows_for_label_and_attributes(shapes):
+    """Features that are the one-hot label: label, colour and shape (functions of the label) are read perfectly,
+    although the test split lacks colours that train has (one coding for every split); one row per target, model
+    the baseline's name, layer ``image``, no timestep, every train row of a target counted."""
     rows = sample_rows(shapes)
+    test_colours = set(rows.loc[rows["split"] == "test", "colour"])
+    assert test_colours < set(rows.loc[rows["split"] == "train", "colour"])  # the case a per-split coding gets wrong
+    feats = np.eye(len(CLASSES), dtype=np.float32)[rows["label"]]
     table = baseline_probe_table("dinov2", "shapes", feats, rows, [])
     assert set(table["target"]) >= {"label", "colour", "shape", "has_red"} and (table["model"] == "dinov2").all()
     assert (table["layer"] == "image").all() and table["timestep"].isna().all()
-    n_train = table.set_index("target")["n_train"]
-    assert table["test_accuracy"].between(0, 1).all() and n_train["label"] == (rows["split"] == "train").sum()
+    by_target = table.set_index("target")
+    assert by_target.loc[["label", "colour", "shape"], "test_accuracy"].tolist() == [1.0, 1.0, 1.0]
+    assert by_target.loc[["label", "colour", "shape"], "n_classes"].tolist() == [len(CLASSES), 4, 3]
+    n_train = by_target["n_train"]
+    assert n_train["label"] == (rows["split"] == "train").sum()
     assert n_train["axis"] == ((rows["split"] == "train") & (rows["axis"] != "")).sum()  # pairs only
     with pytest.raises(BaselineError, match="59 feature vectors for 60 rows"):
         baseline_probe_table("dinov2", "shapes", feats[1:], rows, ["label"])

@@ -230,6 +230,28 @@ def test_probe_reads_a_linear_class():
     assert scaled["val_by_l2"] == pytest.approx(result["val_by_l2"])
 
 
+def test_probe_table_codes_a_value_alike_in_every_split_and_warns_of_a_dropped_target(caplog):
+    """Features that are the one-hot colour, the test split all red: red's code is the one train gives it (test
+    accuracy 1; a coding per split would call it blue); ``single`` has one class in train: no row, a warning."""
+    import logging
+
+    import pandas as pd
+
+    from difflens.classify.tables import probe_split_rows
+
+    colours = {"train": ["blue", "green", "red"] * 4, "val": ["green", "red"] * 2, "test": ["red"] * 3}
+    rows = {s: pd.DataFrame({"colour": c, "single": "x"}) for s, c in colours.items()}
+    code = {"blue": 0, "green": 1, "red": 2}
+    feats = {s: np.eye(3, dtype=np.float32)[[code[c] for c in cs]] for s, cs in colours.items()}
+    meta = {"model": "m", "dataset": "d", "layer": "l", "timestep": 5}
+    with caplog.at_level(logging.WARNING, logger="difflens.classify.tables"):
+        out = probe_split_rows(feats, rows, ["colour", "single"], meta)
+    assert [(r["target"], r["test_accuracy"], r["n_classes"]) for r in out] == [("colour", 1.0, 3)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "m d l 5: target 'single' has one class in train or an empty split (rows {'train': 12, 'val': 4, "
+        "'test': 3}); no probe"]
+
+
 @pytest.mark.parametrize("case, match", [
     ("one_class", r"train split holds 1 class"), ("empty_test", "the test split is empty"),
     ("widths", "feature widths differ: train 3, val 2"), ("negative", "labels must be integers >= 0"),
@@ -326,7 +348,8 @@ def test_pca_rgb_bad_input():
 
 
 def test_save_pca_figure_writes_a_png(tmp_path):
-    """5 images of 16 px with 4x4 PCA views, 3 pairs a row: a PNG of 2 rows, wider than tall."""
+    """5 images of 16 px with 4x4 PCA views, 3 pairs a row: a PNG of 2 rows at 100 dpi, 3 x 2 x 1.6 in wide and
+    2 x 1.8 in tall plus 0.4 in for the title."""
     from PIL import Image
 
     maps, _, _ = three_directions(n=5, size=4)
@@ -334,7 +357,6 @@ def test_save_pca_figure_writes_a_png(tmp_path):
     path = save_pca_figure(images, pca_rgb(maps), tmp_path / "fig" / "pca.png", cols=3,
                            titles=[f"class {i}" for i in range(5)], title="up_blocks.1, t = 25")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = Image.open(path).size
-    assert width > height > 200
+    assert Image.open(path).size == (960, 400)
     with pytest.raises(ValueError, match=r"pca must be \(5, 3, h, w\)"):
         save_pca_figure(images, pca_rgb(maps)[:4], tmp_path / "bad.png")

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
-from browser_check import check_browser
+from browser_check import check_browser, chromium_or_skip
+from figure_check import assert_png_is_pdf_page
 from workflows.runs import run, snakemake_cmd
 from workflows.runs import run as run_snakemake
 
@@ -72,6 +74,14 @@ SETUP = {"extraction_options.yaml": photos, "tiny_backbones.yaml": tiny_backbone
 
 
 # ---- what each run must have produced, beyond finishing -----------------------------------------------------------
+def top_image_grid_size(latents: pd.DataFrame, top: int, grid_latents: int) -> tuple[int, int]:
+    """The size in pixels of an SAE's top-image grid (sae.analysis.save_top_image_grid: 1.1 in per image plus 1.6 in
+    wide, 1.3 in per latent plus 0.4 in tall, at 130 dpi) with ``top`` images per latent, for the latents it shows:
+    those of sigma rank below ``grid_latents`` in ``latents`` (latents.csv), else the first ``grid_latents``."""
+    shown = int(latents["sigma_rank"].between(0, grid_latents - 1).sum()) or min(grid_latents, len(latents))
+    return round((1.1 * top + 1.6) * 130), round((1.3 * shown + 0.4) * 130)
+
+
 def check_extraction_options(results: Path, out: str) -> None:
     from difflens.extract.store import FeatureStore
 
@@ -96,33 +106,42 @@ def check_extraction_options(results: Path, out: str) -> None:
     acc = pd.read_csv(results / "classify/shapes/shapes/accuracy.csv")
     diffc = acc[acc["classifier"] == "diffc"]
     assert list(diffc["target"]) == ["colour"] and set(diffc["layer"]) == {"up_ft1"}
-    assert (diffc["epochs"] == 2).all() and diffc["test_accuracy"].between(0, 1).all()
+    assert (diffc["epochs"] == 2).all()
     probes = acc[acc["classifier"] == "linear_probe"]
     assert len(probes) == 2 * 2 * 2 and set(probes["target"]) == {"label", "has_red"}  # layers x timesteps x targets
     result = json.loads((results / "classify/shapes/shapes/diffc/colour/t25/up_ft1.json").read_text())
     assert result["mode"] == "cached" and result["class_names"] == ["blue", "green", "red", "yellow"]
-    assert (results / "classify/shapes/shapes/pca/t25/up_ft1.png").stat().st_size > 1000
+    assert diffc[["val_accuracy", "test_accuracy"]].values.tolist() == [[result["val_accuracy"],
+                                                                          result["test_accuracy"]]]
+    # pca.n_images (3) test images and their views in one row, each pair 2 x 1.6 in wide, 1.8 in + 0.4 in for the
+    # title tall, at 100 dpi (classify.pca.save_pca_figure)
+    shown = min(3, int((rows["split"] == "test").sum()))
+    assert Image.open(results / "classify/shapes/shapes/pca/t25/up_ft1.png").size == (round(320 * shown), 220)
     assert "no external baselines configured" in (results / "logs/collect_accuracy/shapes/shapes.log").read_text()
     sae = pd.read_csv(results / "sae/shapes/shapes/summary.csv")
     assert sorted(sae["input"]) == ["pooled", "pooled", "spatial", "spatial"]
     assert set(sae["layer"]) == {"mid_block", "up_ft1"}
     assert (sae["n_latents"] == 2 * 64).all() and (sae["k"] == 2).all() and sae["val_fvu"].notna().all()
     run = results / "sae/shapes/shapes/tiny/spatial/t25/mid_block"
+    # every SAE carries its two controls (its untrained state, saved beside it, and random directions), read by the
+    # same analysis; the untrained one reconstructs nothing the trained one learned
+    assert (run / "init/sae.safetensors").is_file() and json.loads((run / "init/sae_config.json").read_text())[
+        "untrained"] is True
+    for control in ("untrained", "random_directions"):
+        assert sae[[f"{control}_purity", f"{control}_sigma_label", f"{control}_live_latents"]].notna().all().all()
+        assert sae[f"{control}_live_latents"].between(1, 2 * 64).all()
     trained = json.loads((run / "sae_config.json").read_text())
     assert trained["positions_per_image"] == 4 and trained["activation"] == "batchtopk"
     assert trained["n_train_vectors"] == 4 * (rows["split"] == "train").sum() > 0  # 4 of the 16 positions each
     latents = pd.read_csv(run / "latents.csv")
     assert {"latent", "frequency", "purity", "sigma", "best_attribute", "auroc"} <= set(latents.columns)
-    assert (run / "top_images.png").stat().st_size > 1000
+    grid = yaml.safe_load((results.parent / "config.yaml").read_text())["sae"]
+    assert Image.open(run / "top_images.png").size == top_image_grid_size(latents, grid["top"], grid["grid_latents"])
     check_report_stage(results, expected={"revelio/table2a", "revelio/fig3", "revelio/fig4", "revelio/fig10",
                                           "revelio/table5", "infodecomp/table1", "infodecomp/fig2",
                                           "infodecomp/table3", "shapes/attributes"},
                        absent={"revelio/table2d", "infodecomp/table4"})
-    # the feature browser in headless Chromium; its screenshots are kept under results/ of the repository
-    seen = check_browser(results / "browser" / "index.html", ROOT / "results" / "screenshots")
-    assert seen["layers"] == ["mid_block", "up_ft1"] and seen["latents_before"] != seen["latents_after"]
-    assert seen["latent_images"] >= 2 and seen["heat_maps"] >= 1 and seen["histogram_bars"] == 5
-    assert seen["points"] == 12 and seen["word_rows"] >= 1
+    # (the feature browser in headless Chromium: test_feature_browser_of_the_extraction_options_run)
     # the Snakemake report of the run builds (a zip: the browser folder is in it), every figure and table in it
     report = results.parent / "report.zip"
     run_snakemake(snakemake_cmd([], results.parent / "config.yaml", "--report", str(report),
@@ -136,16 +155,18 @@ def check_extraction_options(results: Path, out: str) -> None:
 
 
 def check_report_stage(results: Path, expected: set[str], absent: set[str]) -> None:
-    """The figure stage made every paper item the config allows (PNG, PDF, CSV), none it cannot, the summary page
-    and the browser."""
+    """The figure stage made the ``expected`` paper items and none of the ``absent`` ones; each item it made is in
+    the catalog, its PNG is its PDF's page and its CSV a table of at least one row (the runs of the matrix give every
+    item data: none is a note); the summary page and the browser."""
     from difflens.report.catalog import ITEMS
 
     made = {f"{p.parent.name}/{p.stem}" for p in (results / "figures").glob("*/*.png")}
     assert expected <= made and not (absent & made), sorted(made)
     for key in made:
+        figure = results / "figures" / key
         assert key in ITEMS
-        for ext in (".pdf", ".csv"):
-            assert (results / "figures" / f"{key}{ext}").stat().st_size > 100, key
+        assert_png_is_pdf_page(figure.with_suffix(".png"), figure.with_suffix(".pdf"))
+        assert len(pd.read_csv(figure.with_suffix(".csv"))) >= 1, key
     assert "| section | quantity | this run | model | dataset |" in (results / "summary.md").read_text()
     assert (results / "browser" / "index.html").is_file()
 
@@ -183,10 +204,14 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     items = pd.read_csv(info / "aro_items.csv")
     val_ids = set(pd.read_csv(results / "data/shapes/samples.csv").query("split == 'val'")["sample_id"])
     assert set(items["sample_id"]) == val_ids and len(list((info / "aro").glob("shard-*.csv"))) == 1
-    loc = pd.read_csv(info / "localization.csv")
-    assert loc.iloc[0]["threshold_source"] == "val split" and loc["cmi"].between(0, 1).all()
+    loc = pd.read_csv(info / "localization.csv").set_index("word_type")
+    loc_items = pd.read_csv(info / "localization_items.csv")
+    evaluated = loc_items[loc_items["role"] == "evaluation"]
+    assert loc.loc["all", "threshold_source"] == "val split" and loc.loc["all", "n"] == len(evaluated) > 0
+    assert loc.loc["all", "cmi"] == pytest.approx(evaluated["iou:cmi"].mean())  # mIoU: the evaluated rows' mean
     maps = np.load(info / "localization_maps.npz")
-    assert maps["cmi"].shape[1:] == (8, 8) and (maps["mi"] >= 0).all()  # i^o maps: non-negative, latent grid
+    assert maps["cmi"].shape == (len(loc_items), 8, 8)  # one map per word row, on the latent grid
+    assert (maps["mi"] >= 0).all()  # i^o maps: non-negative
     edits = pd.read_csv(info / "intervention_items.csv")
     assert set(edits["edit"]) <= {"omit", "swap"} and "omit" in set(edits["edit"])
     assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
@@ -248,18 +273,47 @@ def test_every_config_has_its_check():
     assert sorted(CHECKS) == [p.name for p in config_files()]
 
 
-@pytest.mark.parametrize("path", config_files(), ids=lambda p: p.stem)
-def test_config_runs(path, tmp_path):
-    if path.name in SETUP:
-        SETUP[path.name](tmp_path)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(load_matrix_config(path, tmp_path), sort_keys=False))
-    options = ["--cores", "2", "--max-threads", "1", "--replace-workflow-config"] + (["-n"] if mode(path) == "dry-run" else [])
-    proc = run(snakemake_cmd([], cfg, *options), env={"HF_HUB_OFFLINE": "1"})
-    out = proc.stdout + proc.stderr
-    if mode(path) == "run":
-        assert "Nothing to be done" not in out and "steps (100%) done" in out
-    CHECKS[path.name](tmp_path / "results", out)
+#: config file name -> (its results folder, Snakemake's output) of the run this test process made of it
+RUNS: dict[str, tuple[Path, str]] = {}
+
+
+def finished_run(path: Path, tmp_path_factory) -> tuple[Path, str]:
+    """Run (or dry-run) config ``path`` in a temporary folder of its own, once per test process (the tests that read
+    a run share its xdist group): (the results folder, Snakemake's stdout and stderr)."""
+    if path.name not in RUNS:
+        tmp = tmp_path_factory.mktemp(path.stem)
+        if path.name in SETUP:
+            SETUP[path.name](tmp)
+        cfg = tmp / "config.yaml"
+        cfg.write_text(yaml.safe_dump(load_matrix_config(path, tmp), sort_keys=False))
+        options = ["--cores", "2", "--max-threads", "1", "--replace-workflow-config"] + \
+            (["-n"] if mode(path) == "dry-run" else [])
+        proc = run(snakemake_cmd([], cfg, *options), env={"HF_HUB_OFFLINE": "1"})
+        out = proc.stdout + proc.stderr
+        if mode(path) == "run":
+            assert "Nothing to be done" not in out and "steps (100%) done" in out
+        RUNS[path.name] = (tmp / "results", out)
+    return RUNS[path.name]
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xdist_group(f"config-{p.stem}"))
+                                  for p in config_files()], ids=lambda p: p.stem)
+def test_config_runs(path, tmp_path_factory):
+    CHECKS[path.name](*finished_run(path, tmp_path_factory))
+
+
+@pytest.mark.xdist_group("config-extraction_options")
+def test_feature_browser_of_the_extraction_options_run(tmp_path_factory):
+    """The feature browser of the extraction_options run in headless Chromium (browser_check): the layers it offers,
+    a layer switch, a latent's images and heat maps, the histogram, the data view's points and the information view.
+    Without Chromium it skips (fails under DIFFLENS_REQUIRE_BROWSER=1, as in .ci/run) before running the config;
+    the screenshots are kept under results/ of the repository."""
+    chromium_or_skip()
+    results, _ = finished_run(CONFIGS / "extraction_options.yaml", tmp_path_factory)
+    seen = check_browser(results / "browser" / "index.html", ROOT / "results" / "screenshots")
+    assert seen["layers"] == ["mid_block", "up_ft1"] and seen["latents_before"] != seen["latents_after"]
+    assert seen["latent_images"] >= 2 and seen["heat_maps"] >= 1 and seen["histogram_bars"] == 5
+    assert seen["points"] == 12 and seen["word_rows"] >= 1
 
 
 # ---- schema coverage --------------------------------------------------------------------------------------------

@@ -311,6 +311,23 @@ def test_flowers(tmp_path, monkeypatch):
         "a photo of a rose", "a photo of an iris", "a photo of an aster"}
 
 
+def test_flowers_without_names_warns_and_numbers_the_classes(tmp_path, monkeypatch, caplog):
+    """torchvision's list does not fit the 3 classes: the labels are "flower 1" .. "flower 3", with a warning."""
+    import logging
+
+    fx.build_flowers(tmp_path / "raw")
+    fake = types.ModuleType("torchvision.datasets")
+    fake.Flowers102 = SimpleNamespace(classes=["pink primrose"])
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
+    with caplog.at_level(logging.WARNING, logger="difflens.data.flowers"):
+        ds = convert("flowers102", tmp_path / "raw", tmp_path / "out")
+    assert ds.classes == ["flower 1", "flower 2", "flower 3"]
+    [record] = [r for r in caplog.records if r.name == "difflens.data.flowers"]
+    assert record.levelno == logging.WARNING and record.getMessage().startswith(
+        "flowers102: torchvision gives 1 flower names for the 3 classes: the labels are named 'flower 1' .. 'flower 3'")
+
+
 def test_flowers_bad_set_id(tmp_path):
     from scipy.io import savemat
 

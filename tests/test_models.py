@@ -194,7 +194,8 @@ def test_epsilon_from_v_prediction_numerically():
     v = a.sqrt() * eps - (1 - a).sqrt() * x0
     torch.testing.assert_close(epsilon_from_prediction(v, x_t, abar, "v_prediction"), eps)
     torch.testing.assert_close(epsilon_from_prediction(x0, x_t, abar, "sample"), eps, rtol=1e-4, atol=1e-4)
-    assert epsilon_from_prediction(eps, x_t, abar, "epsilon") is not None
+    as_is = epsilon_from_prediction(eps.half(), x_t, abar, "epsilon")  # the prediction itself, in float32
+    assert as_is.dtype == torch.float32 and torch.equal(as_is, eps.half().float())
     with pytest.raises(ModelConfigError, match="'flow'.*v_prediction"):
         epsilon_from_prediction(v, x_t, abar, "flow")
 
@@ -251,6 +252,20 @@ def test_dit_class_names_from_id2label_and_files(dit_dir, tmp_path):
         load_model("dit", str(hub_like), classes=str(tmp_path / "nope.json"))
     with pytest.raises(ModelConfigError, match=r"unknown option\(s\) \['colour'\].*resolution"):
         load_model("dit", str(hub_like), colour="red")
+
+
+def test_dit_warns_when_the_hub_model_index_cannot_be_read(caplog):
+    """A hub id whose model_index.json is in no cache, offline: no id2label from it, and a warning naming the source
+    and the error."""
+    import logging
+
+    from difflens.models.dit import _hub_model_index
+
+    with caplog.at_level(logging.WARNING, logger="difflens.models.dit"):
+        assert _hub_model_index("nobody/no-such-dit", local_files_only=True) == {}
+    [record] = [r for r in caplog.records if r.name == "difflens.models.dit"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith("nobody/no-such-dit: cannot read model_index.json (OSError: ")
 
 
 def test_dit_encode_and_denoise_take_the_epsilon_half(dit, dit_dir):

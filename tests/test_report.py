@@ -13,12 +13,19 @@ import pytest
 from difflens.report import attributes, browser, information, revelio
 from difflens.report.catalog import ITEMS, UnknownItem, item
 from difflens.report.inputs import MissingInput, producer, require
-from difflens.report.style import Palette
+from difflens.report.style import Palette, note_figure
 from difflens.report.summary import headline_rows, write_html, write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = Palette(models=["shapes", "dit"], layers=["mid_block", "up_blocks.1", "transformer_blocks.0",
                                                     "transformer_blocks.1"], timesteps=[25, 500])
+
+
+def control_columns(control: str, purity: float, auroc: float) -> dict:
+    """A control's columns of an SAE summary row (collect_sae): purity, sigma_label, and the same AUROC for every
+    indicator."""
+    return {f"{control}_purity": purity, f"{control}_sigma_label": 2 - purity, f"{control}_auroc:colour=red": auroc,
+            f"{control}_auroc:colour=blue": auroc, f"{control}_auroc:shape=circle": auroc}
 
 
 def sae_summary() -> pd.DataFrame:
@@ -33,7 +40,9 @@ def sae_summary() -> pd.DataFrame:
                              "random_sigma_p5": 2.2, "random_sigma_p95": 2.8, "random_purity_mean": 0.2,
                              "random_purity_p5": 0.1, "random_purity_p95": 0.3, "live_latents": 10,
                              "n_latents": 16, "split": "train", "auroc:colour=red": 0.9 - 0.1 * j,
-                             "auroc:colour=blue": 0.7, "auroc:shape=circle": 0.6})
+                             "auroc:colour=blue": 0.7, "auroc:shape=circle": 0.6,
+                             **control_columns("untrained", purity - 0.1, 0.6),
+                             **control_columns("random_directions", purity - 0.15, 0.55)})
     return pd.DataFrame(rows)
 
 
@@ -48,6 +57,9 @@ def test_sae_table_orders_layers_as_configured_and_aggregates_models():
     row = by_model[(by_model["model"] == "shapes") & (by_model["timestep"] == 25)].iloc[0]
     assert row["purity"] == pytest.approx(np.mean([0.5, 0.6])) and row["purity_min"] == pytest.approx(0.5)
     assert row["purity_max"] == pytest.approx(0.6) and row["purest_layer"] == "mid_block" and row["layers"] == 2
+    # each SAE's controls stand beside it: per row, and as the mean over a model's layers
+    assert {"untrained_purity", "random_directions_sigma_label"} <= set(by_layer.columns)
+    assert row["untrained_purity"] == pytest.approx(np.mean([0.4, 0.5]))
     dit = revelio.sae_table(s, "dit", dit_models=["dit"])
     assert set(dit["model"]) == {"dit"} and list(dit["block"][:2]) == [0, 1]
     with pytest.raises(revelio.ReportError, match="no SAE of a DiT model"):
@@ -78,12 +90,26 @@ def accuracy() -> pd.DataFrame:
             for t in (25, 500):
                 rows.append({"model": "shapes", "dataset": "shapes", "layer": layer, "timestep": t, "target": "label",
                              "classifier": clf, "val_accuracy": val - 0.01 * (t == 500), "test_accuracy": test,
-                             "n_classes": 4})
+                             "n_classes": 4, "majority_accuracy": 0.25})
     rows.append({"model": "shapes", "dataset": "shapes", "layer": "mid_block", "timestep": 25, "target": "colour",
-                 "classifier": "linear_probe", "val_accuracy": 0.8, "test_accuracy": 0.7, "n_classes": 4})
+                 "classifier": "linear_probe", "val_accuracy": 0.8, "test_accuracy": 0.7, "n_classes": 4,
+                 "majority_accuracy": 0.4})
     rows.append({"model": "clip", "dataset": "shapes", "layer": "image", "timestep": np.nan, "target": "label",
-                 "classifier": "linear_probe", "val_accuracy": 0.7, "test_accuracy": 0.6, "n_classes": 4})
+                 "classifier": "linear_probe", "val_accuracy": 0.7, "test_accuracy": 0.6, "n_classes": 4,
+                 "majority_accuracy": 0.25})
     return pd.DataFrame(rows)
+
+
+def test_accuracy_grid_shows_diffc_alone_and_fails_without_it(tmp_path):
+    """Table 3 (Diff-C accuracy, layer x timestep) is the 4 Diff-C rows; with none, a ReportError naming the
+    classifiers there are, not the probes under Diff-C's title."""
+    acc = accuracy()
+    table = revelio.plot_accuracy_grid(acc, tmp_path / "t3.png", tmp_path / "t3.pdf", "Table 3", PALETTE)
+    assert list(table["classifier"]) == ["diffc"] * 4
+    assert table["test_accuracy"].tolist() == [0.5, 0.5, 0.95, 0.95]  # mid_block, up_blocks.1 at t = 25, 500
+    with pytest.raises(revelio.ReportError, match=r"no Diff-C rows .*\['linear_probe'\]"):
+        revelio.plot_accuracy_grid(acc[acc["classifier"] != "diffc"], tmp_path / "p.png", tmp_path / "p.pdf",
+                                   "Table 3", PALETTE)
 
 
 def test_best_by_validation_selects_on_val_not_test():
@@ -100,11 +126,20 @@ def test_best_by_validation_selects_on_val_not_test():
 def test_readability_puts_classifiers_and_sae_on_one_scale():
     table = attributes.readability_table(accuracy(), sae_summary())
     probe = table[(table["source"] == "linear_probe") & (table["attribute"] == "colour")].iloc[0]
-    assert probe["chance"] == 0.25 and probe["readability"] == pytest.approx((0.7 - 0.25) / 0.75)
+    # the floor is the test split's majority rate (0.4 for this unbalanced target), not 1 / n_classes (0.25)
+    assert probe["chance"] == 0.4 and probe["readability"] == pytest.approx((0.7 - 0.4) / 0.6)
     sae = table[(table["source"] == "sae") & (table["attribute"] == "colour") & (table["layer"] == "up_blocks.1")]
     assert sae["score"].iloc[0] == pytest.approx((0.9 + 0.7) / 2)  # mean over the attribute's values
-    assert sae["readability"].iloc[0] == pytest.approx(((0.9 + 0.7) / 2 - 0.5) / 0.5)
+    # the SAE's floor is its untrained control read the same way (0.6 here), not 0.5
+    assert sae["chance"].iloc[0] == pytest.approx(0.6)
+    assert sae["readability"].iloc[0] == pytest.approx(((0.9 + 0.7) / 2 - 0.6) / 0.4)
+    circle = table[(table["source"] == "sae") & (table["attribute"] == "shape")]
+    assert (circle["readability"] == 0).all()  # 0.6 against a control of 0.6: nothing learned
     assert set(table["attribute"]) == {"label", "colour", "shape"}
+    with pytest.raises(revelio.ReportError, match="untrained-control column"):
+        attributes.readability_table(accuracy(), sae_summary().drop(columns="untrained_auroc:shape=circle"))
+    with pytest.raises(revelio.ReportError, match="majority_accuracy"):
+        attributes.readability_table(accuracy().drop(columns="majority_accuracy"), sae_summary())
 
 
 def test_aro_and_localization_tables():
@@ -193,6 +228,23 @@ def test_summary_marks_the_shapes_world_beside_the_papers(tmp_path):
     assert "<td>69.1 (VG-Relation, macro)</td>" in (tmp_path / "s.html").read_text()
 
 
+def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_path):
+    sae = tmp_path / "sae" / "shapes" / "shapes" / "summary.csv"
+    sae.parent.mkdir(parents=True)
+    sae_summary().to_csv(sae, index=False)
+    loc = tmp_path / "info" / "shapes" / "coco" / "localization.csv"
+    loc.parent.mkdir(parents=True)
+    loc.write_text("word_type,n,threshold_source\n")  # collect_localization's table without masks
+    rows = headline_rows({"sae": [str(sae)], "localization": [str(loc)]}, {"shapes": "shapes", "dit": "dit"})
+    purest = rows[rows["quantity"].str.startswith("purest SAE")].set_index("model")["this run"]
+    # shapes' purest SAE: mid_block at t=25, purity 0.6; its untrained control 0.5, random directions 0.45
+    assert purest["shapes"] == "0.60 / 1.40 (0.50 / 1.50; 0.45 / 1.55; 0.20 / 2.50) at mid_block, t=25"
+    verdict = rows[rows["quantity"] == "trained SAEs against their untrained controls"].set_index("model")
+    assert verdict.loc["shapes", "this run"].startswith("purity higher at 4 of 4 (mean difference +0.100)")
+    no_masks = rows[rows["section"] == "Information: localization"]
+    assert no_masks["this run"].tolist() == ["none: the data set has no masks (maps only)"]
+
+
 def test_readme_lists_every_paper_item_with_its_target_and_config():
     readme = (ROOT / "README.md").read_text()
     for key, it in ITEMS.items():
@@ -222,7 +274,18 @@ def test_heat_map_is_the_latents_encoder_response_at_each_position():
     assert browser.pool_to(np.ones((1, 5, 3)), 2).shape == (1, 2, 1)
 
 
-def test_runs_without_masks_or_groups_get_a_note_not_a_crash(tmp_path):
+def test_runs_without_masks_or_groups_get_a_note_not_a_crash(tmp_path, monkeypatch):
+    """An empty localization table and an ARO table without groups: each figure is a note (its title and the
+    reason), written as a PNG that is its PDF's page."""
+    from figure_check import assert_png_is_pdf_page
+
+    notes = []
+
+    def noted(png, pdf, title, text):
+        notes.append((title, text))
+        note_figure(png, pdf, title, text)
+
+    monkeypatch.setattr(information, "note_figure", noted)
     empty = pd.DataFrame(columns=["word_type", "n", "threshold_source"]).assign(model="m", dataset="coco_wl")
     long = information.localization_table(empty)
     assert long.empty
@@ -232,7 +295,10 @@ def test_runs_without_masks_or_groups_get_a_note_not_a_crash(tmp_path):
     groups = information.aro_table(aro, per_group=True)
     assert groups.empty
     information.plot_aro(groups, True, tmp_path / "t2.png", tmp_path / "t2.pdf", "Table 2")
-    assert all((tmp_path / f).stat().st_size > 1000 for f in ("t3.png", "t3.pdf", "t2.png", "t2.pdf"))
+    assert [title for title, _ in notes] == ["Table 3", "Table 2"]
+    assert "object masks" in notes[0][1] and "min_group" in notes[1][1]
+    for name in ("t3", "t2"):
+        assert_png_is_pdf_page(tmp_path / f"{name}.png", tmp_path / f"{name}.pdf")
 
 
 def test_sample_ids_stay_text(tmp_path):

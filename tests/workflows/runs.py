@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 #: keys whose values are wall-clock facts of one run, not results
-VOLATILE_KEYS = frozenset({"created", "train_seconds_this_run"})
+VOLATILE_KEYS = frozenset({"created", "seconds", "train_seconds_this_run"})
 #: folders under results whose files differ between any two runs (timings, timestamps)
 RUN_RECORDS = ("logs", "benchmarks")
 
@@ -126,9 +126,14 @@ def output_digests(results: Path) -> dict[str, str]:
     return out
 
 
-def assert_same_outputs(results: Path, reference: Path) -> None:
-    got, want = output_digests(results), output_digests(reference)
-    assert got.keys() == want.keys(), (f"different files: only in {results}: {sorted(got.keys() - want.keys())}; "
+def assert_same_digests(got: dict[str, str], want: dict[str, str], where: str = "the run",
+                        reference: str = "the reference") -> None:
+    """Two ``output_digests``: the same files, each with the same content."""
+    assert got.keys() == want.keys(), (f"different files: only in {where}: {sorted(got.keys() - want.keys())}; "
                                        f"only in {reference}: {sorted(want.keys() - got.keys())}")
     differ = sorted(k for k in got if got[k] != want[k])
-    assert not differ, f"{len(differ)} file(s) differ between {results} and {reference}: {differ[:10]}"
+    assert not differ, f"{len(differ)} file(s) differ between {where} and {reference}: {differ[:10]}"
+
+
+def assert_same_outputs(results: Path, reference: Path) -> None:
+    assert_same_digests(output_digests(results), output_digests(reference), str(results), str(reference))

@@ -39,6 +39,7 @@ class FeatureSource(Protocol):
 
     channels: int
     map_size: tuple[int, int]
+    codes: dict  # split -> the class codes of its rows (for the majority-class rate)
 
     def n(self, split: str) -> int:
         ...
@@ -113,6 +114,10 @@ class TensorSource:
             raise ValueError(f"TensorSource: no split {split!r}; it holds {sorted(self.maps)}")
         return len(self.maps[split])
 
+    @property
+    def codes(self) -> dict:
+        return {split: y.numpy() for split, y in self.targets.items()}
+
     def batches(self, split: str, batch_size: int, *, epoch: int,
                 train: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.n(split)
@@ -143,6 +148,11 @@ class HeadSources:
 
     def n(self, split: str) -> int:
         return next(iter(self.sources.values())).n(split)
+
+    @property
+    def codes(self) -> dict:
+        """The class codes by split (every head holds the same)."""
+        return next(iter(self.sources.values())).codes
 
     def batches(self, split: str, batch_size: int, *, epoch: int, train: bool):
         streams = {h: s.batches(split, batch_size, epoch=epoch, train=train) for h, s in self.sources.items()}
@@ -187,6 +197,13 @@ def check_targets(targets: torch.Tensor, n_classes: int, split: str) -> None:
     if len(targets) and int(targets.max()) >= n_classes:
         raise ValueError(f"Diff-C: a {split} target is {int(targets.max())} but n_classes is {n_classes}; it must be "
                          f"at least the largest target + 1")
+
+
+def majority_share(codes) -> float:
+    """The share of the most common class among ``codes``: the accuracy of always guessing it, the honest chance
+    level of a split whose classes are unbalanced (1 / n_classes only for balanced ones)."""
+    codes = np.asarray(codes)
+    return float(np.bincount(codes).max() / len(codes)) if len(codes) else float("nan")
 
 
 def _check_source(source: FeatureSource, n_classes: int) -> dict[str, int]:
@@ -238,6 +255,10 @@ class _OneHead:
 
     def n(self, split: str) -> int:
         return self.source.n(split)
+
+    @property
+    def codes(self) -> dict:
+        return self.source.codes
 
     def batches(self, split: str, batch_size: int, *, epoch: int, train: bool):
         for maps, targets in self.source.batches(split, batch_size, epoch=epoch, train=train):
@@ -409,7 +430,8 @@ def train_diffc_heads(source, n_classes: int, settings: DiffCSettings | None = N
         out[head.name] = {"val_accuracy": head.run["best_val"], "test_accuracy": test[head.name],
                           "best_epoch": head.run["best_epoch"], "epochs": settings.epochs,
                           "curves": head.run["curves"], "seconds": round(time.time() - t0, 2),
-                          "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"]}
+                          "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
+                          "majority_accuracy": majority_share(source.codes["test"])}
     return out
 
 

@@ -229,8 +229,10 @@ class OnTheFlyMaps(_SplitSource):
 
 def choose_mode(mode: str, entry: dict, limit_gb: float) -> str:
     """``cached`` or ``on_the_fly`` for one (timestep, layer) entry of an extraction index (``maps``, ``map_shape``,
-    ``n_valid``): ``auto`` takes the saved maps when a copy of them (float16) fits in ``limit_gb``."""
-    size_gb = entry["n_valid"] * int(np.prod(entry["map_shape"])) * 2 / 2 ** 30
+    ``n_valid``): ``auto`` takes the saved maps when a copy of them (float16) fits in ``limit_gb`` with a quarter to
+    spare, the rule by which ``CachedMaps`` holds them in memory and ``resources.cached_maps_mb`` sizes the job (so a
+    cached job never reads its maps row by row)."""
+    size_gb = entry["n_valid"] * int(np.prod(entry["map_shape"])) * 2 * 1.25 / 2 ** 30
     if mode == "cached" and not entry["maps"]:
         raise TargetError(f"classify.mode is cached but the maps of {entry['layer']} at t{entry['timestep']} were not "
                           f"saved: set extraction.save_maps: true (or classify.mode: on_the_fly / auto)")

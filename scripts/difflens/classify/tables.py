@@ -1,6 +1,6 @@
 """The classify stage's tables: linear probes over every layer x timestep x target, and the accuracy table (one row
-per run: model, data set, layer, timestep, target, classifier, val and test accuracy, epochs, seconds) that the
-figure stage reads."""
+per run: model, data set, layer, timestep, target, classifier, val and test accuracy, epochs, seconds, and the test
+split's majority-class rate, the accuracy of always guessing its most common class) that the figure stage reads."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from ..extract.store import FeatureStore, target_columns
 log = logging.getLogger(__name__)
 
 ACCURACY_COLUMNS = ["model", "dataset", "layer", "timestep", "target", "classifier", "val_accuracy", "test_accuracy",
-                    "epochs", "seconds", "n_train", "n_classes"]
+                    "epochs", "seconds", "n_train", "n_classes", "majority_accuracy"]
 SPLITS = ("train", "val", "test")
 
 
@@ -28,17 +28,28 @@ def probe_targets(store: FeatureStore, model: str, dataset: str, layer: str, tim
     return target_columns(store.rows(model, dataset, layer, timestep).columns)
 
 
+def split_codes(rows: dict, target: str) -> dict:
+    """Split -> integer codes of column ``target`` of ``rows[split]``, coded once over the rows of every split
+    together (``target_codes``), so that a value has the same code in every split; -1 where it is undefined."""
+    from .sources import target_codes
+
+    codes = target_codes(pd.concat([rows[s] for s in SPLITS], ignore_index=True), target)[0]
+    ends = np.cumsum([len(rows[s]) for s in SPLITS])
+    return dict(zip(SPLITS, np.split(codes, ends[:-1])))
+
+
 def probe_split_rows(features: dict, rows: dict, targets: list[str], meta: dict, *, seed: int = 0) -> list[dict]:
     """A linear probe (``fit_probe``) of ``features[split]`` (n, d) for each target column of ``rows[split]`` (the
-    row tables of the same samples); one accuracy-table row each, starting from ``meta`` (model, data set, layer,
-    timestep). A target with one class in train or an empty split is logged and left out."""
+    row tables of the same samples, coded by ``split_codes``); one accuracy-table row each, starting from ``meta``
+    (model, data set, layer, timestep). A target with one class in train or an empty split is left out with a
+    warning."""
+    from .diffc import majority_share
     from .probe import fit_probe
-    from .sources import target_codes
 
     out = []
     for target in targets:
         start = time.time()
-        codes = {s: target_codes(rows[s], target)[0] for s in SPLITS}
+        codes = split_codes(rows, target)
         keep = {s: codes[s] >= 0 for s in SPLITS}
         sizes = {s: int(keep[s].sum()) for s in SPLITS}
         if len(np.unique(codes["train"][keep["train"]])) < 2 or not all(sizes.values()):
@@ -48,7 +59,8 @@ def probe_split_rows(features: dict, rows: dict, targets: list[str], meta: dict,
         fit = fit_probe(*[a for s in SPLITS for a in (features[s][keep[s]], codes[s][keep[s]])], seed=seed)
         out.append({**meta, "target": target, "classifier": "linear_probe", "val_accuracy": fit["val_accuracy"],
                     "test_accuracy": fit["test_accuracy"], "epochs": 0, "seconds": round(time.time() - start, 2),
-                    "n_train": fit["n_train"], "n_classes": fit["n_classes"]})
+                    "n_train": fit["n_train"], "n_classes": fit["n_classes"],
+                    "majority_accuracy": majority_share(codes["test"][keep["test"]])})
     return out
 
 
@@ -76,7 +88,8 @@ def accuracy_table(probes: str | Path | None, diffc_results: list[str | Path],
     for path in diffc_results:
         r = json.loads(Path(path).read_text())
         rows.append({k: r[k] for k in ("model", "dataset", "layer", "timestep", "target", "val_accuracy",
-                                       "test_accuracy", "epochs", "seconds", "n_train", "n_classes")}
+                                       "test_accuracy", "epochs", "seconds", "n_train", "n_classes",
+                                       "majority_accuracy")}
                     | {"classifier": "diffc"})
     parts.append(pd.DataFrame(rows, columns=ACCURACY_COLUMNS))
     table = pd.concat([p for p in parts if not p.empty] or [pd.DataFrame(columns=ACCURACY_COLUMNS)],

@@ -6,6 +6,7 @@ no class names: they come from torchvision's ``Flowers102.classes`` unless ``cla
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from .sources import require_dir, require_file, torchvision_download, write_clas
 
 BASE = "flowers-102"
 SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
+
+log = logging.getLogger(__name__)
 
 
 def download(raw_dir: Path) -> None:
@@ -37,14 +40,20 @@ def _load_mat_vector(path: Path, key: str) -> np.ndarray:
 
 
 def default_class_names(n: int) -> list[str]:
-    """torchvision's flower names when they match ``n`` classes, else ``flower <i>``."""
+    """torchvision's flower names when they match ``n`` classes, else ``flower <i>`` with a warning: the captions
+    then name no flower (the ``class_names`` parameter gives the names)."""
     try:
         from torchvision.datasets import Flowers102
 
         names = list(getattr(Flowers102, "classes", []))
     except ImportError:
         names = []
-    return names if len(names) == n else [f"flower {i + 1}" for i in range(n)]
+    if len(names) == n:
+        return names
+    log.warning("flowers102: torchvision gives %d flower names for the %d classes: the labels are named 'flower 1' .. "
+                "'flower %d' and the captions name no flower (the class_names parameter gives names)", len(names), n,
+                n)
+    return [f"flower {i + 1}" for i in range(n)]
 
 
 def convert(raw_dir: Path, out_dir: Path, seed: int, caption_template: str = "a photo of a {}",

@@ -5,12 +5,17 @@ paper's score), i^s and the denoising error against the empty prompt, from draws
 image (an image's rows of several kinds run in one batch). An item counts as right for a score when the true caption
 scores best (highest information, lowest error; ties count as wrong).
 
-Per-item scores are written in shards (``score_shard``): a shard appends each finished image to a partial file and a
-restarted job skips what that file holds, so a run stopped half-way resumes; ``aggregate`` turns the per-item table
-into accuracies (per kind, per group, macro over groups as ARO reports them), without recomputing anything.
+Per-item scores are written in shards (``score_shard``): a shard appends each finished image to a partial file (its
+lines in one write) and a restarted job skips what that file holds, so a run stopped half-way resumes. The partial
+file is resumed only with the settings it was started with (``records.check_partial``), and an image whose lines
+a kill cut short is cut off it. ``aggregate`` turns the per-item table into accuracies (per kind, per group, macro
+over groups as ARO reports them), without recomputing anything.
 """
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import json
 import logging
 import os
@@ -22,6 +27,7 @@ import torch
 
 from .estimators import LogSNRSampler, require_unconditional, score_item
 from .inputs import encode_samples
+from .records import check_partial, remove_partial, shard_settings
 
 log = logging.getLogger(__name__)
 
@@ -98,33 +104,102 @@ def score_image_rows(model, x0: torch.Tensor, rows: pd.DataFrame, *, n_draws: in
     return pd.DataFrame(out)
 
 
+def candidate_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """Lines of each image in a scores table: one per candidate (the caption and its negatives) of its items."""
+    n = rows["negatives"].map(lambda v: 1 + len(json.loads(v)))
+    return {str(k): int(v) for k, v in n.groupby(rows["sample_id"]).sum().items()}
+
+
+def _record_ends(data: bytes) -> list[tuple[str, int]]:
+    """(first field, byte offset just after it) of each complete CSV record of ``data``, header included: records
+    whose last line ends with a newline and leaves no quoted field open."""
+    lines_end = data.rfind(b"\n") + 1
+    consumed = [0]
+
+    def lines():
+        for line in io.BytesIO(data[:lines_end]):
+            consumed[0] += len(line)
+            yield line.decode()
+
+    out = []
+    try:
+        for fields in csv.reader(lines(), strict=True):
+            out.append((fields[0] if fields else "", consumed[0]))
+    except csv.Error:  # a quoted field open at the end: the last record is torn
+        pass
+    return out
+
+
+def complete_length(data: bytes, counts: dict[str, int]) -> int:
+    """The bytes of a partial scores file that hold its header and its complete images: images in runs of lines
+    (one write each), an image complete with ``counts[sample_id]`` lines; the first incomplete one (a kill cut its
+    write short, at a line's end or inside one) and all after it are not kept."""
+    records = _record_ends(data)
+    if not records:
+        return 0
+    keep = records[0][1]  # the header
+    for sid, lines in itertools.groupby(records[1:], key=lambda r: r[0]):
+        lines = list(lines)
+        if len(lines) != counts.get(sid):
+            break
+        keep = lines[-1][1]
+    return keep
+
+
+def read_partial(partial: Path, counts: dict[str, int]) -> pd.DataFrame:
+    """The complete images of a partial scores file (``complete_length``); a torn end is cut off the file with a
+    warning naming it. An empty table when the file does not exist."""
+    data = partial.read_bytes() if partial.is_file() else b""
+    keep = complete_length(data, counts)
+    if keep < len(data):
+        log.warning("%s: dropping a torn end (bytes %d-%d: what a kill left of its last write)", partial, keep,
+                    len(data))
+        os.truncate(partial, keep)
+    if not keep:
+        return pd.DataFrame(columns=ITEM_COLUMNS)
+    return pd.read_csv(io.BytesIO(data[:keep]), keep_default_na=False, dtype={"sample_id": str})
+
+
+def append_lines(path: Path, table: pd.DataFrame) -> None:
+    """Append ``table`` as CSV lines (a header first when ``path`` is empty or missing) in one write, flushed to
+    disk."""
+    header = not path.is_file() or not path.stat().st_size
+    text = table.to_csv(index=False, header=header, lineterminator="\n")
+    with open(path, "ab") as f:
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def score_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws: int, sampler: LogSNRSampler,
-                seed: int, batch_size: int = 256, progress: bool = True) -> pd.DataFrame:
-    """Score every image of ``rows`` into ``out_path`` (CSV), resuming from ``<out_path>.partial``."""
+                seed: int, batch_size: int = 256, progress: bool = True,
+                identity: dict | None = None) -> pd.DataFrame:
+    """Score every image of ``rows`` into ``out_path`` (CSV), image by image through ``<out_path>.partial``: a
+    restarted job resumes from it when it was made with the same settings (``records.shard_settings``;
+    ``identity``: what else the scores depend on, the job's ``records.job_identity``), and raises a ValueError
+    naming both settings when not."""
     from tqdm import tqdm
 
     require_unconditional(model)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    done = pd.read_csv(partial, keep_default_na=False, dtype={"sample_id": str}) \
-        if partial.is_file() and partial.stat().st_size else pd.DataFrame(columns=ITEM_COLUMNS)
-    finished = set(done["sample_id"])
+    check_partial(partial, shard_settings(model, rows, n_draws=n_draws, sampler=sampler, seed=seed,
+                                          identity=identity))
+    counts = candidate_counts(rows)
+    finished = set(read_partial(partial, counts)["sample_id"])
     if finished:
         log.info("resuming %s: %d images already scored", partial, len(finished))
     todo = [s for s in sorted(rows["sample_id"].unique()) if s not in finished]
     by_image = dict(tuple(rows.groupby("sample_id")))
     for sid in tqdm(todo, desc="ARO images", disable=not progress, mininterval=5):
         x0 = encode_samples(model, ds, [sid])[0]
-        part = score_image_rows(model, x0, by_image[sid], n_draws=n_draws, sampler=sampler, seed=seed,
-                                item=sid, batch_size=batch_size)
-        part.to_csv(partial, mode="a", header=not partial.is_file() or not partial.stat().st_size, index=False)
-    result = pd.read_csv(partial, keep_default_na=False, dtype={"sample_id": str}) \
-        if partial.is_file() and partial.stat().st_size else pd.DataFrame(columns=ITEM_COLUMNS)
-    result = result.sort_values(["item", "candidate"]).reset_index(drop=True)
+        append_lines(partial, score_image_rows(model, x0, by_image[sid], n_draws=n_draws, sampler=sampler,
+                                               seed=seed, item=sid, batch_size=batch_size))
+    result = read_partial(partial, counts).sort_values(["item", "candidate"]).reset_index(drop=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     result.to_csv(tmp, index=False)
     os.replace(tmp, out_path)
-    partial.unlink(missing_ok=True)
+    remove_partial(partial)
     return result
 
 

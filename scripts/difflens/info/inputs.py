@@ -1,5 +1,7 @@
 """What the information stage reads from a data set: model latents of its images, ground-truth masks on the grid
-the model sees, and word rows checked before any denoiser runs."""
+the model sees, and word rows checked before any denoiser runs. An image that cannot be decoded is left out of a
+job's rows with a warning naming it and the reason (``drop_unreadable``), as extraction leaves it out of the
+features, so that one corrupt file neither stops the stage nor disappears unreported."""
 from __future__ import annotations
 
 import re
@@ -9,6 +11,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..data.common import DatasetError
 from ..models.base import fit_square
 
 
@@ -66,3 +69,22 @@ def word_rows(ds, splits: list[str], max_images: int, need_masks: bool) -> pd.Da
             raise ValueError(f"data set {ds.name!r}: sample {r.sample_id!r}: word {r.word!r} has no mask (empty "
                              f"objects in words.csv)")
     return rows.reset_index(drop=True)
+
+
+def unreadable_images(ds, sample_ids) -> dict[str, str]:
+    """{sample id: why} of the images among ``sample_ids`` that cannot be decoded (each distinct id tried once)."""
+    out = {}
+    for sid in dict.fromkeys(map(str, sample_ids)):
+        try:
+            ds.load_image(sid)
+        except DatasetError as exc:
+            out[sid] = str(exc)
+    return out
+
+
+def drop_unreadable(rows: pd.DataFrame, unreadable: dict[str, str], what: str, log) -> pd.DataFrame:
+    """``rows`` without the rows of the ``unreadable`` images, each one named with its reason in a warning of ``log``
+    (``what``: the job, for the message)."""
+    for sid, why in unreadable.items():
+        log.warning("%s: sample %r left out (%d rows): %s", what, sid, int((rows["sample_id"] == sid).sum()), why)
+    return rows[~rows["sample_id"].astype(str).isin(set(unreadable))]

@@ -4,11 +4,11 @@ The word rows of a (model, data set) are split by image (every caption and word 
 images whose rank among the sorted sample ids is the shard's number modulo the shard count, as ``aro.shard_of``).
 ``shard_plan`` counts each shard's rows for the memory requests. A shard job (``localize_shard``) computes the maps
 of each image's rows and, against the masks, each row's IoU curve, appends the image as one record to
-``<shard>.partial`` (``records``) and, restarted, skips the images that file holds; its output ``shard-<k>.npz``
-holds per row (key ``row``: the row's position among the data set's word rows) the latent-grid maps
-(``MAP_KEYS``), and with masks the curves ``iou:<method>`` (rows, thresholds) and ``whole`` (the mask's share of the
-image). ``join_shards`` puts the shards back in row order for ``evaluate_curves``: the join needs neither masks nor
-full-resolution maps.
+``<shard>.partial`` (``records``) and, restarted with the same settings (``records.shard_settings``, checked by
+``records.check_partial``), skips the images that file holds; its output ``shard-<k>.npz`` holds per row (key
+``row``: the row's position among the data set's word rows) the latent-grid maps (``MAP_KEYS``), and with masks the
+curves ``iou:<method>`` (rows, thresholds) and ``whole`` (the mask's share of the image). ``join_shards`` puts the
+shards back in row order for ``evaluate_curves``: the join needs neither masks nor full-resolution maps.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .estimators import LogSNRSampler, require_unconditional
 from .inputs import word_rows
 from .localize import compute_maps, ground_truth, row_curves, threshold_grid
 from .memory import CHUNK_ROWS
-from .records import append_record, read_records
+from .records import append_record, check_partial, read_records, remove_partial, shard_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 MAP_KEYS = ("cmi", "cmi_s", "attention", "cmi_nats", "mi", "mi_nats")
 
 
-def localize_rows(ds, localize: dict) -> pd.DataFrame:
-    """The word rows of the ``infodecomp.localize`` section's calibration and evaluation splits (index: the row's
-    position, the key every shard and the join use)."""
+def localize_rows(ds, localize: dict, skipped=()) -> pd.DataFrame:
+    """The word rows of the ``infodecomp.localize`` section's calibration and evaluation splits, less those of the
+    ``skipped`` images (the plan's unreadable ones; index: the row's position, the key every shard and the join
+    use)."""
     splits = list(dict.fromkeys([localize["calibration_split"], localize["split"]]))
-    return word_rows(ds, splits, localize["max_images"], need_masks=True)
+    rows = word_rows(ds, splits, localize["max_images"], need_masks=True)
+    return rows[~rows["sample_id"].astype(str).isin(set(skipped))].reset_index(drop=True)
 
 
 def shard_plan(rows: pd.DataFrame, n_shards: int) -> dict:
@@ -96,19 +98,23 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws: int, sampler: LogSNRSampler,
                    seed: int, n_thresholds: int, batch_size: int = 256, chunk_rows: int = CHUNK_ROWS,
-                   progress: bool = True) -> dict[str, np.ndarray]:
+                   progress: bool = True, identity: dict | None = None) -> dict[str, np.ndarray]:
     """Maps and, when the data set has masks, IoU curves of every row of ``rows`` (one shard's, indexed by row
-    position) into ``out_path`` (.npz), image by image through ``<out_path>.partial``, which a restarted job
-    resumes from."""
+    position) into ``out_path`` (.npz), image by image through ``<out_path>.partial``: a restarted job resumes from
+    it when it was made with the same settings (``records.shard_settings``; ``identity``: what else the numbers
+    depend on, the job's ``records.job_identity``), and raises a ValueError naming both settings when not."""
     from tqdm import tqdm
 
     require_unconditional(model)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
+    masks = ds.objects is not None
+    check_partial(partial, shard_settings(model, rows, n_draws=n_draws, sampler=sampler, seed=seed,
+                                          n_thresholds=n_thresholds if masks else None, identity=identity))
     finished = {str(r["sample_id"][0]) for r in read_records(partial)}
     if finished:
         log.info("resuming %s: %d images already localized", partial, len(finished))
-    thresholds = threshold_grid(n_thresholds) if ds.objects is not None else None
+    thresholds = threshold_grid(n_thresholds) if masks else None
     by_image = dict(tuple(rows.groupby("sample_id", sort=False)))
     todo = [s for s in sorted(by_image) if s not in finished]
     for sid in tqdm(todo, desc="localized images", disable=not progress, mininterval=5):
@@ -118,7 +124,7 @@ def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_dra
     if thresholds is not None:
         result["thresholds"] = thresholds
     write_npz(out_path, result)
-    partial.unlink(missing_ok=True)
+    remove_partial(partial)
     return result
 
 

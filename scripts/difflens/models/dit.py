@@ -13,6 +13,7 @@ into (B, D, h, w) with ``transpose(1, 2).reshape`` (a plain ``view`` would mix c
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import torch
 
 from .base import COMPONENTS, DiffusionModel, ModelConfigError, VAELatentsMixin, check_components, place
 from .catalog import MODEL_CARD
+
+log = logging.getLogger(__name__)
 
 
 def read_json(path: Path) -> dict | None:
@@ -48,14 +51,17 @@ def id2label_to_names(id2label: dict) -> list[str]:
 
 
 def _hub_model_index(source: str, local_files_only: bool) -> dict:
-    """The pipeline's model_index.json (local folder or hub cache), {} when absent."""
+    """The pipeline's model_index.json (local folder or hub cache), {} when absent; {} with a warning naming the
+    error when the hub's cannot be read (its id2label is then not used)."""
     local = read_json(Path(source) / "model_index.json")
     if local is not None or Path(source).is_dir():
         return local or {}
     try:
         from diffusers import DiffusionPipeline
         return dict(DiffusionPipeline.load_config(source, local_files_only=local_files_only))
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        log.warning("%s: cannot read model_index.json (%s: %s): no class names from its id2label", source,
+                    type(exc).__name__, exc)
         return {}
 
 

@@ -1,7 +1,11 @@
 """The shapes world's own figure: which attribute is readable where (layer x timestep), from Diff-C, the linear
-probes and the SAE's attribute matching, side by side. Each source is put on one readability scale, 0 = chance and
-1 = perfect: (accuracy - chance) / (1 - chance) for the classifiers (chance = 1 / number of classes), and
-(AUROC - 0.5) / 0.5 for the SAE (its best latent per attribute value, averaged over the attribute's values)."""
+probes and the SAE's attribute matching, side by side. Each source is put on one readability scale, 0 = what a
+model that learned nothing scores and 1 = perfect: (accuracy - majority) / (1 - majority) for the classifiers (the
+test split's majority-class rate: 1 / number of classes only for balanced targets, and the honest floor for
+unbalanced ones such as n_objects), and (AUROC - control) / (1 - control) for the SAE, where the control is the
+same run's untrained SAE read the same way (its best latent's AUROC: on clustered features that is well above
+0.5). Both per attribute value, averaged over the attribute's values. Below-control scores are negative (drawn
+as 0)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,29 +19,39 @@ SOURCES = {"diffc": "Diff-C (test accuracy)", "linear_probe": "linear probe (tes
 
 
 def readability_table(acc: pd.DataFrame, sae: pd.DataFrame) -> pd.DataFrame:
-    """One row per (source, model, data set, layer, timestep, attribute): the raw score, its chance level and the
-    readability (0 = chance, 1 = perfect). The class label counts as the attribute ``label``."""
+    """One row per (source, model, data set, layer, timestep, attribute): the raw score, its chance level (the
+    majority-class rate, or the untrained SAE's AUROC: module docstring) and the readability (0 = chance, 1 =
+    perfect). The class label counts as the attribute ``label``."""
     out = []
     own = acc[acc["classifier"].isin(["diffc", "linear_probe"]) & acc["timestep"].notna()]  # not external baselines
+    if "majority_accuracy" not in own:
+        raise ReportError("the accuracy table has no majority_accuracy column (made by an older difflens): rerun its "
+                          "classify jobs (probe_features, train_diffc_<model>, collect_accuracy)")
     for r in own.to_dict("records"):
-        chance = 1.0 / max(1, int(r["n_classes"])) if pd.notna(r.get("n_classes")) else np.nan
+        chance = float(r["majority_accuracy"])
         out.append({"source": r["classifier"], "model": r["model"], "dataset": r["dataset"], "layer": r["layer"],
                     "timestep": int(r["timestep"]), "attribute": r["target"], "score": r["test_accuracy"],
                     "chance": chance})
     auroc_cols = [c for c in sae.columns if c.startswith("auroc:")]
+    missing = [c for c in auroc_cols if f"untrained_{c}" not in sae]
+    if missing:
+        raise ReportError(f"the SAE summary has no untrained-control column for {missing[:3]} (made by an older "
+                          "difflens): rerun train_sae and analyse_sae")
     for r in sae.to_dict("records"):
-        per_attr: dict[str, list[float]] = {}
+        per_attr: dict[str, list[tuple[float, float]]] = {}
         for c in auroc_cols:
             if pd.notna(r[c]):
-                per_attr.setdefault(c.removeprefix("auroc:").split("=")[0], []).append(float(r[c]))
+                per_attr.setdefault(c.removeprefix("auroc:").split("=")[0], []).append(
+                    (float(r[c]), float(r[f"untrained_{c}"])))
         for attr, values in per_attr.items():
+            score, control = np.nanmean(np.array(values), axis=0)
             out.append({"source": "sae", "model": r["model"], "dataset": r["dataset"], "layer": r["layer"],
-                        "timestep": int(r["timestep"]), "attribute": attr, "score": float(np.mean(values)),
-                        "chance": 0.5, "sae_run": f"{r['run']}/{r['input']}"})
+                        "timestep": int(r["timestep"]), "attribute": attr, "score": float(score),
+                        "chance": float(control), "sae_run": f"{r['run']}/{r['input']}"})
     if not out:
         raise ReportError("no classifier or SAE rows to read attributes from")
     table = pd.DataFrame(out)
-    table["readability"] = (table["score"] - table["chance"]) / (1 - table["chance"])
+    table["readability"] = (table["score"] - table["chance"]) / (1 - table["chance"]).clip(lower=1e-9)
     return table
 
 
@@ -69,6 +83,7 @@ def plot_readability(table: pd.DataFrame, palette: Palette, png, pdf, title: str
         ax.set_yticks(range(len(index)), [f"{l} @ t{t}" for l, t in index] if k == 0 else [], fontsize=7)
         ax.set_title(f"{SOURCES[source]}\n{model} · {ds}", fontsize=8)
         ax.grid(False)
-    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, label="readability: 0 = chance, 1 = perfect")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02,
+                 label="readability: 0 = chance (majority class; untrained SAE), 1 = perfect")
     fig.suptitle(title)
     save_figure(fig, png, pdf)

@@ -1,6 +1,7 @@
 """The information-decomposition paper items from ``info/<model>/<data set>/``: Tables 1-2 (ARO overall and per
 relation, i^o beside i^s and the denoising error), Fig. 2 (MI / CMI / attention maps over the image on one colour
-scale), Table 3 (localization mIoU, held-out and oracle thresholds), Table 4 and Fig. 3 (prompt intervention)."""
+scale), Table 3 (localization mIoU, held-out and oracle thresholds), Table 4 (prompt intervention: CMI and attention
+beside the mask baselines, and their paired differences) and Fig. 3 (intervention examples)."""
 from __future__ import annotations
 
 import numpy as np
@@ -181,19 +182,53 @@ def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], p
 
 
 # ---- Table 4 and Fig. 3: prompt intervention ----------------------------------------------------------------------
+#: Table 4's predictors in plotting order and colour: the maps, the mask baselines (``info.intervene.MASK_BASELINES``,
+#: grey) and each map's paired difference with each baseline (``<map>-<baseline>``, the map's colour, darker for
+#: the all-objects mask)
+INTERVENTION_COLOURS = {"cmi": SCORE_COLOURS["cmi"], "attention": SCORE_COLOURS["attention"],
+                        "object_mask": "#bdbdbd", "all_objects_mask": "#636363",
+                        "cmi-object_mask": "#f08080", "cmi-all_objects_mask": "#8b1a1a",
+                        "attention-object_mask": "#9be3ec", "attention-all_objects_mask": "#0b6e7a"}
+MASK_NAMES = {"object_mask": "the word's object mask", "all_objects_mask": "all objects' mask"}
+
+
+def predictor_label(predictor: str) -> str:
+    """A Table 4 predictor's legend label: its name, or for a difference ``<map>-<baseline>`` 'map - baseline'."""
+    names = {**SCORE_NAMES, **MASK_NAMES}
+    return " - ".join(names.get(p, p) for p in predictor.split("-"))
+
+
+def intervention_panel(ax, rows: pd.DataFrame, ylabel: str) -> None:
+    """One Table 4 panel: grouped bars of ``rows`` (x: edit and level, one bar per predictor) with their 95%
+    intervals, a line at 0."""
+    grouped_bars(ax, rows, "x", "predictor", list(INTERVENTION_COLOURS), "pearson", colour=INTERVENTION_COLOURS.get,
+                 label=predictor_label, lo="ci_low", hi="ci_high")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
 def plot_intervention(table: pd.DataFrame, png, pdf, title: str) -> None:
-    """Table 4: Pearson correlation of the edit's change with CMI and with attention, image and pixel level, with
-    the 95% bootstrap intervals."""
+    """Table 4: Pearson correlation of the edit's change with CMI, with attention and, where the data set has masks,
+    with the mask baselines (the edited word's object, all objects), image and pixel level, with the 95% bootstrap
+    intervals; below them, for a (model, data set) with baselines, each map's paired difference with each baseline
+    (above 0: the map predicts the change better than the mask; a data set without masks says so there)."""
     apply_style()
-    table = table.assign(x=table["edit"] + " · " + table["level"])
+    table = table.assign(x=table["edit"] + " · " + table["level"],
+                         difference=table["predictor"].str.contains("-", regex=False))
     facets = list(table.groupby(["model", "dataset"], sort=False))
-    fig, axes = plt.subplots(1, len(facets), figsize=(6 * len(facets), 3.6), squeeze=False)
-    for ax, ((model, ds), g) in zip(axes[0], facets):
-        _bars(ax, g, "x", "predictor", ("cmi", "attention"), "pearson", lo="ci_low", hi="ci_high")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_ylabel("Pearson r with the change (95% CI)")
-        ax.set_title(f"{model} · {ds}")
-        ax.legend(fontsize=7)
+    n_rows = 2 if table["difference"].any() else 1
+    fig, axes = plt.subplots(n_rows, len(facets), figsize=(6.5 * len(facets), 3.6 * n_rows), squeeze=False)
+    for j, ((model, ds), g) in enumerate(facets):
+        intervention_panel(axes[0, j], g[~g["difference"]], "Pearson r with the change (95% CI)")
+        axes[0, j].set_title(f"{model} · {ds}")
+        if n_rows == 1:
+            continue
+        if g["difference"].any():
+            intervention_panel(axes[1, j], g[g["difference"]], "r(map) - r(mask), paired bootstrap (95% CI)")
+        else:
+            axes[1, j].axis("off")
+            axes[1, j].text(0.5, 0.5, "no object masks: no mask baselines", ha="center", va="center")
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, png, pdf)

@@ -1,9 +1,11 @@
 """Revelio's paper items from the SAE summaries (``sae/<model>/<data set>/summary.csv``) and the accuracy tables
 (``classify/<model>/<data set>/accuracy.csv``): Table 2a-d (sigma_label and purity by layer, timestep, model and DiT
-block, beside the random-image baseline), the top-image grids (Fig. 3/5/7/9), Diff-C accuracy by layer, timestep and
-architecture (Fig. 4/6/8), the accuracy tables (Tables 3 and 5) and the PCA views (Fig. 10)."""
+block, beside the random-image baseline and the untrained-SAE and random-direction controls), the top-image grids
+(Fig. 3/5/7/9), Diff-C accuracy by layer, timestep and architecture (Fig. 4/6/8), the accuracy tables (Tables 3 and
+5) and the PCA views (Fig. 10)."""
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -13,10 +15,14 @@ from .style import BASELINE, Palette, apply_style, grouped_bars, plt, save_figur
 
 SAE_COLUMNS = ["model", "dataset", "run", "input", "layer", "timestep", "sigma_label", "purity", "random_sigma_mean",
                "random_sigma_p5", "random_sigma_p95", "random_purity_mean", "random_purity_p5", "random_purity_p95",
-               "live_latents", "n_latents", "split"]
+               "untrained_sigma_label", "untrained_purity", "random_directions_sigma_label",
+               "random_directions_purity", "live_latents", "n_latents", "split"]
+#: the controls of every SAE (difflens.sae.controls), as named in the summary's columns
+CONTROLS = {"untrained": "untrained SAE", "random_directions": "random directions"}
 METRICS = {"sigma_label": "sigma_label (lower = purer)", "purity": "top-10 purity (majority share)"}
 AXES = ("layer", "timestep", "model", "dit")
 _BLOCK = re.compile(r"(\d+)$")
+log = logging.getLogger(__name__)
 
 
 class ReportError(ValueError):
@@ -40,7 +46,8 @@ def block_index(layer: str) -> int:
 # ---- Table 2a-d: sigma_label and purity ---------------------------------------------------------------------------
 def sae_table(summary: pd.DataFrame, axis: str, dit_models: list[str] = (), palette: Palette | None = None):
     """Table 2 along ``axis`` (layer | timestep | model | dit): one row per SAE (``model`` adds the mean, min and
-    max over a model's layers per timestep and its purest layer), with the random-image baseline beside it."""
+    max over a model's layers per timestep and its purest layer), with the random-image baseline and the controls
+    (the untrained SAE's and the random directions' sigma_label and purity) beside it."""
     if axis not in AXES:
         raise ReportError(f"axis {axis!r} is not one of {AXES}")
     if summary.empty:
@@ -61,7 +68,9 @@ def sae_table(summary: pd.DataFrame, axis: str, dit_models: list[str] = (), pale
                     sigma_label_max=("sigma_label", "max"), purity=("purity", "mean"),
                     purity_min=("purity", "min"), purity_max=("purity", "max"),
                     random_sigma_mean=("random_sigma_mean", "mean"),
-                    random_purity_mean=("random_purity_mean", "mean"), layers=("layer", "count")).reset_index()
+                    random_purity_mean=("random_purity_mean", "mean"),
+                    **{c: (c, "mean") for c in cols if c.startswith(tuple(CONTROLS))},
+                    layers=("layer", "count")).reset_index()
         best = table.loc[argmax_rows(table, keys, "purity")].set_index(keys)["layer"]
         out["purest_layer"] = [best.loc[tuple(r)] for r in out[keys].itertuples(index=False)]
         return out.sort_values(["dataset", "run", "input", "timestep", "model"], ignore_index=True)
@@ -79,8 +88,9 @@ def _facets(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 def plot_sae_table(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, title: str) -> None:
-    """Two panels per (data set, SAE run, input): sigma_label and purity along the axis, the random-image baseline
-    as a grey band (5th-95th percentile) around its dashed mean."""
+    """Two panels per (data set, SAE run, input): sigma_label and purity along the axis, the untrained SAE's as a
+    dotted line of the same colour (bars: its mean as a dotted black line), the random-image baseline as a grey band
+    (5th-95th percentile) around its dashed mean."""
     apply_style()
     facets = _facets(table)
     fig, axes = plt.subplots(len(facets), 2, figsize=(10, 3.2 * len(facets)), squeeze=False)
@@ -108,6 +118,7 @@ def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) ->
             s = s.assign(_x=s[xcol].map({v: i for i, v in enumerate(order)})).sort_values("_x")
             ax.plot(s["_x"], s[metric], marker=palette.marker(model), ls=palette.linestyle(model),
                     color=palette.timestep(t), label=f"{model} t={t}")
+            _control_line(ax, s["_x"], s, metric, palette.timestep(t))
         ax.set_xticks(range(len(order)), [str(v) for v in order], rotation=30, ha="right")
         ax.set_xlabel("DiT block" if axis == "dit" else "layer")
     else:
@@ -115,6 +126,7 @@ def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) ->
             s = s.sort_values("timestep")
             ax.plot(s["timestep"], s[metric], marker=palette.marker(model), ls=palette.linestyle(model),
                     color=palette.layer(layer), label=f"{model} {layer}")
+            _control_line(ax, s["timestep"], s, metric, palette.layer(layer))
         ax.set_xlabel("timestep (of 1000; larger = noisier)")
 
 
@@ -124,6 +136,17 @@ def _model_bars(ax, g: pd.DataFrame, metric: str, palette: Palette) -> None:
     grouped_bars(ax, g, "model", "timestep", sorted(set(g["timestep"])), metric, colour=palette.timestep,
                  label=lambda t: f"t={t}", lo=f"{metric}_min", hi=f"{metric}_max")
     ax.set_xlabel("model (bar: mean over layers; whiskers: min-max)")
+    if f"untrained_{metric}" in g:
+        ax.axhline(g[f"untrained_{metric}"].mean(), color="k", ls=":", lw=1, label="untrained SAE (mean)")
+
+
+def _control_line(ax, x, s: pd.DataFrame, metric: str, colour) -> None:
+    """The untrained SAE's ``metric`` along the same x, dotted, labelled once per panel."""
+    if f"untrained_{metric}" not in s:
+        return
+    labelled = any(line.get_label() == "untrained SAE (dotted)" for line in ax.get_lines())
+    ax.plot(x, s[f"untrained_{metric}"], ls=":", lw=1, color=colour,
+            label="_" if labelled else "untrained SAE (dotted)")
 
 
 def _random_band(ax, g: pd.DataFrame, metric: str, axis: str) -> None:
@@ -149,7 +172,10 @@ def with_stderr(acc: pd.DataFrame, n_test: dict[str, int]) -> pd.DataFrame:
 def focus_targets(acc: pd.DataFrame) -> pd.DataFrame:
     """The rows of the targets Diff-C was trained on (the probes' other attribute columns belong to the shapes
     world's attribute figure), or of ``label`` when there is no Diff-C."""
-    targets = set(acc.loc[acc["classifier"] == "diffc", "target"]) or {"label"}
+    targets = set(acc.loc[acc["classifier"] == "diffc", "target"])
+    if not targets:
+        log.info("no Diff-C rows: the accuracy items show the linear probes' label rows only")
+        targets = {"label"}
     return acc[acc["target"].isin(targets)]
 
 
@@ -225,13 +251,12 @@ def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, ti
 
 def plot_accuracy_grid(acc: pd.DataFrame, png, pdf, title: str, palette: Palette) -> pd.DataFrame:
     """Table 3: Diff-C test accuracy as a layer x timestep grid per (model, data set, target), annotated; returns
-    the tidy table behind it."""
+    the tidy table behind it. ReportError when the accuracy table has no Diff-C row (the probes are no stand-in)."""
     apply_style()
     rows = acc[acc["classifier"] == "diffc"].copy()
     if rows.empty:
-        rows = acc[(acc["classifier"] == "linear_probe") & acc["timestep"].notna()].copy()
-    if rows.empty:
-        raise ReportError("no Diff-C or linear-probe rows for the accuracy table")
+        raise ReportError(f"no Diff-C rows for the accuracy table (Table 3 shows Diff-C alone); the accuracy tables "
+                          f"hold {sorted(set(acc['classifier']))}")
     rows["timestep"] = rows["timestep"].astype(int)
     facets = list(rows.groupby(["model", "dataset", "target", "classifier"], sort=False))
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False)

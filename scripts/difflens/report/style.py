@@ -99,10 +99,11 @@ def grouped_bars(ax, table, x: str, hue: str, hues, value: str, *, colour, label
 
 
 def save_figure(fig, png: str | Path, pdf: str | Path | None = None) -> None:
-    """Write the figure as PNG (and PDF) and close it."""
+    """Write the figure as PNG (and PDF, without a creation date, so that a rerun gives the same bytes) and close
+    it."""
     fig.savefig(png, bbox_inches="tight")
     if pdf:
-        fig.savefig(pdf, bbox_inches="tight")
+        fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None})
     plt.close(fig)
 
 

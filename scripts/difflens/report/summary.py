@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .inputs import info_folder, read_csv, read_json
@@ -46,6 +47,39 @@ def _where(row) -> str:
     return f"({row['layer']})" if pd.isna(t) else f"({row['layer']}, t={int(t)})"
 
 
+def control_verdict(sae: pd.DataFrame) -> str:
+    """How a (model, data set)'s trained SAEs compare with their untrained controls (same size and init, no
+    training; ``sae/controls.py``): at how many SAEs the trained one is purer, and at how many (SAE, attribute value)
+    pairs its best latent's AUROC is higher, with the mean differences. Where the trained SAE wins at half or fewer,
+    the sentence says that these features cannot show the SAE learned anything by that measure."""
+    purer = sae["purity"] - sae["untrained_purity"]
+    columns = [c for c in sae.columns if c.startswith("auroc:")]
+    auroc = (sae[columns].to_numpy(float) - sae[[f"untrained_{c}" for c in columns]].to_numpy(float)).ravel()
+    auroc = auroc[np.isfinite(auroc)]
+    parts, weak = [], []
+    for what, diff in (("purity", purer.dropna().to_numpy()), ("best-latent AUROC per attribute value", auroc)):
+        wins = int((diff > 0).sum())
+        parts.append(f"{what} higher at {wins} of {len(diff)} (mean difference {diff.mean():+.3f})" if len(diff)
+                     else f"{what}: nothing to compare")
+        if len(diff) and wins <= len(diff) / 2:
+            weak.append(what)
+    verdict = "; ".join(parts)
+    if weak:
+        verdict += (f". The untrained SAE does as well by {' and '.join(weak)}: by that measure these features cannot "
+                    "show that the SAE learned anything")
+    return verdict
+
+
+def intervention_quantity(predictor: str, level: str) -> str:
+    """The summary's words for an intervention.csv row of the omit edits: a map's or a mask baseline's Pearson r,
+    or (predictor ``<map>-<baseline>``) the paired difference of the two correlations."""
+    if "-" in predictor:
+        pred, base = predictor.split("-", 1)
+        return f"r({pred}) - r({base}), {level} level (word omitted; paired bootstrap, above 0: {pred} is better)"
+    kind = " baseline" if predictor.endswith("_mask") else ""
+    return f"Pearson r, {level} level, {predictor}{kind} (word omitted)"
+
+
 def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFrame:
     """The headline rows from the input tables (kind -> paths, as the rule ``summary_page`` passes them);
     ``kinds``: model name -> kind (shapes | sd | dit)."""
@@ -69,10 +103,16 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
         sae = read_csv(path, "the summary page")
         for b in sae.loc[argmax_rows(sae, ["model", "dataset"], "purity")].to_dict("records"):
             model, ds = b["model"], b["dataset"]
-            rows.append(_row("Revelio: k-SAE", "purest SAE: purity / sigma_label (random images)",
-                             f"{b['purity']:.2f} / {b['sigma_label']:.2f} ({b['random_purity_mean']:.2f} / "
+            rows.append(_row("Revelio: k-SAE", "purest SAE: purity / sigma_label (its untrained SAE; random "
+                             "directions; random images)",
+                             f"{b['purity']:.2f} / {b['sigma_label']:.2f} ({b['untrained_purity']:.2f} / "
+                             f"{b['untrained_sigma_label']:.2f}; {b['random_directions_purity']:.2f} / "
+                             f"{b['random_directions_sigma_label']:.2f}; {b['random_purity_mean']:.2f} / "
                              f"{b['random_sigma_mean']:.2f}) at {b['layer']}, t={int(b['timestep'])}", model, ds,
                              ("sae",), kinds))
+        for (model, ds), g in sae.groupby(["model", "dataset"], sort=False):
+            rows.append(_row("Revelio: k-SAE", "trained SAEs against their untrained controls", control_verdict(g),
+                             model, ds, (), kinds))
     for path in tables.get("aro", []):
         model, ds = info_folder(path)
         aro = read_csv(path, "the summary page")
@@ -86,7 +126,9 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
     for path in tables.get("localization", []):
         model, ds = info_folder(path)
         loc = read_csv(path, "the summary page")
-        if "whole_image" not in loc:
+        if "whole_image" not in loc:  # localize_words found no masks: maps only (COCO-WL)
+            rows.append(_row("Information: localization", "mIoU %", "none: the data set has no masks (maps only)",
+                             model, ds, (), kinds))
             continue
         sel = loc[loc["word_type"] == "all"] if (loc["word_type"] == "all").any() else loc.head(1)
         for method in ("whole_image", "mi", "cmi", "attention", "attention+cmi"):
@@ -97,9 +139,12 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
         model, ds = info_folder(path)
         t = read_csv(path, "the summary page")
         for r in t[t["edit"] == "omit"].to_dict("records"):
-            rows.append(_row("Information: intervention", f"Pearson r, {r['level']} level, {r['predictor']} "
-                             "(word omitted)", f"{r['pearson']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+            rows.append(_row("Information: intervention", intervention_quantity(r["predictor"], r["level"]),
+                             f"{r['pearson']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
                              model, ds, ("intervention", r["level"], r["predictor"]), kinds))
+        if not t["predictor"].str.contains("-", regex=False).any():
+            rows.append(_row("Information: intervention", "mask baselines (the word's object, all objects)",
+                             "none: the data set has no object masks for every edited word", model, ds, (), kinds))
     return pd.DataFrame(rows, columns=["section", "quantity", "this run", "model", "dataset", "model kind", "paper",
                                        "paper source"])
 

@@ -196,6 +196,29 @@ def attribute_auroc(scores, indicators: np.ndarray, latents=None, chunk: int | N
     return out
 
 
+def read_sae(sae: KSAE, x: torch.Tensor, rows: pd.DataFrame, positions: int, columns: list[str],
+             top: int = TOP) -> dict:
+    """Everything the analysis reads from one SAE on the vectors ``x`` of the images ``rows`` (``positions`` rows of
+    ``x`` per image): ``scores`` (images, n_latents), the indicator ``names``, the ``live`` latents, their AUROC table
+    ``auc`` (live, indicators), ``sigma`` (``sigma_label``'s dict, on ``rows["label"]``) and ``best_auroc`` (each
+    indicator's best AUROC over the live latents). The same for a trained SAE and its controls (``controls``)."""
+    scores = image_scores(sae, x, positions=positions)
+    names, indicators = indicator_columns(rows, columns)
+    live = live_latents(scores)
+    auc = attribute_auroc(scores, indicators, live)
+    best = {name: float(auc[:, j].max()) for j, name in enumerate(names)} if len(live) else {}
+    return {"scores": scores, "names": names, "live": live, "auc": auc,
+            "sigma": sigma_label(scores, rows["label"].to_numpy(), top=top), "best_auroc": best}
+
+
+def read_summary(read: dict) -> dict:
+    """The numbers of ``read_sae``'s result that a run's summary holds, for the trained SAE and each control: live
+    latents, latents eligible for sigma_label, sigma_label, mean purity, best AUROC per indicator."""
+    sig = read["sigma"]
+    return {"live_latents": int(len(read["live"])), "sigma_eligible": sig["n_eligible"],
+            "sigma_label": sig["sigma_label"], "purity": sig["purity_mean"], "best_auroc": read["best_auroc"]}
+
+
 def latent_table(scores, labels: np.ndarray, names: list[str], auc: np.ndarray, top: int = TOP) -> pd.DataFrame:
     """One row per live latent (``live_latents``, the rows of ``auc``): frequency (share of images it fires on),
     mean activation, top-``top`` purity and sigma, the indicator ``names`` of its best AUROC and that AUROC, and its

@@ -68,7 +68,7 @@ def train_bytes(n_train: int, n_val: int, positions: int, d: int, n_latents: int
 
 def analysis_bytes(n_images: int, positions: int, d: int, n_latents: int, n_indicators: int) -> int:
     """An analysis job (``analyse_sae``): the vectors (every one of the ``positions`` per image), the model twice
-    (as built, and as loaded from its file), the scores (images x n_latents float32), one encoder batch or analysis
+    (as built, and as loaded from its file; or, before the trained SAE is loaded, its two controls), the scores (images x n_latents float32), one encoder batch or analysis
     chunk, the AUROC table (n_latents x indicators float64) and the latent table, and the top-image grid."""
     return (vectors_bytes(n_images, positions, d, positions) + 2 * model_bytes(d, n_latents)
             + n_images * n_latents * FLOAT32 + CHUNK_BYTES

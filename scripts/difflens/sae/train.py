@@ -133,6 +133,17 @@ class SAETrainer:
         return {"loss": loss.detach(), "fvu": mse.detach() / variance, "aux": aux.detach()}
 
 
+def initial_sae(x: torch.Tensor, config: SAEConfig, seed: int) -> tuple[KSAE, torch.Generator]:
+    """The k-SAE ``train_sae`` starts from (seeded decoder draw; b_pre and input scale from a seeded sample of up to
+    16,384 rows of ``x``) and the generator, which training goes on drawing its batches from. The only random source:
+    no global seed, so that fits run side by side in threads stay reproducible. ``controls`` reads the same model
+    as the untrained control."""
+    gen = torch.Generator().manual_seed(seed)
+    sae = KSAE(config, generator=gen)
+    sae.init_from_sample(x[torch.randperm(len(x), generator=gen)[:min(len(x), 16384)]].float())
+    return sae, gen
+
+
 def train_sae(x: torch.Tensor, config: SAEConfig, settings: SAETrainSettings | None = None, *, device=None,
               progress: bool = True, log: logging.Logger | None = None) -> tuple[KSAE, list[dict]]:
     """A k-SAE trained on the rows of ``x`` (N, d) (kept on the CPU; batches move to ``device``), batches drawn
@@ -147,9 +158,7 @@ def train_sae(x: torch.Tensor, config: SAEConfig, settings: SAETrainSettings | N
     if not torch.isfinite(x).all():
         raise SAEError(f"SAE: training vectors hold {int((~torch.isfinite(x)).sum())} non-finite values")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    gen = torch.Generator().manual_seed(settings.seed)  # the only random source: no global seed, so that fits
-    sae = KSAE(config, generator=gen)  # run side by side in threads stay reproducible
-    sae.init_from_sample(x[torch.randperm(len(x), generator=gen)[:min(len(x), 16384)]].float())
+    sae, gen = initial_sae(x, config, settings.seed)
     trainer = SAETrainer(sae.to(device).train(), settings, n_vectors=len(x))
     curve, every = [], max(1, settings.steps // 100)
     start = time.time()

@@ -117,8 +117,11 @@
       showData();
       return;
     }
+    const controls = Object.entries(meta.controls || {}).map(([name, c]) =>
+      `${name.replace("_", " ")} ${fmt(c.sigma_label, 2)} / ${fmt(c.purity, 2)}`).join(", ");
     $("sae-meta").textContent = `${meta.live} live of ${meta.n_latents} latents on ${meta.n_images} ${meta.split} ` +
-      `images; sigma_label ${fmt(meta.sigma_label, 2)}, purity ${fmt(meta.purity, 2)}`;
+      `images; sigma_label ${fmt(meta.sigma_label, 2)}, purity ${fmt(meta.purity, 2)}` +
+      (controls ? ` (controls, sigma_label / purity: ${controls})` : "");
     load(meta.key).then((data) => {
       if (meta.key !== $("sae-select").value) return;  // a later selection has taken over
       state.sae = { meta, data };
@@ -193,6 +196,13 @@
     return box;
   }
 
+  // the untrained SAE's best AUROC for the same attribute value: what a latent that learned nothing reaches
+  function controlAuroc(meta, attr) {
+    const c = meta.controls && meta.controls.untrained;
+    return c && attr && c.best_auroc[attr] !== undefined
+      ? `; the untrained SAE's best latent: ${fmt(c.best_auroc[attr], 3)}` : "";
+  }
+
   function showLatent(id) {
     const { meta, data } = state.sae;
     const l = data.latents.find((x) => x.id === id);
@@ -204,7 +214,8 @@
     page.innerHTML = "";
     page.appendChild(el("h3", {}, `Latent ${id} · ${meta.layer} · t=${meta.timestep}`));
     page.appendChild(el("p", {}, `frequency ${fmt(l.freq, 3)}, mean activation ${fmt(l.mean, 3)}, top-10 purity ` +
-      `${fmt(l.purity, 2)}, sigma ${fmt(l.sigma, 2)}; best attribute ${l.attr || "-"} (AUROC ${fmt(l.auroc, 3)})`));
+      `${fmt(l.purity, 2)}, sigma ${fmt(l.sigma, 2)}; best attribute ${l.attr || "-"} (AUROC ${fmt(l.auroc, 3)}` +
+      controlAuroc(meta, l.attr) + ")"));
     const heat = l.maps && l.maps.length ? "heat map: the latent's response at each position"
       : meta.maps ? "no heat map: beyond browser.heat_latents" : "no heat map: the extraction kept no maps";
     page.appendChild(el("h4", {}, `Top images (${heat})`));
