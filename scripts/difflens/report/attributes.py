@@ -15,7 +15,7 @@ from .revelio import ReportError
 from .style import Palette, apply_style, plt, save_figure
 
 SOURCES = {"diffc": "Diff-C (test accuracy)", "linear_probe": "linear probe (test accuracy)",
-           "sae": "k-SAE best latent (AUROC)"}
+           "sae": "k-SAE best latent\n(AUROC; untrained SAE's)"}
 
 
 def readability_table(acc: pd.DataFrame, sae: pd.DataFrame) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def readability_table(acc: pd.DataFrame, sae: pd.DataFrame) -> pd.DataFrame:
 
 def plot_readability(table: pd.DataFrame, palette: Palette, png, pdf, title: str) -> None:
     """One heat map per (source, model, data set): rows layer @ timestep, columns attributes; colour =
-    readability, text = the raw score."""
+    readability, text = the raw score (for the SAE, with its untrained control's below it in brackets)."""
     apply_style()
     facets = [(k, g) for k, g in table.groupby(["model", "dataset", "source"], sort=False)]
     facets.sort(key=lambda kg: (kg[0][0], kg[0][1], list(SOURCES).index(kg[0][2])))
@@ -69,15 +69,15 @@ def plot_readability(table: pd.DataFrame, palette: Palette, png, pdf, title: str
                              gridspec_kw={"width_ratios": [max(1, len(c)) for c in columns]})
     im = None
     for k, (ax, ((model, ds, source), g), attrs) in enumerate(zip(axes[0], facets, columns)):
-        g = g.groupby(["layer", "timestep", "attribute"], as_index=False)[["readability", "score"]].mean()
+        g = g.groupby(["layer", "timestep", "attribute"], as_index=False)[["readability", "score", "chance"]].mean()
         index = [(l, t) for t in sorted(set(table["timestep"])) for l in palette.layer_order(table["layer"])]
-        read = g.pivot_table(index=["layer", "timestep"], columns="attribute", values="readability")
-        raw = g.pivot_table(index=["layer", "timestep"], columns="attribute", values="score")
-        read, raw = read.reindex(index=index, columns=attrs), raw.reindex(index=index, columns=attrs)
+        read, raw, chance = (g.pivot_table(index=["layer", "timestep"], columns="attribute", values=v)
+                             .reindex(index=index, columns=attrs) for v in ("readability", "score", "chance"))
         im = ax.imshow(read.to_numpy(float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(raw.to_numpy(float)):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                text = f"{v:.2f}\n({chance.iat[i, j]:.2f})" if source == "sae" else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6 if source != "sae" else 5,
                         color="w" if read.iat[i, j] < 0.6 else "k")
         ax.set_xticks(range(len(attrs)), attrs, rotation=45, ha="right")
         ax.set_yticks(range(len(index)), [f"{l} @ t{t}" for l, t in index] if k == 0 else [], fontsize=7)
