@@ -377,7 +377,8 @@ def summary_inputs(wildcards):
     return {"sae": sae_targets(), "accuracy": accuracy_tables(), "aro": info_paths("aro", "aro.csv"),
             "localization": info_paths("localize", "localization.csv"),
             "intervention": info_paths("intervene", "intervention.csv"),
-            "check": [f"{R}/models/{n}/check.json" for n in shapes_models()]}
+            "check": [f"{R}/models/{n}/check.json" for n in shapes_models()],
+            "skipped": [f"{R}/latents/{m}/{d}/skipped.csv" for m in EXTRACT_MODELS for d in EX["datasets"]]}
 
 
 # ---- memory requests (difflens.resources: sizes read when the job is ready) -----------------------------------------

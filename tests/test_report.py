@@ -243,6 +243,16 @@ def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_p
     assert verdict.loc["shapes", "this run"].startswith("purity higher at 4 of 4 (mean difference +0.100)")
     no_masks = rows[rows["section"] == "Information: localization"]
     assert no_masks["this run"].tolist() == ["none: the data set has no masks (maps only)"]
+    # the images extraction could not read, per (model, data set), named with their reasons
+    skipped = tmp_path / "latents" / "shapes" / "shapes" / "skipped.csv"
+    skipped.parent.mkdir(parents=True)
+    pd.DataFrame({"sample_id": ["a", "b"], "reason": ["truncated", "not an image"]}).to_csv(skipped, index=False)
+    clean = tmp_path / "latents" / "shapes" / "other" / "skipped.csv"
+    clean.parent.mkdir(parents=True)
+    clean.write_text("sample_id,reason\n")
+    data = headline_rows({"skipped": [str(skipped), str(clean)]}, {"shapes": "shapes"}).set_index("dataset")
+    assert data.loc["shapes", "this run"] == "2: a (truncated); b (not an image)"
+    assert data.loc["other", "this run"] == "none" and data.loc["other", "model"] == "shapes"
 
 
 def test_readme_lists_every_paper_item_with_its_target_and_config():

@@ -90,6 +90,13 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
         rows.append(_row("model check", f"held-out loss on {c['n_test_images']} images, conditional / "
                          "unconditional", f"{c['loss_conditional']:.4f} / {c['loss_unconditional']:.4f}", model,
                          c["dataset"], (), kinds))
+    for path in tables.get("skipped", []):  # latents/<model>/<data set>/skipped.csv: images extraction could not read
+        skipped = read_csv(path, "the summary page")
+        model, ds = Path(path).parts[-3:-1]
+        named = "; ".join(f"{r.sample_id} ({r.reason})" for r in skipped.head(3).itertuples())
+        rows.append(_row("data", "images left out because they cannot be read (extraction; every later stage)",
+                         f"{len(skipped)}: {named}{'; ...' if len(skipped) > 3 else ''}" if len(skipped) else "none",
+                         model, ds, (), kinds))
     for path in tables.get("accuracy", []):
         best = best_by_validation(read_csv(path, "the summary page"))
         for b in best[best["classifier"] == "diffc"].to_dict("records"):
