@@ -14,6 +14,13 @@ include: "rules/info.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    # where this run's results came from: code version and commit, library versions, the resolved config
+    from difflens.provenance import write_run_record
+
+    write_run_record(R, config)
+
+
 rule all:
     input:
         all_targets(),

@@ -35,6 +35,9 @@ rule probe_features:
 # Diff-C: one rule per classified model, each job training the classifiers of its grouping (classify.group: every
 # layer of a timestep, every layer x timestep, or one) from the same maps of each batch; one result JSON per
 # (target, timestep, layer) whatever the grouping.
+#: the classify keys train_diffc.py reads (a job's params: changing probe_targets, or adding a target, retrains none)
+DIFFC_SETTINGS = pick(CL, ["mode", "cache_limit_gb", "augment", "epochs", "lr", "batch_size", "width", "dropout"])
+
 for _name in diffc_models():
     _part, _keys = diffc_job(_name)
 
@@ -61,14 +64,14 @@ for _name in diffc_models():
             source=model_dir(_name),
             dtype=config["models"][_name]["dtype"],
             options=load_options(_name, activation_components(_name)),
-            classify=CL,
+            classify=DIFFC_SETTINGS,
             seed=config["seed"],
             noise_draws=EX["noise_draws"],
             prompt=lambda w: EX["prompt"],
             work=f"{R}/classify/{_name}/{{dataset}}/diffc/{{target}}/{_part}.work",
         threads: 1  # small nets: on a CPU-only machine two jobs side by side beat one job on two threads
         resources:
-            gpu=1,
+            **gpu_job(),
             runtime=lambda w, attempt: 240 * attempt,
             mem_mb=diffc_mem(_name),
         log:
@@ -95,7 +98,7 @@ rule baseline_probes:
         seed=config["seed"],
     threads: 2
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 60 * attempt,
         mem_mb=baseline_mem,
     log:
@@ -147,7 +150,7 @@ rule pca_views:
         n_images=config["pca"]["n_images"],
     threads: 2
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 30 * attempt,
         mem_mb=denoiser_job_mem(lambda w: config["pca"]["n_images"]),
     log:

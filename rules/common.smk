@@ -39,6 +39,13 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_\-]+",
 
 
+def pick(section, keys):
+    """``{key: section[key]}`` for each of ``keys``, in that order: a rule's params hold only the settings its script
+    reads, so that Snakemake's params rerun trigger (a job reruns when its params differ from the recorded ones)
+    reruns exactly the jobs a changed key reaches."""
+    return {k: section[k] for k in keys}
+
+
 def dataset_json(name):
     return f"{R}/data/{name}/dataset.json"
 
@@ -381,6 +388,74 @@ def summary_inputs(wildcards):
             "skipped": [f"{R}/latents/{m}/{d}/skipped.csv" for m in EXTRACT_MODELS for d in EX["datasets"]]}
 
 
+# ---- GPU requests and SLURM partitions (profiles/slurm, docs/cluster.md) --------------------------------------------
+# A rule that needs a GPU gives **gpu_job() in its resources, and nothing else names GPU rules. What a GPU job asks
+# of SLURM follows from these site settings, which a profile gives under default-resources (every job carries them;
+# only the functions below read them):
+#   gpu_jobs_partition  the partition of the jobs that ask for a GPU (unset: slurm_partition, every other job's)
+#   gpu_jobs_model      the GPU type, asked as --gpus=<type>:1
+#   gpu_jobs_gres       a gres string such as "gpu:a100:1", asked with --gres instead of --gpus
+def _resource_value(resource, wildcards, **context):
+    """The value of ``resource`` for one job: a Snakemake Resource evaluated with the job's ``wildcards`` and
+    ``context`` (input, attempt, threads, rulename) where it is an expression or a function, else as given; a plain
+    value (as a mapping given through Snakemake's Python API holds) as it is."""
+    from snakemake.resources import Resource
+
+    if not isinstance(resource, Resource):
+        return resource
+    return resource.evaluate(wildcards, async_run=workflow.async_run, **context).value
+
+
+def site_setting(name):
+    """The value the profile (or --default-resources) gives the default resource ``name``, evaluated as Snakemake
+    evaluates it (a number, a quoted string, or a bare word taken as a string); None when none is given."""
+    from snakemake.iocontainers import Wildcards
+
+    given = workflow.resource_settings.default_resources
+    if given is None or name not in given:
+        return None
+    return _resource_value(given[name], Wildcards(), input=[], attempt=1, threads=1, rulename="")
+
+
+def asks_gpu(gpu, gres):
+    """Whether a job with resources ``gpu`` and ``gres`` (None where unset) asks SLURM for a GPU, as the SLURM
+    plugin reads them: a gpu count above 0, or a gres string naming gpu."""
+    return int(gpu or 0) > 0 or "gpu" in str(gres or "")
+
+
+def job_asks_gpu(wildcards, input, attempt, threads, rulename):
+    """Whether a job asks for a GPU, from the gpu and gres resources of its rule (named ``rulename``) as
+    set-resources leaves them (gpu=0 takes the GPU away), evaluated for the job."""
+    resources = workflow.get_rule(rulename).resources
+    context = {"input": input, "attempt": attempt, "threads": threads, "rulename": rulename}
+    return asks_gpu(*(_resource_value(resources.get(name), wildcards, **context) for name in ("gpu", "gres")))
+
+
+def gpu_job_partition(wildcards, input, attempt, threads, rulename):
+    """slurm_partition of a job of a GPU rule: gpu_jobs_partition (or, unset, slurm_partition) while the job asks
+    for a GPU (job_asks_gpu), else slurm_partition; None (the cluster's default partition) where neither is given."""
+    cpu_partition = site_setting("slurm_partition")
+    if job_asks_gpu(wildcards, input, attempt, threads, rulename):
+        return site_setting("gpu_jobs_partition") or cpu_partition
+    return cpu_partition
+
+
+def gpu_job_model(wildcards, input, attempt, threads, rulename):
+    """gpu_model of a job of a GPU rule: gpu_jobs_model while the job asks for a GPU, else None (the SLURM plugin
+    would turn a gpu_model beside gpu=0 into --gpus=<model>:0)."""
+    return site_setting("gpu_jobs_model") if job_asks_gpu(wildcards, input, attempt, threads, rulename) else None
+
+
+def gpu_job():
+    """The resources, given as ``**gpu_job()``, that make each job of a GPU rule ask for one GPU. These are
+    gpu=1 (the SLURM plugin asks --gpus=1, or --gpus=<gpu_jobs_model>:1 with gpu_model from gpu_job_model), or,
+    with gpu_jobs_gres, that gres and no gpu (a job with gpu=0 runs on the CPU: difflens.runlog.job_device); and
+    slurm_partition from gpu_job_partition."""
+    gres = site_setting("gpu_jobs_gres")
+    request = {"gres": gres} if gres else {"gpu": 1, "gpu_model": gpu_job_model}
+    return {**request, "slurm_partition": gpu_job_partition}
+
+
 # ---- memory requests (difflens.resources: sizes read when the job is ready) -----------------------------------------
 def _gpu_rules_on_cpu():
     """Whether the GPU rules run on the CPU, where a denoiser batch's activations take host memory: no GPU to share
@@ -468,3 +543,14 @@ def browser_mem(wildcards, input, attempt):
             largest = max(largest, sae_memory.analysis_job_bytes(sizes, sae_run(r["run"])["expansion"], SAE["split"]))
     maps = sum(4 * Path(f).stat().st_size for f in input.info if str(f).endswith(".npz") and Path(f).is_file())
     return resources_lib.request_mb((largest + maps) / resources_lib.MB, attempt)
+
+
+#: minutes feature_browser asks per SAE it shows: it scores the SAE's split again (about 20 s on one core for the
+#: 6,149 Flowers-102 test images through an 81,920-latent SAE), then writes its latent pages and thumbnails
+BROWSER_MINUTES_PER_SAE = 1
+
+
+def browser_runtime(wildcards, attempt):
+    """runtime (minutes) of feature_browser: 30, plus BROWSER_MINUTES_PER_SAE per SAE it shows, times the attempt
+    (configs/revelio.yaml's 480 SAEs: 510 on the first attempt)."""
+    return (30 + BROWSER_MINUTES_PER_SAE * len(browser_runs())) * attempt

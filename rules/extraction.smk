@@ -54,7 +54,7 @@ rule encode_latents:
     threads: 4
     priority: 10  # the long chain first (every feature stage waits for it); the information stages fill the gaps
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 120 * attempt,
         mem_mb=denoiser_job_mem(lambda w: EX["batch_size"]),  # the VAE alone: the whole model's weights bound it
     log:
@@ -99,7 +99,7 @@ for _name in EXTRACT_MODELS:
         threads: 2
         priority: 10
         resources:
-            gpu=1,
+            **gpu_job(),
             runtime=lambda w, attempt: 240 * attempt,
             mem_mb=extraction_mem(_name),
         log:

@@ -4,11 +4,14 @@
 # Library: scripts/difflens/info/.
 from difflens.info import memory as localize_memory
 
-#: the infodecomp keys the estimators read, and the localize keys its jobs read: a job's params, so that changing
-#: another stage's settings (or adding a data set) reruns none of its shards
-INFO_ESTIMATOR = {k: INFO[k] for k in ("loc", "scale", "clip", "stratified", "n_draws", "batch_size")}
-LOCALIZE_JOB = {k: INFO["localize"][k] for k in ("split", "calibration_split", "max_images", "n_thresholds",
-                                                 "n_shards")}
+#: the infodecomp keys the estimators read (the log-SNR proposal, draws, batch), and each stage's keys its scripts
+#: read: a job's params hold only these, so that changing another stage's settings (or adding a data set, or a
+#: collect-only key such as aro.min_group) reruns none of its denoiser jobs
+INFO_ESTIMATOR = pick(INFO, ["loc", "scale", "clip", "stratified", "n_draws", "batch_size"])
+ARO_SHARD = pick(INFO["aro"], ["split", "max_items", "n_shards"])
+LOCALIZE_ROWS = ["split", "calibration_split", "max_images"]  # the keys localize_rows reads
+INTERVENE_JOB = pick(INFO["intervene"], ["split", "max_images", "words_per_image", "steps", "solver", "swaps",
+                                         "n_boot"])
 
 
 localrules:
@@ -30,11 +33,12 @@ rule score_aro:
         source=lambda w: info_model_params(w)["source"],
         dtype=lambda w: info_model_params(w)["dtype"],
         options=lambda w: info_model_params(w)["options"],
-        infodecomp=INFO,
+        estimator=INFO_ESTIMATOR,
+        aro=ARO_SHARD,
         seed=config["seed"],
     threads: 1  # small denoiser batches on a CPU: two jobs side by side beat one job on two threads
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 240 * attempt,
         mem_mb=denoiser_job_mem(lambda w: INFO["batch_size"]),  # the model and one estimator batch
     log:
@@ -73,7 +77,7 @@ rule plan_localization:
     output:
         f"{R}/info/{{model}}/{{dataset}}/localize/plan.json",
     params:
-        localize=LOCALIZE_JOB,
+        localize=pick(INFO["localize"], LOCALIZE_ROWS + ["n_shards"]),
     resources:
         mem_mb=lambda w, attempt: resources_lib.request_mb(0, attempt),  # the data set's tables: a few MB
     log:
@@ -101,11 +105,11 @@ rule localize_words:
         dtype=lambda w: info_model_params(w)["dtype"],
         options=lambda w: info_model_params(w)["options"],
         estimator=INFO_ESTIMATOR,
-        localize=LOCALIZE_JOB,
+        localize=pick(INFO["localize"], LOCALIZE_ROWS + ["n_thresholds"]),  # n_shards: read from the plan
         seed=config["seed"],
     threads: 1
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 240 * attempt,
         # the model's weights, the shard's rows, one caption's estimator tensors and the IoU step's chunk
         # (difflens.info.memory); a denoiser batch's activations where the GPU rules run on the CPU
@@ -136,7 +140,7 @@ rule collect_localization:
         per_item=f"{R}/info/{{model}}/{{dataset}}/localization_items.csv",
         maps=f"{R}/info/{{model}}/{{dataset}}/localization_maps.npz",
     params:
-        localize=LOCALIZE_JOB,
+        localize=pick(INFO["localize"], LOCALIZE_ROWS),
         seed=config["seed"],
     resources:
         mem_mb=lambda w, input, attempt: resources_lib.request_mb(  # every row's maps and IoU curves
@@ -165,11 +169,12 @@ rule intervene_words:
         source=lambda w: info_model_params(w)["source"],
         dtype=lambda w: info_model_params(w)["dtype"],
         options=lambda w: info_model_params(w)["options"],
-        infodecomp=INFO,
+        estimator=INFO_ESTIMATOR,
+        intervene=INTERVENE_JOB,
         seed=config["seed"],
     threads: 1
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 240 * attempt,
         mem_mb=denoiser_job_mem(lambda w: INFO["batch_size"]),  # the model, one batch of an image's edits
     log:

@@ -48,7 +48,7 @@ rule train_shapes_model:
         work=lambda w: f"{R}/models/{w.model}/train_work",
     threads: 4
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 240 * attempt,
         mem_mb=lambda w, attempt: 8000 * attempt,
     log:
@@ -76,7 +76,7 @@ rule check_model:
         seed=config["seed"],
     threads: 2
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 60 * attempt,
         mem_mb=denoiser_job_mem(lambda w: config["check"]["n_images"]),
     log:

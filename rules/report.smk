@@ -31,7 +31,7 @@ rule render_figure:
     params:
         key=lambda w: f"{w.family}/{w.item}",
         paper=lambda w: paper_item(w).paper,
-        title=lambda w: paper_item(w).title,
+        title=lambda w: paper_item(w).title,  # read by the --report captions (report/figure.rst, table.rst)
         config_file=lambda w: paper_item(w).config,
         palette=lambda w: palette_spec(),
         dit_models=lambda w: [n for n, m in config["models"].items() if m["kind"] == "dit"],
@@ -61,7 +61,7 @@ rule feature_browser:
         options=config["browser"],
     threads: 1
     resources:
-        runtime=lambda w, attempt: (30 + 5 * len(browser_runs())) * attempt,  # re-reads every SAE's split
+        runtime=browser_runtime,  # re-reads every SAE's split
         mem_mb=browser_mem,
     log:
         f"{R}/logs/feature_browser.log",

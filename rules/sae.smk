@@ -23,11 +23,11 @@ rule train_sae:
         run=r"[A-Za-z0-9_\-]+",
     params:
         run=lambda w: sae_run(w.run),
-        positions=SAE["positions"],
+        positions=lambda w: SAE["positions"] if w.input == "spatial" else None,  # pooled vectors have no positions
         seed=config["seed"],
     threads: 1
     resources:
-        gpu=1,
+        **gpu_job(),
         runtime=lambda w, attempt: 120 * attempt,
         mem_mb=sae_train_mem,
     log:

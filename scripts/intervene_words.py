@@ -20,7 +20,7 @@ from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p = snakemake.params
-info, cfg = p.infodecomp, p.infodecomp["intervene"]
+info, cfg = p.estimator, p.intervene  # the estimator keys and the intervene keys this script reads (rules/info.smk)
 ds = Dataset.load(Path(snakemake.input.data).parent)
 rows = word_rows(ds, [cfg["split"]], cfg["max_images"], need_masks=False)
 rows = drop_unreadable(rows, unreadable_images(ds, rows["sample_id"]), "intervention", log).reset_index(drop=True)

@@ -24,7 +24,7 @@ plan = read_plan(snakemake.input.plan)
 rows = planned_shard(localize_rows(ds, loc, plan["skipped"]), int(w.shard), plan, snakemake.input.plan)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(est, model)
-log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each, %s", w.shard, loc["n_shards"], len(rows),
+log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each, %s", w.shard, plan["n_shards"], len(rows),
          rows["sample_id"].nunique(), ds.name, est["n_draws"], sampler)
 if ds.objects is None:
     log.warning("%s has no objects.csv (no masks): maps only, no IoU", ds.name)

@@ -17,7 +17,7 @@ from difflens.models import load_model  # noqa: E402
 
 torch.set_num_threads(snakemake.threads)
 p, w = snakemake.params, snakemake.wildcards
-info, aro = p.infodecomp, p.infodecomp["aro"]
+info, aro = p.estimator, p.aro  # the estimator keys and the aro keys this script reads (rules/info.smk)
 ds = Dataset.load(Path(snakemake.input.data).parent)
 rows = shard_of(select_items(ds.aro, ds.samples, aro["split"], aro["max_items"], ds.name), int(w.shard),
                 aro["n_shards"])

@@ -29,7 +29,7 @@ if missing:
     raise ValueError(f"{snakemake.input.index} has no activations of (timestep, layer) {missing}; it holds "
                      f"{sorted(entries)}")
 store = FeatureStore(Path(snakemake.input.index).parents[3])
-c = p.classify
+c = p.classify  # the classify keys this script reads (rules/classify.smk: DIFFC_SETTINGS)
 modes = {k: choose_mode(c["mode"], entries[k], c["cache_limit_gb"]) for k in keys}
 mode = "cached" if all(m == "cached" for m in modes.values()) else "on_the_fly"
 (t0, layer0) = keys[0]

@@ -103,6 +103,10 @@ def check_extraction_options(results: Path, out: str) -> None:
     bare = pd.read_csv(results / "data/bare/samples.csv")
     assert sorted(set(bare["caption"])) == ["a photo of a cat", "a photo of a dog"]
     assert (results / "models/shapes/check.json").is_file()
+    # the run's provenance: code identity, versions and the resolved config it ran with
+    record = json.loads((results / "provenance.json").read_text())
+    assert Path(record["config"]["results"]).resolve() == Path(results).resolve() and record["git_commit"]
+    assert record["versions"]["snakemake"] == "9.27.1"
     acc = pd.read_csv(results / "classify/shapes/shapes/accuracy.csv")
     diffc = acc[acc["classifier"] == "diffc"]
     assert list(diffc["target"]) == ["colour"] and set(diffc["layer"]) == {"up_ft1"}

@@ -22,11 +22,12 @@ STORE = {"extract.store", "extract.layout", "extract.noise", "extract.prompts", 
 #: package -> the difflens packages (or modules) it may import besides itself
 ALLOWED = {
     "seeding": set(),
+    "provenance": set(),
     "data": {"seeding"},
     "models": {"seeding"},
     "train": {"data", "models", "seeding"},
     "check": {"data", "models", "info", "seeding"},
-    "extract": {"data", "models", "seeding"},
+    "extract": {"data", "models", "seeding", "provenance"},
     "info": {"data", "models", "seeding"},
     "classify": {"data", "models", "seeding"} | STORE,
     "sae": {"data", "models", "seeding"} | STORE,
@@ -39,7 +40,7 @@ ALLOWED = {
 FORBIDDEN = {"models": {"h5py", "pandas"}, "info": {"h5py"}, "classify": {"h5py"}, "sae": {"h5py"},
              "report": {"h5py"}}
 #: what the Snakefile imports when it parses: standard library, PyYAML and jsonschema only (envs/snakemake.yaml)
-PARSE_TIME = ("config", "runlog", "seeding", "resources", "data.registry", "models.catalog", "models.fetch",
+PARSE_TIME = ("config", "runlog", "seeding", "provenance", "resources", "data.registry", "models.catalog", "models.fetch",
               "extract.layout", "extract.prompts", "report.catalog", "info.memory", "sae.memory")
 PARSE_TIME_OK = {"yaml", "jsonschema"}
 
@@ -120,7 +121,7 @@ def test_every_stage_has_its_package():
     for stage in ("data", "models", "train", "check", "extract", "info", "classify", "sae", "report"):
         assert (LIBRARY / stage / "__init__.py").is_file(), stage
     assert not [p.name for p in LIBRARY.glob("*.py") if p.stem not in ("__init__", "config", "runlog", "seeding",
-                                                                                "resources")]
+                                                                                "provenance", "resources")]
 
 
 @pytest.mark.parametrize("name", sorted(modules(LIBRARY)))

@@ -256,11 +256,17 @@ def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_p
 
 
 def test_readme_lists_every_paper_item_with_its_target_and_config():
+    """Every catalog item has a row in the README's table that names the item, its config and its target under
+    that config's `results` folder (tests/test_documented_commands.py dry-runs these pairs)."""
+    import yaml
+
     readme = (ROOT / "README.md").read_text()
     for key, it in ITEMS.items():
-        line = next((l for l in readme.splitlines() if l.startswith("|") and f"figures/{key}.png" in l), None)
-        assert line, f"README does not list {key}"
-        assert it.paper in line and it.config in line, line
+        results = yaml.safe_load((ROOT / it.config).read_text())["results"].rstrip("/")
+        target = f"`{results}/figures/{key}.png`"
+        line = next((l for l in readme.splitlines() if l.startswith("|") and target in l), None)
+        assert line, f"README does not list {key} as {target}"
+        assert it.paper in line and f"`{it.config}`" in line, line
     assert re.search(r"results/browser/index\.html", readme) and "results/summary.md" in readme
 
 

@@ -24,6 +24,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 VOLATILE_KEYS = frozenset({"created", "seconds", "train_seconds_this_run"})
 #: folders under results whose files differ between any two runs (timings, timestamps)
 RUN_RECORDS = ("logs", "benchmarks")
+#: the files of a results folder that record a run rather than hold its output (difflens.provenance: the start time)
+RUN_RECORD_FILES = ("provenance.json", "provenance.jsonl")
 
 
 def write_config(tmp: Path, cfg: dict, name: str = "config.yaml") -> Path:
@@ -114,7 +116,7 @@ def output_digests(results: Path) -> dict[str, str]:
     out = {}
     for path in sorted(p for p in results.rglob("*") if p.is_file()):
         rel = path.relative_to(results).as_posix()
-        if rel.split("/")[0] in RUN_RECORDS:
+        if rel.split("/")[0] in RUN_RECORDS or rel in RUN_RECORD_FILES:
             continue
         if path.suffix == ".json":
             text = json.dumps(_scrub(json.loads(path.read_text()), root), sort_keys=True)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
+
+from ..provenance import code_identity, library_versions
 
 STR = h5py.string_dtype("utf-8")
 #: bump when the layout of the extraction files changes incompatibly
@@ -23,20 +23,10 @@ FORMAT_VERSION = 1
 _VERSIONED = ("torch", "diffusers", "transformers", "numpy", "h5py")
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of python and of the libraries that shape the numbers in an extraction file."""
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
-
-
 def provenance() -> dict:
-    """Attributes every extraction file carries besides its own: format version, versions, creation time."""
-    return {"format_version": FORMAT_VERSION, "versions": library_versions(),
+    """Attributes every extraction file carries besides its own: format version, difflens's version and git commit,
+    the versions of the libraries that shape its numbers, creation time."""
+    return {"format_version": FORMAT_VERSION, **code_identity(), "versions": library_versions(_VERSIONED),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
