@@ -23,6 +23,12 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/local --resources gpu=$(GPUS) mem_mb=$(MEM_MB)
 	$(VENV)/bin/snakemake --report results/report.zip
 
+# The README's demo numbers (the block between <!-- demo-numbers:begin --> and <!-- demo-numbers:end -->), rewritten
+# from the outputs `make demo` left under results/; the rest of README.md is left as it is.
+.PHONY: readme-numbers
+readme-numbers: $(STAMP)
+	$(VENV)/bin/python scripts/readme_numbers.py --results results --readme README.md
+
 # pytest's exit status is make's: 5 (no tests collected) fails too. The science claims held at several seeds against
 # their controls (tests marked `science`) are left to `make test-science`, which CI runs after `make test`.
 test: $(STAMP) browser

@@ -250,7 +250,7 @@ def info_paths(stage, *files):
 def info_targets():
     """The information stages' tables per (text model, data set) that each stage lists."""
     return info_paths("aro", "aro.csv") + info_paths("localize", "localization.csv") + info_paths(
-        "intervene", "intervention.csv")
+        "intervene", "intervention.csv") + info_paths("maps", "word_maps.csv")
 
 
 def shard_plan(w):
@@ -384,6 +384,7 @@ def summary_inputs(wildcards):
     return {"sae": sae_targets(), "accuracy": accuracy_tables(), "aro": info_paths("aro", "aro.csv"),
             "localization": info_paths("localize", "localization.csv"),
             "intervention": info_paths("intervene", "intervention.csv"),
+            "word_maps": info_paths("maps", "word_maps.csv"),
             "check": [f"{R}/models/{n}/check.json" for n in shapes_models()],
             "skipped": [f"{R}/latents/{m}/{d}/skipped.csv" for m in EXTRACT_MODELS for d in EX["datasets"]]}
 
@@ -502,6 +503,15 @@ def denoiser_job_mem(batch_of):
                                           GPU_RULES_ON_CPU)
 
     return mem
+
+
+def maps_job_mb(model, held_mb, attempt):
+    """mem_mb of a job that draws word maps with ``model`` (localize_words, word_maps): the model's weights, the
+    ``held_mb`` its rows need (difflens.info.memory), and a denoiser batch's activations where the GPU rules run on
+    the CPU."""
+    folder, dtype, resolution = model_sizes(model)
+    return resources_lib.request_mb(resources_lib.weights_mb(folder, dtype) + held_mb + GPU_RULES_ON_CPU
+                                    * resources_lib.denoiser_working_mb(resolution, INFO["batch_size"], dtype), attempt)
 
 
 def diffc_mem(name):

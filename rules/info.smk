@@ -1,6 +1,7 @@
 # Information decomposition (Kong et al., ICLR 2024): ARO caption choice in resumable shards, word localization
 # (MI / CMI / attention maps and per-row IoU curves in resumable shards of images, thresholds chosen when they are
-# collected) and prompt intervention, per (text model, data set) that the infodecomp section lists.
+# collected), word maps without masks (one resumable job) and prompt intervention, per (text model, data set) that
+# the infodecomp section lists.
 # Library: scripts/difflens/info/.
 from difflens.info import memory as localize_memory
 
@@ -113,12 +114,8 @@ rule localize_words:
         runtime=lambda w, attempt: 240 * attempt,
         # the model's weights, the shard's rows, one caption's estimator tensors and the IoU step's chunk
         # (difflens.info.memory); a denoiser batch's activations where the GPU rules run on the CPU
-        mem_mb=lambda w, input, attempt: resources_lib.request_mb(
-            resources_lib.weights_mb(*model_sizes(w.model)[:2]) + localize_memory.shard_held_mb(
-                input.plan, w.shard, model_sizes(w.model)[2], INFO["n_draws"], INFO["localize"]["n_thresholds"])
-            + GPU_RULES_ON_CPU * resources_lib.denoiser_working_mb(model_sizes(w.model)[2], INFO["batch_size"],
-                                                                   model_sizes(w.model)[1]),
-            attempt),
+        mem_mb=lambda w, input, attempt: maps_job_mb(w.model, localize_memory.shard_held_mb(
+            input.plan, w.shard, model_sizes(w.model)[2], INFO["n_draws"], INFO["localize"]["n_thresholds"]), attempt),
     log:
         f"{R}/logs/localize_words/{{model}}/{{dataset}}/shard-{{shard}}.log",
     benchmark:
@@ -154,6 +151,42 @@ rule collect_localization:
         "../envs/torch.yaml"
     script:
         "../scripts/collect_localization.py"
+
+
+rule word_maps:
+    input:
+        model=get_model_marker,
+        data=lambda w: dataset_json(w.dataset),
+    output:
+        maps=f"{R}/info/{{model}}/{{dataset}}/word_maps.npz",
+        table=f"{R}/info/{{model}}/{{dataset}}/word_maps.csv",
+        plot=report(f"{R}/info/{{model}}/{{dataset}}/word_maps.png", caption="../report/word_maps.rst",
+                    category="Information decomposition (Kong et al.)", subcategory="word maps"),
+    params:
+        kind=lambda w: info_model_params(w)["kind"],
+        source=lambda w: info_model_params(w)["source"],
+        dtype=lambda w: info_model_params(w)["dtype"],
+        options=lambda w: info_model_params(w)["options"],
+        estimator=INFO_ESTIMATOR,
+        maps=pick(INFO["maps"], ["split", "max_images"]),
+        seed=config["seed"],
+    threads: 1
+    resources:
+        **gpu_job(),
+        runtime=lambda w, attempt: 240 * attempt,
+        # the model's weights, every row's maps and one caption's estimator tensors (difflens.info.memory); a
+        # denoiser batch's activations where the GPU rules run on the CPU
+        mem_mb=lambda w, input, attempt: maps_job_mb(w.model, localize_memory.maps_held_mb(
+            Path(input.data).with_name("words.csv"), INFO["maps"]["max_images"], model_sizes(w.model)[2],
+            INFO["n_draws"]), attempt),
+    log:
+        f"{R}/logs/word_maps/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/word_maps/{{model}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/word_maps.py"
 
 
 rule intervene_words:

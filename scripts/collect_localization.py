@@ -7,11 +7,9 @@ from difflens.runlog import start_log
 
 log = start_log(snakemake.log[0])
 
-import numpy as np  # noqa: E402
-
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.info.localize import MAP_METHODS, evaluate_curves  # noqa: E402
-from difflens.info.localize_shards import MAP_KEYS, join_shards, localize_rows  # noqa: E402
+from difflens.info.localize_shards import join_shards, localize_rows, write_maps  # noqa: E402
 from difflens.info.memory import read_plan  # noqa: E402
 
 p, out = snakemake.params, snakemake.output
@@ -22,8 +20,7 @@ rows = localize_rows(ds, loc, skipped)
 for sid, why in skipped.items():
     log.warning("sample %r is not in these tables (unreadable when the plan was made): %s", sid, why)
 joined = join_shards(snakemake.input.shards, rows)
-np.savez_compressed(out.maps, sample_id=rows["sample_id"].to_numpy(str), word=rows["word"].to_numpy(str),
-                    word_type=rows["word_type"].to_numpy(str), **{k: joined[k] for k in MAP_KEYS})
+write_maps(out.maps, rows, joined)
 totals = {"mi_nats": joined["mi_nats"], "cmi_nats": joined["cmi_nats"]}
 if "thresholds" not in joined:
     log.warning("%s has no objects.csv (no masks): maps only, no mIoU", ds.name)

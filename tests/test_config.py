@@ -169,3 +169,17 @@ def test_log_snr_interval_must_stay_in_the_trained_range(cfg):
     ok["models"]["sd"] = sd
     ok["infodecomp"].update(models=["sd"], loc=1.0)
     validate_config(ok)
+
+
+def test_nested_command_line_values_arrive_as_text_and_are_read_as_the_schema_asks(cfg):
+    """Snakemake reads the nested values of --config key={...} as text (YAML's base loader): numbers, booleans and
+    nulls are turned back where the schema asks for them; a string where a number belongs still names the key."""
+    cfg["infodecomp"]["aro"] = {"datasets": ["shapes"], "max_items": "12"}
+    cfg["extraction"].update(batch_size="8", save_maps="false")
+    cfg["infodecomp"]["scale"] = "1.5"
+    out = validate_config(cfg)
+    assert out["infodecomp"]["aro"]["max_items"] == 12 and out["extraction"]["batch_size"] == 8
+    assert out["extraction"]["save_maps"] is False and out["infodecomp"]["scale"] == 1.5
+    assert out["extraction"]["prompt"] == ""  # strings stay strings
+    msg = _error(cfg, lambda c: c["extraction"].update(batch_size="eight"))
+    assert "config key extraction.batch_size" in msg and "'eight'" in msg

@@ -45,7 +45,8 @@ def mode(path: Path) -> str:
 
 # ---- what a config points at, built in its temporary folder --------------------------------------------------------
 def photos(tmp: Path) -> None:
-    """Two classes of 40 x 30 px images, a captions CSV for all of them and one for half of them."""
+    """Two classes of 40 x 30 px images, a captions CSV for all of them and one for half of them, and a CSV of
+    candidate captions for two of them."""
     import numpy as np
     from PIL import Image
 
@@ -58,6 +59,8 @@ def photos(tmp: Path) -> None:
             rows.append({"image": f"{name}/{i}.png", "caption": f"a {name} number {i}"})
     pd.DataFrame(rows).to_csv(tmp / "photos" / "captions.csv", index=False)
     pd.DataFrame(rows[::2]).to_csv(tmp / "photos" / "partial.csv", index=False)
+    (tmp / "photos" / "choices.csv").write_text("image,caption,negatives\ncat/0.png,a cat,a dog\n"
+                                                "dog/1.png,a dog,[\"a cat\"]\n")
 
 
 def tiny_backbones(tmp: Path) -> None:
@@ -102,6 +105,10 @@ def check_extraction_options(results: Path, out: str) -> None:
     assert (loose["caption"].str.startswith("a photo of a ")).sum() == 6  # the half without a caption row
     bare = pd.read_csv(results / "data/bare/samples.csv")
     assert sorted(set(bare["caption"])) == ["a photo of a cat", "a photo of a dog"]
+    assert len(pd.read_csv(results / "data/photos/aro.csv")) == 2  # params.choices: the candidate captions
+    # infodecomp.maps on the template captions, every word (params.words: all) of the first two images
+    word_maps = pd.read_csv(results / "info/shapes/bare/word_maps.csv")
+    assert word_maps["sample_id"].nunique() == 2 and set(word_maps["word"]) == {"a", "photo", "of", "cat"}
     assert (results / "models/shapes/check.json").is_file()
     # the run's provenance: code identity, versions and the resolved config it ran with
     record = json.loads((results / "provenance.json").read_text())

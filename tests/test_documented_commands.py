@@ -242,3 +242,15 @@ def test_the_extraction_finds_block_inline_and_continued_commands():
         words_of("snakemake -n && make demo", "doc.md:9")
     with pytest.raises(ValueError, match="doc.md:3: placeholder '<figure file>'"):
         dry_run_words(Documented("doc.md:3", "snakemake --cores 2 <figure file>"))
+
+
+def test_paper_config_commands_on_a_workstation_cap_the_gpu_jobs():
+    """A documented command that runs a paper config outside SLURM gives the local profile and --resources gpu=<n>,
+    so that --cores cannot start more GPU jobs than there are GPUs (each takes its own: difflens.devices)."""
+    local = [doc for doc in documented_commands() if any(w.startswith("configs/") for w in doc.words)
+             and "profiles/slurm" not in doc.words and not_run_reason(doc.words) is None]
+    assert local, "no documented command runs a paper config on a workstation"
+    for doc in local:
+        words = doc.words
+        assert "--profile" in words and words[words.index("--profile") + 1] == "profiles/local", doc.where
+        assert "--resources" in words and re.fullmatch(r"gpu=\d+", words[words.index("--resources") + 1]), doc.where

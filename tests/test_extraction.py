@@ -20,7 +20,8 @@ from difflens.extract.activations import extract_activations
 from difflens.extract.capture import capture_rows
 from difflens.extract.dataset import extract_dataset
 from difflens.extract.layout import activation_path, latents_path
-from difflens.extract.noise import HalvingBatcher, noise_seed, sample_noise
+from difflens.extract.noise import noise_seed, sample_noise
+from difflens.models.batching import HalvingBatcher
 from difflens.extract.prompts import format_prompt
 from difflens.extract.store import FeatureStore
 
@@ -302,8 +303,8 @@ def test_halving_batcher_gives_up_on_single_items_and_other_errors():
     def fn(a, b):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    with pytest.raises(torch.OutOfMemoryError):
-        HalvingBatcher(4).run(3, fn)
+    with pytest.raises(torch.OutOfMemoryError, match=r"a single images \(extraction.batch_size backed off to 1\)"):
+        HalvingBatcher(4, "images", "extraction.batch_size").run(3, fn)
     with pytest.raises(RuntimeError, match="shape"):
         HalvingBatcher(4).run(3, lambda a, b: (_ for _ in ()).throw(RuntimeError("bad shape")))
     assert HalvingBatcher(4).run(10, lambda a, b: (a, b)) == [(0, 4), (4, 8), (8, 10)]

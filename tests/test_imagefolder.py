@@ -1,5 +1,6 @@
 """Bring-your-own images: class subfolders, optional captions CSV, seeded splits, clear errors."""
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -97,3 +98,74 @@ def test_errors_name_the_problem(folder, tmp_path):
     convert(folder, tmp_path / "o2")
     with pytest.raises(DatasetError, match="cat/img0"):
         Dataset.load(tmp_path / "o2").load_image("cat/img0")
+
+
+# ---- words.csv and aro.csv: what the information stage reads ------------------------------------------------------
+def test_caption_words_keep_content_words_once_in_order():
+    from difflens.data.imagefolder import caption_words
+
+    assert caption_words("A red circle to the left of a blue square.") == ["red", "circle", "left", "blue", "square"]
+    assert caption_words("The dog's t-shirt, the DOG", "all") == ["The", "dog's", "t-shirt", "DOG"]
+    assert caption_words("a cat on a mat") == ["cat", "on", "mat"]  # relation words stay
+    with pytest.raises(DatasetError, match=r"words must be one of \['content', 'all'\]"):
+        caption_words("a cat", "nouns")
+
+
+def test_captions_and_templates_become_word_rows(folder, tmp_path):
+    from difflens.info.inputs import word_rows
+
+    _write_captions(folder, [(im, "a cat and a catapult" if im == "cat/img0.png" else "a dog") for im in ALL_IMAGES])
+    convert(folder, tmp_path / "a", captions="captions.csv")
+    words = Dataset.load(tmp_path / "a").words
+    first = words[words["sample_id"] == "cat/img0"]
+    assert list(first["word"]) == ["cat", "catapult"]
+    assert list(first["context"]) == ["a and a catapult", "a cat and a"]  # whole-word removal
+    assert (words["objects"] == "").all() and (words["word_type"] == "word").all()
+    assert len(words) == 2 + 9  # one row per (image, content word)
+    convert(folder, tmp_path / "t", caption_template="a {label}", words="all")  # template captions, every word
+    templated = Dataset.load(tmp_path / "t")
+    assert sorted(zip(templated.words["sample_id"], templated.words["word"]))[:2] == [("cat/img0", "a"),
+                                                                                      ("cat/img0", "cat")]
+    rows = word_rows(templated, ["train", "val", "test"], 0, need_masks=False)  # the information stage's check
+    assert len(rows) == 2 * 10 and set(rows["caption"]) == {"a cat", "a dog"}
+
+
+def _write_choices(folder, text: str) -> None:
+    (folder / "choices.csv").write_text(text)
+
+
+def test_choices_become_aro_items(folder, tmp_path):
+    from difflens.info.aro import select_items
+
+    _write_choices(folder, 'image,caption,negatives,kind,group\n'
+                           'cat/img0.png,a red cat,"[""a blue cat"", ""a red dog""]",colour,red\n'
+                           'dog/img1.png,a dog on a mat,a mat on a dog | a dog under a mat,,\n')
+    convert(folder, tmp_path / "o", choices="choices.csv")
+    ds = Dataset.load(tmp_path / "o")
+    assert ds.meta["tables"] == ["samples", "words", "aro"]
+    assert ds.aro.to_dict("records") == [
+        {"sample_id": "cat/img0", "kind": "colour", "group": "red", "caption": "a red cat",
+         "negatives": '["a blue cat", "a red dog"]'},
+        {"sample_id": "dog/img1", "kind": "choice", "group": "", "caption": "a dog on a mat",
+         "negatives": '["a mat on a dog", "a dog under a mat"]'}]
+    assert len(select_items(ds.aro, ds.samples, "all", 0, ds.name)) == 2  # split all: wherever the images fell
+
+
+@pytest.mark.parametrize("row,message", [
+    ("cats/img0.png,a cat,a dog", "image 'cats/img0.png' is not an image of the folder"),
+    ('cat/img0.png,a cat,"[""a dog"", 3]"', "the JSON list must hold captions"),
+    ('cat/img0.png,a cat,"[""a dog"""', "negatives '[\"a dog\"' is neither a JSON list nor |-separated text"),
+    ("cat/img0.png,a cat,a dog|", "empty caption or negative"),
+    ("cat/img0.png,,a dog", "empty caption or negative"),
+    ("cat/img0.png,a cat,a dog|a cat", "a negative equals the caption 'a cat'"),
+])
+def test_a_bad_choices_row_names_file_and_line(folder, tmp_path, row, message):
+    _write_choices(folder, f"image,caption,negatives\ndog/img0.png,a dog,a cat\n{row}\n")
+    with pytest.raises(DatasetError, match=r"choices file choices.csv, line 3: .*" + re.escape(message)):
+        convert(folder, tmp_path / "o", choices="choices.csv")
+
+
+def test_a_choices_file_without_its_columns_is_refused(folder, tmp_path):
+    _write_choices(folder, "image,caption\ncat/img0.png,a cat\n")
+    with pytest.raises(DatasetError, match=r"choices file choices.csv lacks column\(s\) \['negatives'\]"):
+        convert(folder, tmp_path / "o", choices="choices.csv")

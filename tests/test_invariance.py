@@ -324,6 +324,72 @@ def test_localization_does_not_depend_on_the_denoiser_batch(shapes_model, locali
     np.testing.assert_array_equal(curves[3][1], curves[64][1])
 
 
+class OutOfMemoryAbove:
+    """A loaded model whose denoiser calls (``denoise``, ``capture``) of more than ``limit`` rows run out of memory
+    after the forward pass, as a GPU would part-way through: the cross-attention it recorded must be undone."""
+
+    def __init__(self, model, limit: int):
+        self.model, self.limit, self.calls = model, limit, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def _checked(self, fn, x_t, *args):
+        out = fn(x_t, *args)
+        self.calls.append(len(x_t))
+        if len(x_t) > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory ({len(x_t)} rows)")
+        return out
+
+    def denoise(self, x_t, t, cond):
+        return self._checked(self.model.denoise, x_t, t, cond)
+
+    def capture(self, x_t, t, cond, layers, stop_early=True):
+        return self._checked(self.model.capture, x_t, t, cond, layers, stop_early)
+
+
+def test_localization_out_of_memory_backs_off_the_batch_with_the_same_maps(shapes_model, localize_world,
+                                                                           monkeypatch, caplog):
+    """Batches of 64 rows where more than 7 run out of memory: halved until they fit and retried, with maps
+    (attention included) equal to those of batches that fit, to the batch test's tolerance; later images start at
+    the backed-off size."""
+    from difflens.info import estimators
+
+    monkeypatch.setattr(estimators, "_BACKED_OFF", {})
+    ds, rows = localize_world
+    rows = rows.head(4)
+    small = OutOfMemoryAbove(shapes_model, 7)
+    got = compute_maps(small, ds, rows, batch_size=64, progress=False, **INFO)
+    want = compute_maps(shapes_model, ds, rows, batch_size=64, progress=False, **INFO)
+    for key in MAP_KEYS:
+        assert_close_to_scale(got[key], want[key], 1e-4, key)
+    backed_off = estimators._BACKED_OFF[64]
+    assert 1 <= backed_off <= 7 and max(small.calls[-3:]) <= 7  # later images start at the backed-off size
+    assert f"continuing with {backed_off} (set infodecomp.batch_size: {backed_off} to start there)" in caplog.text
+
+
+def test_diffc_on_the_fly_backs_off_its_denoiser_batch_and_names_the_key_when_training_runs_out(
+        stores, tiny, monkeypatch):
+    """Diff-C's on-the-fly maps of a batch of 12 images where more than 5 rows run out of memory: the same maps in
+    smaller passes, to 1e-3 of the largest (the maps are float16: a float32 rounding of another batch can move one to
+    the next float16 value, 2^-11 relative). Out of memory in the training step: one error naming
+    classify.batch_size."""
+    layer, t = SAE_KEY
+    idx = np.arange(12)
+    want = diffc_source(stores[16], "on_the_fly", tiny)._maps("train", idx, None)
+    got = diffc_source(stores[16], "on_the_fly", OutOfMemoryAbove(tiny, 5))._maps("train", idx, None)
+    for head, maps in want.items():
+        assert_close_to_scale(got[head].numpy(), maps.numpy(), 1e-3, head)
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(diffc, "_train_epoch_heads", no_room)
+    source = diffc_source(stores[16], "cached", tiny)
+    with pytest.raises(torch.OutOfMemoryError, match=rf"lower classify.batch_size \(now {DIFFC.batch_size}\)"):
+        train_diffc_heads(source, n_classes_of(source), DIFFC, device="cpu", progress=False)
+
+
 def localize_in_shards(model, ds, rows, n_shards: int, folder: Path) -> dict[str, np.ndarray]:
     """Every shard of an ``n_shards`` plan localized into ``folder`` and joined."""
     plan = shard_plan(rows, n_shards)

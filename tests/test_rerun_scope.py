@@ -13,6 +13,9 @@ import pytest
 
 from workflows.runs import printed_jobs, run, snakemake_cmd, write_config
 
+#: one worker runs every case, so that the tiny workflow (a module fixture) runs once
+pytestmark = pytest.mark.xdist_group("rerun_scope")
+
 TINY = {
     "datasets": {"shapes": {"source": "shapes", "params": {"n_images": 40}}},
     "models": {"shapes": {"kind": "shapes", "source": "resources/shapes_model", "layers": ["mid_block"],

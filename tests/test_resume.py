@@ -229,6 +229,7 @@ def tiny_run(tmp_path_factory):
     return tmp / "results", cfg, output_digests(tmp / "results")
 
 
+@pytest.mark.xdist_group("resume_workflow")  # one worker: the tiny workflow (a module fixture) runs once
 @pytest.mark.parametrize("rule", list(VICTIMS))
 def test_job_killed_after_part_of_its_outputs_is_rerun_to_the_same_outputs(tmp_path, tiny_run, rule):
     """The rule's outputs deleted, then Snakemake and the job killed as the job opens one output, the ones before it

@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .models.catalog import (LAYER_ALIASES, ModelConfigError, resolve_layer, static_log_snr_range,
-                             static_num_timesteps)
+from .models.catalog import (LAYER_ALIASES, ModelConfigError, check_architecture, config_folder, resolve_layer,
+                             static_layers, static_log_snr_range, static_num_timesteps)
 from .models.fetch import COMPONENT_FOLDERS, is_hub_id
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -70,10 +70,52 @@ def check_renamed(cfg: dict) -> None:
                 raise ConfigError(f"config key {where}{path[-1]}: renamed; use {replacement}")
 
 
+def _types(schema: dict) -> set[str]:
+    """The JSON types a (sub)schema admits, its anyOf / oneOf branches included."""
+    named = schema.get("type", [])
+    out = {named} if isinstance(named, str) else set(named)
+    for branch in schema.get("anyOf", []) + schema.get("oneOf", []):
+        out |= _types(branch)
+    return out
+
+
+def _from_text(text: str, types: set[str]):
+    """The number, boolean or null that ``text`` spells where ``types`` ask for one and admit no string; else
+    ``text`` as it is (the schema then names the key)."""
+    if "string" in types:
+        return text
+    if types & {"integer", "number"}:
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    words = {"true": True, "false": False} if "boolean" in types else {}
+    words.update({"null": None, "~": None} if "null" in types else {})
+    return words.get(text.lower(), text)
+
+
+def scalars_from_text(value, schema: dict):
+    """``value`` with the numbers, booleans and nulls that arrived as text turned back into them, where the schema
+    asks for those: Snakemake reads the nested values of ``--config key={...}`` as text (YAML's base loader)."""
+    if isinstance(value, str):
+        return _from_text(value, _types(schema))
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: scalars_from_text(v, props.get(k, extra if isinstance(extra, dict) else {}))
+                for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [scalars_from_text(v, schema["items"]) for v in value]
+    return value
+
+
 def validate_schema(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """Validate against the schema in place, filling defaults; one ConfigError naming the key on failure."""
     check_renamed(cfg)
     schema = yaml.safe_load(Path(schema_path).read_text())
+    typed = scalars_from_text(cfg, schema)
+    cfg.clear()
+    cfg.update(typed)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if errors:
@@ -90,10 +132,11 @@ def check_imagefolder(name: str, params: dict) -> None:
     folder = Path(params["path"])
     if not folder.is_dir():
         raise ConfigError(f"{key}.path: {str(folder)!r} is not a folder (one subfolder of images per class)")
-    captions = params.get("captions")
-    if captions is not None and not (folder / captions).is_file():
-        raise ConfigError(f"{key}.captions: {str(captions)!r} is not a file (relative to {str(folder)!r}, or "
-                          f"absolute)")
+    for file_key in ("captions", "choices"):
+        given = params.get(file_key)
+        if given is not None and not (folder / given).is_file():
+            raise ConfigError(f"{key}.{file_key}: {str(given)!r} is not a file (relative to {str(folder)!r}, or "
+                              f"absolute)")
 
 
 def check_config(cfg: dict) -> None:
@@ -112,12 +155,18 @@ def check_config(cfg: dict) -> None:
         if m["kind"] in COMPONENT_FOLDERS and not (Path(m["source"]).is_dir() or is_hub_id(m["source"])):
             raise ConfigError(f"config key {key}.source: {m['source']!r} is neither a local folder nor a hub id "
                               f"(org/name)")
+        folder = config_folder(m["source"], cfg["model_cache"], cfg["hub_mirror"])
+        try:
+            check_architecture(m["kind"], m["source"], folder)
+        except ModelConfigError as exc:
+            raise ConfigError(f"config key {key}.kind: {exc}") from None
+        described = str(folder) if folder else m["source"]  # where the model's configs are on disk
         for layer in m["layers"]:
             try:
-                resolve_layer(m["kind"], m["source"], layer)
+                resolve_layer(m["kind"], m["source"], layer, available=static_layers(m["kind"], described))
             except ModelConfigError as exc:
                 raise ConfigError(f"config key {key}.layers: {exc}") from None
-        n_t = static_num_timesteps(m["source"])
+        n_t = static_num_timesteps(described)
         for t in m["timesteps"]:
             if not 0 <= t < n_t:
                 raise ConfigError(f"config key {key}.timesteps: timestep {t} is outside the scheduler's range; "
@@ -154,9 +203,40 @@ def info_models(cfg: dict) -> list[str]:
     return cfg["infodecomp"]["models"] or [n for n, m in cfg["models"].items() if m["kind"] in TEXT_KINDS]
 
 
+#: the information tasks (infodecomp.<task>) and the data-set table each reads
+INFO_TASK_TABLES = {"aro": "aro", "localize": "words", "intervene": "words", "maps": "words"}
+#: what a table holds, and how a data set gets one
+TABLE_HELP = {
+    "words": ("the words of each image's caption", "give the images captions in an imagefolder data set (params."
+              "captions, a CSV with columns image and caption, or params.caption_template)"),
+    "aro": ("candidate captions per image", "give an imagefolder data set params.choices (a CSV with columns image, "
+            "caption and negatives)"),
+}
+
+
+def check_task_dataset(task: str, name: str, dataset: dict) -> None:
+    """A ConfigError unless data set ``name`` writes the table that information task ``task`` reads, naming the
+    config key, the data set, the missing file and how to provide it (``data.registry.tables_of``)."""
+    from .data.registry import SOURCE_TABLES, tables_of
+
+    table = INFO_TASK_TABLES[task]
+    if table in tables_of(dataset["source"], dataset["params"]):
+        return
+    what, how = TABLE_HELP[table]
+    writers = [source for source, tables in SOURCE_TABLES.items() if table in tables and source != "imagefolder"]
+    how = f"{how}, or use a source that writes one ({', '.join(writers)})"
+    if dataset["source"] == "imagefolder":  # only aro.csv can be missing: words.csv comes from any captions
+        how = (f"set datasets.{name}.params.choices to a CSV with columns image, caption and negatives (a JSON "
+               "list or |-separated)")
+    raise ConfigError(f"config key infodecomp.{task}.datasets: data set {name!r} (source {dataset['source']}) writes "
+                      f"no {table}.csv ({what}), which infodecomp.{task} reads; to provide it, {how} "
+                      f"(docs/own-data.md)")
+
+
 def check_infodecomp(cfg: dict) -> None:
-    """infodecomp names text models and configured data sets; the log-SNR interval stays inside the trained range
-    of every model an estimator runs on (the information stages' models, and every shapes model's check)."""
+    """infodecomp names text models and configured data sets that write the table each task reads; the log-SNR
+    interval stays inside the trained range of every model an estimator runs on (the information stages' models,
+    and every shapes model's check)."""
     info = cfg["infodecomp"]
     for name in info["models"]:
         if name not in cfg["models"]:
@@ -167,11 +247,12 @@ def check_infodecomp(cfg: dict) -> None:
             raise ConfigError(f"config key infodecomp.models: model {name!r} (kind {kind}) has no text-conditioned "
                               f"denoiser with an empty-prompt (unconditional) branch; allowed kinds: "
                               f"{list(TEXT_KINDS)}")
-    for stage in ("aro", "localize", "intervene"):
+    for stage in INFO_TASK_TABLES:
         for ds in info[stage]["datasets"]:
             if ds not in cfg["datasets"]:
                 raise ConfigError(f"config key infodecomp.{stage}.datasets: {ds!r} is not a configured data set; "
                                   f"allowed: {list(cfg['datasets'])}")
+            check_task_dataset(stage, ds, cfg["datasets"][ds])
     lo, hi = info["loc"] - info["clip"] * info["scale"], info["loc"] + info["clip"] * info["scale"]
     for name in dict.fromkeys(info_models(cfg) + [n for n, m in cfg["models"].items() if m["kind"] == "shapes"]):
         mn, mx = static_log_snr_range(cfg["models"][name]["source"], cfg["models"][name]["kind"])

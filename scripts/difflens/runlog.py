@@ -37,6 +37,11 @@ def throughput_line(n_images: int, seconds: float, device=None) -> str:
 
 def job_device(resources) -> str | None:
     """The device a rule script should use: "cpu" when Snakemake gave the job no GPU (its ``gpu`` resource is 0, as
-    with ``--resources gpu=0`` or the local profile's ``gpu: 0``), else None (a visible GPU, or the CPU)."""
+    with ``--resources gpu=0`` or the local profile's ``gpu: 0``); where the job sees several GPUs, the one it
+    claimed that no other difflens job holds (difflens.devices); else None (the one visible GPU, or the CPU)."""
     gpus = getattr(resources, "gpu", None) if not isinstance(resources, dict) else resources.get("gpu")
-    return "cpu" if gpus is not None and int(gpus) == 0 else None
+    if gpus is not None and int(gpus) == 0:
+        return "cpu"
+    from .devices import gpu_for_job
+
+    return gpu_for_job()

@@ -15,6 +15,7 @@ The training loop reads its data through a **feature source**, any object with t
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from ..models.batching import is_oom
 
 SPLITS = ("train", "val", "test")
 CHECKPOINT = "diffc_state.pt"
@@ -306,6 +309,20 @@ class _Head:
         self.seen.update(targets.tolist())
 
 
+@contextlib.contextmanager
+def _names_batch_key_on_oom(batch_size: int, n_heads: int):
+    """Out of memory while the classifiers train (a smaller batch would change the optimisation, so it is not backed
+    off here): one error naming the keys to lower; the last epoch's checkpoint is kept, so a rerun resumes."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        raise torch.OutOfMemoryError(
+            f"out of memory training {n_heads} Diff-C net(s) on batches of {batch_size}: lower classify.batch_size "
+            f"(now {batch_size}), or set classify.group: one for one net per job, or classify.width ({exc})") from None
+
+
 def _train_epoch_heads(heads: list[_Head], source, batch_size: int, epoch: int, device: torch.device,
                        n_classes: int) -> None:
     """One pass over the shuffled, augmented train split, every head stepping on its maps of each batch."""
@@ -404,8 +421,9 @@ def train_diffc_heads(source, n_classes: int, settings: DiffCSettings | None = N
     bar = tqdm(range(done, settings.epochs), desc="Diff-C", initial=done, total=settings.epochs,
                disable=not progress)
     for epoch in bar:
-        _train_epoch_heads(heads, source, settings.batch_size, epoch, device, n_classes)
-        val = _accuracies(heads, source, "val", settings.batch_size, device, n_classes)
+        with _names_batch_key_on_oom(settings.batch_size, len(heads)):
+            _train_epoch_heads(heads, source, settings.batch_size, epoch, device, n_classes)
+            val = _accuracies(heads, source, "val", settings.batch_size, device, n_classes)
         for head in heads:
             if val[head.name] > head.run["best_val"]:
                 head.run.update(best=_cpu_copy(head.model.state_dict()), best_val=val[head.name],

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..extract.capture import capture_rows
 from ..extract.prompts import format_prompt
 from ..extract.store import FeatureStore
+from ..models.batching import HalvingBatcher
 from .diffc import epoch_generator
 
 SPLITS = ("train", "val", "test")
@@ -197,6 +198,8 @@ class OnTheFlyMaps(_SplitSource):
         super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
         self.denoiser, self.noise_draws, self.prompt = denoiser, int(noise_draws), prompt
         self.keys = [(int(t), str(name)) for t, name in keys] if keys else None
+        # a classifier batch's denoiser pass, split in halves on out of memory (the maps stay the same)
+        self._batcher = HalvingBatcher(1 << 30, "images (Diff-C's denoiser pass)", "classify.batch_size")
         self._latents = {}
         for split in SPLITS:
             data = store.latents_dataset(model, dataset, split=split)
@@ -221,9 +224,15 @@ class OnTheFlyMaps(_SplitSource):
         keys = self.keys or [(self.timestep, self.layer)]
         timesteps = list(dict.fromkeys(t for t, _ in keys))
         layers = list(dict.fromkeys(name for _, name in keys))
-        got = capture_rows(self.denoiser, x0.to(self.denoiser.device), list(rows["sample_id"]), cond,
-                           timesteps, self.noise_draws, layers, self.seed, True)
-        maps = {head_name(t, name): got[name].maps[timesteps.index(t)].float() for t, name in keys}
+        ids = list(rows["sample_id"])
+
+        def capture(a: int, b: int) -> dict:  # rows a..b: their noise is seeded by their ids, so slices agree
+            return capture_rows(self.denoiser, x0[a:b].to(self.denoiser.device), ids[a:b], cond[a:b], timesteps,
+                                self.noise_draws, layers, self.seed, True)
+
+        parts = self._batcher.run(len(ids), capture)
+        maps = {head_name(t, name): torch.cat([p[name].maps[timesteps.index(t)] for p in parts]).float()
+                for t, name in keys}
         return maps if self.keys else maps[head_name(self.timestep, self.layer)]
 
 

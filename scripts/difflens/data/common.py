@@ -17,8 +17,8 @@ A data set directory ``<root>/`` holds:
     ``objects`` (``;``-joined object indices whose union is the word's ground-truth mask; empty if none);
     optionally ``word_type`` (object, colour, relation, ...: the rows a localization table groups by).
 ``aro.csv`` (optional, ARO style)
-    ``sample_id``, ``kind`` (relation/attribute/order), ``group`` (relation or attribute name), ``caption``
-    (the true one), ``negatives`` (JSON list of wrong captions).
+    ``sample_id``, ``kind`` (relation/attribute/order; ``choice`` from an image folder's choices CSV), ``group``
+    (relation or attribute name), ``caption`` (the true one), ``negatives`` (JSON list of wrong captions).
 
 Everything is plain CSV/PNG/JSON so that any later stage, a notebook or another tool can read it.
 """

@@ -64,6 +64,34 @@ RAW_NAMES: dict[str, str] = {
 }
 
 
+#: the optional tables (besides samples.csv, ``difflens.data.common``) each source writes: ``words`` (the words of
+#: each image's captions), ``objects`` (instance masks), ``aro`` (candidate captions); an image folder writes aro.csv
+#: only with ``params.choices``. The config check refuses a task whose data set writes no table the task reads.
+SOURCE_TABLES: dict[str, tuple[str, ...]] = {
+    "shapes": ("words", "objects", "aro"),
+    "imagefolder": ("words",),
+    "pets": (),
+    "caltech101": (),
+    "aircraft": (),
+    "flowers102": (),
+    "aro_vg_relation": ("aro",),
+    "aro_vg_attribution": ("aro",),
+    "aro_coco_order": ("aro",),
+    "aro_flickr_order": ("aro",),
+    "coco_it": ("words", "objects"),
+    "coco100_it": ("words", "objects"),
+    "coco_wl": ("words",),
+}
+
+
+def tables_of(source: str, params: dict) -> tuple[str, ...]:
+    """The optional tables a data set of ``source`` built with ``params`` writes (``SOURCE_TABLES``)."""
+    tables = SOURCE_TABLES[source]
+    if source == "imagefolder" and params.get("choices"):
+        tables += ("aro",)
+    return tables
+
+
 def names() -> list[str]:
     return list(SOURCES)
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .h5io import BackgroundWriter, atomic_h5, provenance, set_attrs, write_strings
 from .latents import model_attrs
 from .capture import Captured, capture_rows
-from .noise import HalvingBatcher
+from ..models.batching import HalvingBatcher
 from .prompts import format_prompt
 from .store import read_rows
 
@@ -82,7 +82,7 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
         attrs = {**src_attrs, **(meta or {}), **model_attrs(model), "prompt": prompt, "seed": int(seed),
                  "noise_draws": int(noise_draws), "n_rows": n, "n_valid": int(len(ok)), "maps": bool(save_maps),
                  **provenance()}
-        batcher = HalvingBatcher(batch_size, "images (denoiser)")
+        batcher = HalvingBatcher(batch_size, "images (denoiser)", "extraction.batch_size")
         shapes: dict[str, tuple[int, ...]] = {}
         with ExitStack() as stack:
             files, feats = {}, {}

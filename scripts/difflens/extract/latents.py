@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.common import Dataset, DatasetError
 from .h5io import atomic_h5, provenance, set_attrs, write_strings
 from .layout import ShardPlan
-from .noise import HalvingBatcher
+from ..models.batching import HalvingBatcher
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def encode_latents(model, dataset: Dataset, out: str | Path, *, shard: int = 0, 
     n = len(ids)
     valid = np.zeros(n, bool)
     reasons = [""] * n
-    batcher = HalvingBatcher(batch_size, "images (encoder)")
+    batcher = HalvingBatcher(batch_size, "images (encoder)", "extraction.batch_size")
     attrs = {**(meta or {}), **model_attrs(model), "shard": shard, "row_offset": plan.rows(shard).start,
              "n_rows": n, **provenance()}
     with atomic_h5(out) as f, ThreadPoolExecutor(max(1, workers)) as pool:

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from .estimators import LogSNRSampler, require_unconditional, score_item
-from .inputs import encode_samples
+from .inputs import encode_samples, split_names
 from .records import check_partial, remove_partial, shard_settings
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,13 @@ ITEM_COLUMNS = ["sample_id", "item", "kind", "group", "candidate", "caption"]
 
 
 def select_items(aro: pd.DataFrame, samples: pd.DataFrame, split: str, max_items: int, dataset: str) -> pd.DataFrame:
-    """The aro.csv rows of ``split`` images (the first ``max_items`` per kind; 0 = all), with an ``item`` number
-    (the row's position in aro.csv, a stable key); raises naming the data set when none or a bad row is found."""
+    """The aro.csv rows of ``split`` images (``all``: every image; the first ``max_items`` per kind, 0 = all), with
+    an ``item`` number (the row's position in aro.csv, a stable key); raises naming the data set when none or a bad
+    row is found."""
     if aro is None:
         raise ValueError(f"data set {dataset!r} has no aro.csv: it has no ARO items to score")
     rows = aro.assign(item=np.arange(len(aro)))
-    rows = rows[rows["sample_id"].isin(set(samples.loc[samples["split"] == split, "sample_id"]))]
+    rows = rows[rows["sample_id"].isin(set(samples.loc[samples["split"].isin(split_names(split)), "sample_id"]))]
     if max_items:
         rows = rows.groupby("kind", sort=False).head(max_items)
     if not len(rows):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..seeding import derive_seed
+from ..models.batching import HalvingBatcher
 from ..models.catalog import ModelConfigError
 
 #: the configuration keys of the proposal (named by range errors)
@@ -135,6 +136,26 @@ def require_unconditional(model) -> None:
                                f"need one (kind shapes or sd)")
 
 
+#: batch_size -> the size an out-of-memory error backed it off to in this process, so later items start there
+_BACKED_OFF: dict[int, int] = {}
+
+
+def run_in_batches(batch_size: int, n: int, fn) -> list:
+    """``fn(a, b)`` over ``[0, n)`` in denoiser batches of ``batch_size`` rows (infodecomp.batch_size), halved on
+    out of memory (models.batching); later calls of this process start at the size it was backed off to."""
+    batcher = HalvingBatcher(_BACKED_OFF.get(batch_size, batch_size), "denoiser rows", "infodecomp.batch_size")
+    try:
+        return batcher.run(n, fn)
+    finally:
+        _BACKED_OFF[batch_size] = batcher.size
+
+
+def denoise_rows(model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model.denoise`` of every row (on the CPU), in batches as ``run_in_batches`` cuts them."""
+    return torch.cat(run_in_batches(batch_size, len(x_t), lambda a, b: model.denoise(x_t[a:b], t[a:b],
+                                                                                     cond[a:b]).cpu()))
+
+
 def score_item(model, x0: torch.Tensor, pairs: list[tuple[str, str]], *, n_draws: int, sampler: LogSNRSampler,
                seed: int, item, batch_size: int = 256, pixelwise: bool = False, noise_at: str = "timestep",
                recorder=None, attention_prompt: str | None = None) -> ItemScores:
@@ -156,12 +177,22 @@ def score_item(model, x0: torch.Tensor, pairs: list[tuple[str, str]], *, n_draws
     m = len(prompts)
     rows = n_draws * m  # row r = draw r // m, prompt r % m
     rec_index = index.get(attention_prompt, -1)
-    outs = []
-    for s in range(0, rows, batch_size):
-        r = torch.arange(s, min(rows, s + batch_size))
-        if recorder is not None:
-            recorder.select = (r % m) == rec_index
-        outs.append(model.denoise(x_a[r // m], t[r // m], cond[r % m]).cpu())
+
+    def rows_out(s: int, e: int) -> torch.Tensor:
+        r = torch.arange(s, e)
+        kept = None if recorder is None else ({k: v.clone() for k, v in recorder.maps.items()}, dict(recorder.calls))
+        try:
+            if recorder is not None:
+                recorder.select = (r % m) == rec_index
+            return model.denoise(x_a[r // m], t[r // m], cond[r % m]).cpu()
+        except RuntimeError:  # out of memory part-way: what this slice recorded is undone before it is retried
+            if kept is not None:
+                recorder.maps.clear()
+                recorder.maps.update(kept[0])
+                recorder.calls = kept[1]
+            raise
+
+    outs = run_in_batches(batch_size, rows, rows_out)
     if recorder is not None:
         recorder.select = None
     eps_hat = torch.cat(outs).view(n_draws, m, *x0.shape)
@@ -223,10 +254,8 @@ def mmse_curve(model, latents: torch.Tensor, prompt: str, logsnrs: torch.Tensor,
             gen = torch.Generator().manual_seed(derive_seed(int(seed), "mmse", k, i))
             eps = torch.randn((n_draws, *x0.shape), generator=gen)
             x_a = model.add_noise_logsnr(x0[None].float().expand_as(eps), eps, ai.repeat(n_draws))
-            preds = [model.denoise(x_a[s:s + batch_size], ti.repeat(len(x_a[s:s + batch_size])),
-                                   cond.expand(len(x_a[s:s + batch_size]), *cond.shape[1:])).cpu()
-                     for s in range(0, n_draws, batch_size)]
-            out[i] += float(((eps - torch.cat(preds)) ** 2).flatten(1).sum(1).mean())
+            preds = denoise_rows(model, x_a, ti.repeat(n_draws), cond.expand(n_draws, *cond.shape[1:]), batch_size)
+            out[i] += float(((eps - preds) ** 2).flatten(1).sum(1).mean())
     return out / len(latents)
 
 

@@ -11,8 +11,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data.common import DatasetError
+from ..data.common import SPLITS, DatasetError
 from ..models.base import fit_square
+
+#: the value of a task's ``split`` key that selects every image
+ALL_SPLITS = "all"
+
+
+def split_names(split: str) -> list[str]:
+    """The splits a task's ``split`` key selects: the one named, or every split for ``all``."""
+    return list(SPLITS) if split == ALL_SPLITS else [split]
 
 
 def encode_samples(model, ds, sample_ids: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -30,6 +38,12 @@ def preprocess_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
     to ``resolution``, centre crop): the ground truth on the pixels the model sees."""
     im = fit_square(Image.fromarray(mask.astype(np.uint8) * 255), resolution, Image.BILINEAR)
     return np.asarray(im) >= 128
+
+
+def model_view(image: Image.Image) -> np.ndarray:
+    """The part of an image the model sees (``DiffusionModel.preprocess``: the centred square) at the image's own
+    resolution, RGB: what a map on the latent grid lies over."""
+    return np.asarray(fit_square(image.convert("RGB"), min(image.size)))
 
 
 def has_word(caption: str, word: str) -> bool:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.sampling import sampling_timesteps
-from .estimators import LogSNRSampler, require_unconditional
+from .estimators import LogSNRSampler, denoise_rows, require_unconditional
 from .inputs import encode_samples, preprocess_mask
 from .localize import image_maps
 
@@ -59,8 +59,7 @@ def ode_path(model, x: torch.Tensor, prompts: list[str], timesteps: torch.Tensor
         a = float(abar[int(t)])
         x_t = (xbar * a ** 0.5).float()
         tt = torch.full((len(x_t),), int(t), dtype=torch.long)
-        return torch.cat([model.denoise(x_t[s:s + batch_size], tt[s:s + batch_size], cond[s:s + batch_size]).cpu()
-                          for s in range(0, len(x_t), batch_size)]).double()
+        return denoise_rows(model, x_t, tt, cond, batch_size).double()
 
     sigma = lambda t: float((1 / abar[int(t)] - 1) ** 0.5)  # noqa: E731
     xbar = x.double() / float(abar[int(timesteps[0])]) ** 0.5

@@ -32,12 +32,27 @@ log = logging.getLogger(__name__)
 MAP_KEYS = ("cmi", "cmi_s", "attention", "cmi_nats", "mi", "mi_nats")
 
 
+def rows_with_masks(ds, rows: pd.DataFrame) -> pd.DataFrame:
+    """The word rows that name a mask (non-empty ``objects``) where the data set has masks; every row where it has
+    none (maps only). A warning counts the rows left out; none left is a ValueError."""
+    if ds.objects is None:
+        return rows
+    masked = rows["objects"].astype(str).str.strip() != ""
+    if not masked.any():
+        raise ValueError(f"data set {ds.name!r}: none of its {len(rows)} selected word rows names a mask (empty "
+                         f"objects in words.csv): nothing to localize; infodecomp.maps draws maps without masks")
+    if not masked.all():
+        log.warning("%s: %d of %d word rows name no mask (empty objects in words.csv) and are left out of the "
+                    "localization; infodecomp.maps draws maps of every word", ds.name, int((~masked).sum()), len(rows))
+    return rows[masked]
+
+
 def localize_rows(ds, localize: dict, skipped=()) -> pd.DataFrame:
-    """The word rows of the ``infodecomp.localize`` section's calibration and evaluation splits, less those of the
-    ``skipped`` images (the plan's unreadable ones; index: the row's position, the key every shard and the join
-    use)."""
+    """The word rows of the ``infodecomp.localize`` section's calibration and evaluation splits that have a mask
+    (``rows_with_masks``), less those of the ``skipped`` images (the plan's unreadable ones; index: the row's
+    position, the key every shard and the join use)."""
     splits = list(dict.fromkeys([localize["calibration_split"], localize["split"]]))
-    rows = word_rows(ds, splits, localize["max_images"], need_masks=True)
+    rows = rows_with_masks(ds, word_rows(ds, splits, localize["max_images"], need_masks=False))
     return rows[~rows["sample_id"].astype(str).isin(set(skipped))].reset_index(drop=True)
 
 
@@ -98,17 +113,19 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws: int, sampler: LogSNRSampler,
                    seed: int, n_thresholds: int, batch_size: int = 256, chunk_rows: int = CHUNK_ROWS,
-                   progress: bool = True, identity: dict | None = None) -> dict[str, np.ndarray]:
-    """Maps and, when the data set has masks, IoU curves of every row of ``rows`` (one shard's, indexed by row
-    position) into ``out_path`` (.npz), image by image through ``<out_path>.partial``: a restarted job resumes from
-    it when it was made with the same settings (``records.shard_settings``; ``identity``: what else the numbers
-    depend on, the job's ``records.job_identity``), and raises a ValueError naming both settings when not."""
+                   progress: bool = True, identity: dict | None = None,
+                   score_masks: bool = True) -> dict[str, np.ndarray]:
+    """Maps and, when the data set has masks (and ``score_masks``), IoU curves of every row of ``rows`` (one shard's,
+    indexed by row position) into ``out_path`` (.npz), image by image through ``<out_path>.partial``: a restarted
+    job resumes from it when it was made with the same settings (``records.shard_settings``; ``identity``: what
+    else the numbers depend on, the job's ``records.job_identity``), and raises a ValueError naming both settings
+    when not."""
     from tqdm import tqdm
 
     require_unconditional(model)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    masks = ds.objects is not None
+    masks = score_masks and ds.objects is not None
     check_partial(partial, shard_settings(model, rows, n_draws=n_draws, sampler=sampler, seed=seed,
                                           n_thresholds=n_thresholds if masks else None, identity=identity))
     finished = {str(r["sample_id"][0]) for r in read_records(partial)}
@@ -126,6 +143,13 @@ def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_dra
     write_npz(out_path, result)
     remove_partial(partial)
     return result
+
+
+def write_maps(path: str | Path, rows: pd.DataFrame, joined: dict[str, np.ndarray]) -> None:
+    """The maps file of word rows (localization_maps.npz, word_maps.npz), compressed: per row its ``sample_id``,
+    ``word`` and ``word_type``, and its latent-grid maps and totals (``MAP_KEYS``, from ``joined`` in row order)."""
+    np.savez_compressed(path, sample_id=rows["sample_id"].to_numpy(str), word=rows["word"].to_numpy(str),
+                        word_type=rows["word_type"].to_numpy(str), **{k: joined[k] for k in MAP_KEYS})
 
 
 def join_shards(paths: list[str | Path], rows: pd.DataFrame) -> dict[str, np.ndarray]:

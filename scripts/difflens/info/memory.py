@@ -13,11 +13,14 @@ A ``localize_words`` job holds, for one shard of ``rows`` word rows:
   one row being counted. It does not grow with the number of rows.
 
 The denoiser's activations are on the GPU the rule asks for. ``collect_localization`` holds every row's maps and
-curves (``collect_held_mb``).
+curves (``collect_held_mb``). A ``word_maps`` job holds what a shard job does for all of its rows, without curves
+or the IoU step (``maps_held_mb``, from the data set's words.csv).
 """
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 MB = 1e6
@@ -79,3 +82,20 @@ def collect_held_mb(plan_path: str | Path, resolution: int, n_thresholds: int) -
     """MB ``collect_localization`` holds: every row's maps and curves three times (the shards read, joined, and the
     compressed output's buffers), and its per-row table (about 1 kB a row in pandas)."""
     return read_plan(plan_path)["n_rows"] * (3 * row_bytes(resolution, n_thresholds) + 1000) / MB
+
+
+def maps_held_mb(words_csv: str | Path, max_images: int, resolution: int, n_draws: int) -> float:
+    """MB a ``word_maps`` job holds: the maps of the rows of the ``max_images`` images with the most words (0: every
+    image) twice (read back, stacked), and the estimator tensors of the longest caption's words; 0 before the
+    data set exists (a dry run: the request is computed again when the job is ready)."""
+    if not Path(words_csv).is_file():
+        return 0.0
+    per_image, per_caption = Counter(), Counter()
+    with open(words_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            per_image[row["sample_id"]] += 1
+            per_caption[(row["sample_id"], row["caption"])] += 1
+    counts = sorted(per_image.values(), reverse=True)
+    rows = sum(counts[:max_images] if max_images else counts)
+    held = 2 * rows * row_bytes(resolution, 0)
+    return (held + estimator_bytes(resolution, n_draws, max(per_caption.values(), default=0))) / MB

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from .catalog import ModelConfigError
+from .catalog import ModelConfigError, check_architecture, config_folder
 
 _ADAPTERS = {
     "shapes": ("difflens.models.shapes", "ShapesModel"),
@@ -25,7 +25,9 @@ def adapter_class(kind: str):
 
 
 def load_model(kind: str, source: str, *, dtype: str = "auto", device=None, **kwargs):
-    """Load a backbone of the given kind from a hub id or local folder through its adapter."""
+    """Load a backbone of the given kind from a hub id or local folder through its adapter; a folder holding a
+    model the adapter cannot drive is refused first (``catalog.check_architecture``)."""
+    check_architecture(kind, str(source), config_folder(str(source)))
     return adapter_class(kind).from_pretrained(source, dtype=dtype, device=device, **kwargs)
 
 

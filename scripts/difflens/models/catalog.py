@@ -96,6 +96,75 @@ def resolve_layer(kind: str, source: str, name: str, available: list[str] | None
     aliases = {a: p for a, p in LAYER_ALIASES[kind].items() if p in available}
     path = aliases.get(name, name)
     if path not in available:
-        raise ModelConfigError(f"unknown layer {name!r} for {kind} model {source!r}; allowed: "
-                               f"{available + list(aliases)}")
+        inside = [p for p in available if name.startswith(p + ".")]
+        why = (f"{name!r} is a sub-module of the block {inside[0]!r}: only block outputs are read "
+               if inside else f"unknown layer {name!r} ")
+        raise ModelConfigError(f"{why}for {kind} model {source!r}; allowed: {available + list(aliases)} (block "
+                               f"outputs only; docs/models.md says how to add a sub-module)")
     return path
+
+
+# ---- architectures each kind's adapter drives (read from a model folder's configs, before any job) ----------------
+#: model_index.json ``_class_name`` of the pipelines each kind's adapter loads
+KIND_PIPELINES = {"sd": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), "dit": ("DiTPipeline",)}
+#: pipelines of families difflens has no adapter for (yet), with the family's name
+UNSUPPORTED_PIPELINES = {
+    "StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)",
+    "StableDiffusionInpaintPipeline": "an inpainting Stable Diffusion", "StableDiffusionDepth2ImgPipeline":
+    "a depth-conditioned Stable Diffusion", "PixArtAlphaPipeline": "PixArt-alpha", "PixArtSigmaPipeline":
+    "PixArt-Sigma", "StableDiffusion3Pipeline": "SD3 / SD3.5", "FluxPipeline": "FLUX.1",
+}
+#: hub ids of well-known models of those families, refused before their configs are downloaded
+KNOWN_HUB_PIPELINES = {
+    "stabilityai/stable-diffusion-xl-base-1.0": "StableDiffusionXLPipeline",
+    "stabilityai/stable-diffusion-xl-refiner-1.0": "StableDiffusionXLImg2ImgPipeline",
+    "stabilityai/sdxl-turbo": "StableDiffusionXLPipeline",
+    "stabilityai/stable-diffusion-3-medium-diffusers": "StableDiffusion3Pipeline",
+    "stabilityai/stable-diffusion-3.5-medium": "StableDiffusion3Pipeline",
+    "stabilityai/stable-diffusion-3.5-large": "StableDiffusion3Pipeline",
+    "black-forest-labs/FLUX.1-dev": "FluxPipeline", "black-forest-labs/FLUX.1-schnell": "FluxPipeline",
+    "PixArt-alpha/PixArt-XL-2-1024-MS": "PixArtAlphaPipeline",
+    "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "PixArtSigmaPipeline",
+    "stabilityai/stable-diffusion-2-inpainting": "StableDiffusionInpaintPipeline",
+}
+
+
+def config_folder(source: str, model_cache: str | Path | None = None, mirror: str | Path | None = None) -> Path | None:
+    """The folder whose configs describe the model at ``source``: the folder itself, or, for a hub id, its copy in
+    ``model_cache`` (``<org>--<name>``) or in the ``mirror`` (``<org>/<name>``), the first that is a folder;
+    None when no copy is on disk yet."""
+    candidates = [Path(source)]
+    if source.count("/") == 1 and not Path(source).exists():
+        candidates += [Path(model_cache) / source.replace("/", "--")] if model_cache else []
+        candidates += [Path(mirror) / source] if mirror else []
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _refusal(kind: str, what: str, pipeline: str) -> ModelConfigError:
+    other = [k for k, pipes in KIND_PIPELINES.items() if pipeline in pipes and k != kind]
+    fix = (f"set kind: {other[0]}" if other else
+           f"{UNSUPPORTED_PIPELINES.get(pipeline, pipeline)} models are not supported yet: kind {kind!r} drives "
+           f"{' / '.join(KIND_PIPELINES[kind])} models only (docs/models.md lists what each kind drives)")
+    return ModelConfigError(f"{what} is a {pipeline}: {fix}")
+
+
+def check_architecture(kind: str, source: str, folder: Path | None = None) -> None:
+    """Refuse a model the ``kind`` adapter cannot drive, from its configs in ``folder`` (config_folder) where they
+    are on disk, else from the well-known hub ids; raises ModelConfigError naming the model's pipeline and the kind
+    that would drive it, or saying that none does."""
+    if kind not in KIND_PIPELINES:
+        return
+    if folder is None:
+        if source in KNOWN_HUB_PIPELINES:
+            raise _refusal(kind, f"{source!r}", KNOWN_HUB_PIPELINES[source])
+        return
+    pipeline = (_local_config(str(folder), "model_index.json") or {}).get("_class_name", "")
+    if pipeline and pipeline not in KIND_PIPELINES[kind]:
+        raise _refusal(kind, f"{source!r} ({folder / 'model_index.json'})", pipeline)
+    unet = _local_config(str(folder), "unet", "config.json") or {}
+    if kind == "sd" and unet.get("addition_embed_type"):
+        raise _refusal(kind, f"{source!r} (its UNet takes {unet['addition_embed_type']!r} added conditions)",
+                       "StableDiffusionXLPipeline")
+    if kind == "sd" and unet.get("in_channels", 4) != 4:
+        raise ModelConfigError(f"{source!r}: its UNet takes {unet['in_channels']} input channels (an inpainting or "
+                               f"depth model); kind 'sd' drives text-to-image UNets of 4 latent channels only")

@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path, PurePosixPath
 
-from .catalog import ModelConfigError
+from .catalog import ModelConfigError, check_architecture
 
 #: subfolders each adapter loads (kind -> folders); model_index.json is fetched besides them
 COMPONENT_FOLDERS = {
@@ -117,6 +117,8 @@ def _list_files(source: str, mirror: Path | None, token: str | None) -> list[str
 
 
 def _copy_files(source: str, files: list[str], dest: Path, mirror: Path | None, token: str | None) -> None:
+    if not files:
+        return
     if mirror is not None:
         for name in files:
             target = dest / name
@@ -141,9 +143,19 @@ def fetch_model(name: str, kind: str, source: str, dest: str | Path, *, mirror: 
     where = f"the mirror {mirror}" if mirror else "the Hugging Face Hub"
     start = time.time()
     try:
-        files = select_files(kind, _list_files(source, mirror, token or os.environ.get("HF_TOKEN")))
+        token = token or os.environ.get("HF_TOKEN")
+        listed = _list_files(source, mirror, token)
         dest.mkdir(parents=True, exist_ok=True)
-        _copy_files(source, files, dest, mirror, token or os.environ.get("HF_TOKEN"))
+        # the configs first, each checked: no weights are fetched for a model the kind's adapter cannot drive
+        _copy_files(source, [f for f in listed if f == "model_index.json"], dest, mirror, token)
+        check_architecture(kind, source, dest)
+        files = select_files(kind, listed)
+        configs = [f for f in files if PurePosixPath(f).suffix in (".json", ".txt")]
+        _copy_files(source, configs, dest, mirror, token)
+        check_architecture(kind, source, dest)
+        _copy_files(source, [f for f in files if f not in configs], dest, mirror, token)
+    except ModelConfigError as exc:
+        raise ModelConfigError(f"model {name!r}: config key models.{name}.kind: {exc}") from None
     except ModelFetchError as exc:
         raise ModelFetchError(f"model {name!r} ({source}): {exc}") from None
     except Exception as exc:  # network, authentication, a missing repository: one message naming what to check

@@ -152,8 +152,23 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
         if not t["predictor"].str.contains("-", regex=False).any():
             rows.append(_row("Information: intervention", "mask baselines (the word's object, all objects)",
                              "none: the data set has no object masks for every edited word", model, ds, (), kinds))
+    for path in tables.get("word_maps", []):
+        model, ds = info_folder(path)
+        totals = read_csv(path, "the summary page")
+        rows.append(_row("Information: word maps", "words with the highest mean i^s CMI, nats (rows, images, rows "
+                         "whose word the image contradicts)", word_maps_line(totals), model, ds, (), kinds))
     return pd.DataFrame(rows, columns=["section", "quantity", "this run", "model", "dataset", "model kind", "paper",
                                        "paper source"])
+
+
+def word_maps_line(totals: pd.DataFrame, top: int = 3) -> str:
+    """The summary's words for word_maps.csv: the ``top`` words by mean i^s CMI over their rows (the words the
+    images support most; i^o grows with any change of the prediction, right or wrong), the table's size and how
+    many rows have negative i^s (the image contradicts the word)."""
+    by_word = totals.groupby("word")["cmi_s_nats"].mean().sort_values(ascending=False).head(top)
+    best = ", ".join(f"{w} {v:.2f}" for w, v in by_word.items())
+    return (f"{best} ({len(totals)} rows on {totals['sample_id'].nunique()} images; "
+            f"{int((totals['cmi_s_nats'] < 0).sum())} with negative i^s)")
 
 
 INTRO = ("Headline numbers of this run beside the papers'. The papers measured Stable Diffusion (and DiT) on real "
