@@ -50,24 +50,28 @@ def test_concurrent_jobs_claim_distinct_devices_and_a_waiting_one_gets_the_freed
         p.wait(timeout=10)
 
 
-def test_one_visible_device_needs_no_lock_and_a_second_claim_keeps_the_first(tmp_path, monkeypatch):
+@pytest.fixture
+def own_claims(monkeypatch):
+    """This test's claims, kept apart from the process's and released (their lock files closed) after it."""
+    held = {}
+    monkeypatch.setattr(devices, "_held", held)
+    yield held
+    for f in held.values():
+        f.close()
+
+
+def test_one_visible_device_needs_no_lock_and_a_second_claim_keeps_the_first(tmp_path, own_claims):
     assert devices.claim_gpu(["7"], tmp_path / "none") == 0 and not (tmp_path / "none").exists()
-    monkeypatch.setattr(devices, "_held", {})
     first = devices.claim_gpu(["x", "y"], tmp_path / "locks")
     assert devices.claim_gpu(["x", "y"], tmp_path / "locks") == first
     assert (tmp_path / "locks" / f"gpu-{['x', 'y'][first]}.lock").read_text().strip().isdigit()
-    for f in devices._held.values():
-        f.close()
 
 
-def test_job_device_with_stand_in_devices_claims_one_and_runs_on_the_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(devices, "_held", {})
+def test_job_device_with_stand_in_devices_claims_one_and_runs_on_the_cpu(tmp_path, monkeypatch, own_claims):
     monkeypatch.setenv(devices.FAKE_GPUS_ENV, "2")
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path))
-    assert job_device({"gpu": 0}) == "cpu" and not devices._held  # no GPU given: no claim
-    assert job_device({"gpu": 1}) == "cpu" and list(devices._held) in (["0"], ["1"])
-    for f in devices._held.values():
-        f.close()
+    assert job_device({"gpu": 0}) == "cpu" and not own_claims  # no GPU given: no claim
+    assert job_device({"gpu": 1}) == "cpu" and list(own_claims) in (["0"], ["1"])
 
 
 def job_spans(results: Path, rule: str) -> list[tuple[str, float, float]]:
