@@ -36,7 +36,10 @@ rule probe_features:
 # layer of a timestep, every layer x timestep, or one) from the same maps of each batch; one result JSON per
 # (target, timestep, layer) whatever the grouping.
 #: the classify keys train_diffc.py reads (a job's params: changing probe_targets, or adding a target, retrains none)
-DIFFC_SETTINGS = pick(CL, ["mode", "cache_limit_gb", "augment", "epochs", "lr", "batch_size", "width", "dropout"])
+DIFFC_SETTINGS = pick(CL, ["mode", "cache_limit_gb", "augment", "augment_on", "noise", "epochs", "lr", "lr_schedule",
+                           "lr_t_max", "batch_size", "width", "dropout", "conv_dropout", "refit"])
+#: on the fly, training images augmented before the VAE: the job reads the data set's images and loads the VAE
+DIFFC_PIXELS = CL["augment_on"] == "pixels" and bool(CL["augment"])
 
 for _name in diffc_models():
     _part, _keys = diffc_job(_name)
@@ -48,6 +51,7 @@ for _name in diffc_models():
             index=f"{R}/activations/{_name}/{{dataset}}/index.json",
             model=model_marker(_name),
             empty_prompt=[] if EX["prompt"] else f"{R}/models/{_name}/empty_prompt.safetensors",
+            data=lambda w: dataset_json(w.dataset) if DIFFC_PIXELS else [],
         output:
             [f"{R}/classify/{_name}/{{dataset}}/diffc/{{target}}/{p}.json" for p in
              ([f"t{t}/{l}" for t, l in classify_grid(_name)] if _part == "all" else
@@ -63,7 +67,7 @@ for _name in diffc_models():
             kind=config["models"][_name]["kind"],
             source=model_dir(_name),
             dtype=config["models"][_name]["dtype"],
-            options=load_options(_name, activation_components(_name)),
+            options=load_options(_name, activation_components(_name) + (["vae"] if DIFFC_PIXELS else [])),
             classify=DIFFC_SETTINGS,
             seed=config["seed"],
             noise_draws=EX["noise_draws"],

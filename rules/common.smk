@@ -10,11 +10,14 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from difflens import resources as resources_lib
-from difflens.config import ConfigError, LOCAL_SOURCES, check_config, check_renamed, info_models
+from difflens.config import (ConfigError, LOCAL_SOURCES, check_config, check_renamed, classified_pairs, clip_template,
+                             info_models)
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
+from difflens.extract.prompts import CLIP_PROMPT
 from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id
 from difflens.report.catalog import ITEMS as PAPER_ITEMS
+from difflens.report.paper import identities as paper_identities
 from difflens.sae import memory as sae_memory
 
 try:
@@ -95,21 +98,45 @@ def model_marker(name):
     return [f"{model_dir(name)}/{FETCH_MARKER}"] if is_hub_model(name) else []
 
 
-def baseline_hub_id(name):
-    """The hub id of an external baseline, or None for a local folder."""
-    source = next(b["source"] for b in CL["baselines"] if b["name"] == name)
-    return source if is_hub_id(source) else None
+def fetched_folder(source):
+    """Folder a transformers model (an external baseline, the prompt CLIP) loads from: the fetched copy of a hub id,
+    or the local folder ``source``."""
+    return f"{MODEL_CACHE}/{cache_folder_name(source)}" if is_hub_id(source) else source
+
+
+def fetched_marker(source):
+    """The fetched marker a job of such a model depends on (none for a local folder)."""
+    return [f"{fetched_folder(source)}/{FETCH_MARKER}"] if is_hub_id(source) else []
 
 
 def baseline_source(name):
-    """Folder an external baseline loads from: the fetched copy of a hub id, or its local folder."""
-    hub = baseline_hub_id(name)
-    return f"{MODEL_CACHE}/{cache_folder_name(hub)}" if hub else next(b["source"] for b in CL["baselines"]
-                                                                      if b["name"] == name)
+    """Folder an external baseline loads from."""
+    return fetched_folder(next(b["source"] for b in CL["baselines"] if b["name"] == name))
 
 
 def baseline_marker(name):
-    return [f"{baseline_source(name)}/{FETCH_MARKER}"] if baseline_hub_id(name) else []
+    return fetched_marker(next(b["source"] for b in CL["baselines"] if b["name"] == name))
+
+
+#: extraction.prompt clip: each image's prompt chosen by a CLIP model (extraction.prompt_clip; check_config filled in
+#: its source)
+CLIP_PROMPTS = EX["prompt"] == CLIP_PROMPT
+PROMPT_CLIP = EX["prompt_clip"]["source"] if CLIP_PROMPTS else None
+
+
+def clip_prompts_path(dataset):
+    """The CLIP choices of a data set, one prompt per readable image (written by choose_clip_prompts)."""
+    return f"{R}/prompts/{dataset}/clip_prompts.csv"
+
+
+def clip_prompts_input(w):
+    """The CLIP choices an activation job of data set ``w.dataset`` reads (none unless extraction.prompt is clip)."""
+    return [clip_prompts_path(w.dataset)] if CLIP_PROMPTS else []
+
+
+def clip_prompt_settings(w):
+    """What an activation file records of the CLIP choice of its prompts ({} unless extraction.prompt is clip)."""
+    return {"source": PROMPT_CLIP, "template": clip_template(config, w.dataset)} if CLIP_PROMPTS else {}
 
 
 def get_model_marker(wildcards):
@@ -177,9 +204,9 @@ def diffc_results(model, dataset):
 
 
 def accuracy_tables():
-    """One accuracy table per (classified model, data set)."""
-    return [f"{R}/classify/{name}/{ds}/accuracy.csv" for name in CL["models"] or EXTRACT_MODELS
-            for ds in EX["datasets"]]
+    """One accuracy table per (classified model, data set): difflens.config.classified_pairs, which the check of
+    class-name prompts (label leakage) reads too."""
+    return [f"{R}/classify/{name}/{ds}/accuracy.csv" for name, ds in classified_pairs(config)]
 
 
 def pca_pngs():
@@ -266,8 +293,10 @@ def all_targets():
     targets = [dataset_json(name) for name in config["datasets"]]
     targets += [marker for name in config["models"] if is_hub_model(name) for marker in model_marker(name)]
     targets += [marker for b in CL["baselines"] for marker in baseline_marker(b["name"])]
+    targets += fetched_marker(PROMPT_CLIP) if CLIP_PROMPTS else []
     for name in shapes_models():
         targets += [f"{R}/models/{name}/check.json", f"{R}/models/{name}/samples.png"]
+    targets += [clip_prompts_path(ds) for ds in EX["datasets"]] if CLIP_PROMPTS else []
     targets += extraction_targets()
     targets += classify_targets()
     targets += sae_targets()
@@ -534,12 +563,23 @@ def diffc_mem(name):
     return mem
 
 
+def image_model_mb(folder, batch):
+    """An image model's weights (float32) and a batch of ``batch`` 224 px images through it."""
+    return resources_lib.weights_mb(folder) + batch * 224 * 224 * 3 * 4 * 50 / 1e6
+
+
 def baseline_mem(wildcards, input, attempt):
     """mem_mb of baseline_probes: the image model's weights (float32), a batch of 224 px images through it, and the
     pooled features of every image (at most 1,536 wide) with the probes' four float64 working copies."""
     images = sum(sae_memory.dataset_sizes(input.data)["splits"].values())
-    model = resources_lib.weights_mb(baseline_source(wildcards.baseline))
-    return resources_lib.request_mb(model + 64 * 224 * 224 * 3 * 4 * 50 / 1e6 + images * 1536 * 8 * 5 / 1e6, attempt)
+    model = image_model_mb(baseline_source(wildcards.baseline), 64)
+    return resources_lib.request_mb(model + images * 1536 * 8 * 5 / 1e6, attempt)
+
+
+def clip_prompts_mem(wildcards, attempt):
+    """mem_mb of choose_clip_prompts: the CLIP model's weights and a batch (extraction.batch_size) of 224 px images
+    through it."""
+    return resources_lib.request_mb(image_model_mb(fetched_folder(PROMPT_CLIP), EX["batch_size"]), attempt)
 
 
 def browser_mem(wildcards, input, attempt):

@@ -78,6 +78,7 @@ for _name in EXTRACT_MODELS:
             latents=f"{R}/latents/{_name}/{{dataset}}/shard-{{shard}}.h5",
             model=model_marker(_name),
             empty_prompt=[] if EX["prompt"] else f"{R}/models/{_name}/empty_prompt.safetensors",
+            prompts=clip_prompts_input,
         output:
             [str(activation_path(R, _name, "{dataset}", t, layer, "{shard}")) for t in _m["timesteps"]
              for layer in _m["layers"]],
@@ -93,6 +94,7 @@ for _name in EXTRACT_MODELS:
             seed=config["seed"],
             noise_draws=EX["noise_draws"],
             prompt=lambda w: EX["prompt"],  # a function: Snakemake would read "{label}" in a string as a wildcard
+            prompt_clip=clip_prompt_settings,
             batch_size=EX["batch_size"],
             save_maps=EX["save_maps"],
             compression=EX["map_compression"],
@@ -110,6 +112,36 @@ for _name in EXTRACT_MODELS:
             "../envs/torch.yaml"
         script:
             "../scripts/extract_activations.py"
+
+
+# extraction.prompt clip: the prompt of each image of a data set, the class name a CLIP model finds closest to it
+# (zero-shot; the true label is never read), chosen once per data set for every model's activation jobs (the rule
+# exists with that prompt only).
+if CLIP_PROMPTS:
+
+    rule choose_clip_prompts:
+        input:
+            data=lambda w: dataset_json(w.dataset),
+            model=lambda w: fetched_marker(PROMPT_CLIP),
+        output:
+            clip_prompts_path("{dataset}"),
+        params:
+            source=lambda w: fetched_folder(PROMPT_CLIP),
+            template=lambda w: clip_template(config, w.dataset),  # a function: "{label}" is no wildcard
+            batch_size=EX["batch_size"],
+        threads: 2
+        resources:
+            **gpu_job(),
+            runtime=lambda w, attempt: 60 * attempt,
+            mem_mb=clip_prompts_mem,
+        log:
+            f"{R}/logs/choose_clip_prompts/{{dataset}}.log",
+        benchmark:
+            f"{R}/benchmarks/choose_clip_prompts/{{dataset}}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/choose_clip_prompts.py"
 
 
 rule collect_skipped:

@@ -3,12 +3,15 @@
 # layer and checked (held-out loss, samples); the empty-prompt condition encoded once per model.
 from difflens.models.fetch import cache_folder_name as _cache_name
 
-# cache folder name -> (config name, kind, hub id, config key) of the hub models and the external baselines' hub
-# image models (two names may share one hub id)
+# cache folder name -> (config name, kind, hub id, config key) of the hub models, the external baselines' hub
+# image models and the prompt CLIP (extraction.prompt clip; two names may share one hub id)
 HUB_MODELS = {_cache_name(m["source"]): (n, m["kind"], m["source"], f"models.{n}.source")
               for n, m in config["models"].items() if is_hub_model(n)}
 HUB_MODELS.update({_cache_name(b["source"]): (b["name"], "image_encoder", b["source"], "classify.baselines")
                    for b in CL["baselines"] if is_hub_id(b["source"])})
+if CLIP_PROMPTS and is_hub_id(PROMPT_CLIP):
+    HUB_MODELS.setdefault(_cache_name(PROMPT_CLIP), ("prompt_clip", "image_encoder", PROMPT_CLIP,
+                                                     "extraction.prompt_clip.source"))
 
 
 localrules:

@@ -37,6 +37,7 @@ rule render_figure:
         dit_models=lambda w: [n for n, m in config["models"].items() if m["kind"] == "dit"],
         results=lambda w, output: str(Path(output.png).parents[2]),
         grid_latents=3,  # latents per SAE in the paper items' mosaics (sae.grid_latents: each SAE's own grid)
+        identity=lambda w: paper_identities(config),  # the papers' numbers are drawn like for like only
     log:
         f"{R}/logs/render_figure/{{family}}/{{item}}.log",
     benchmark:
@@ -81,6 +82,7 @@ rule summary_page:
         html=f"{R}/summary.html",
     params:
         models={n: m["kind"] for n, m in config["models"].items()},
+        identity=paper_identities(config),  # which models, data sets and protocols are the papers'
         browser=lambda w: bool(browser_runs() or browser_info()),
     log:
         f"{R}/logs/summary_page.log",

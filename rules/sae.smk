@@ -58,6 +58,7 @@ rule analyse_sae:
     params:
         split=SAE["split"],
         top=SAE["top"],
+        sigma=SAE["sigma"],
         grid_latents=SAE["grid_latents"],
         seed=config["seed"],
     threads: 1

@@ -59,6 +59,9 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     meta = {"model": model, "dataset": ds, "layer": layer, "timestep": t, "run": r["run"], "input": r["input"],
             "n_latents": sae.config.n_latents, "live": summary["live_latents"], "split": summary["split"],
             "n_images": len(rows), "sigma_label": summary["sigma_label"], "purity": summary["purity"],
+            "sigma_definition": summary.get("sigma_definition", "sparse"),
+            "null": {k: summary.get(f"null_purity_{k}") for k in ("p_value", "mean_p95", "beyond_share",
+                                                                   "beyond_chance")},
             "maps": has_maps, "controls": {name: {k: c[k] for k in ("sigma_label", "purity", "best_auroc")}
                                            for name, c in summary["controls"].items()}}
     site.add("saes", meta, {"latents": pages, "images": images})

@@ -12,5 +12,5 @@ inputs = {kind: list(paths) for kind, paths in snakemake.input.items()}
 log.info("%s (%s): %s", p.paper, p.key, {k: len(v) for k, v in inputs.items()})
 table = render(p.key, inputs, snakemake.output.png, snakemake.output.pdf, snakemake.output.csv,
                palette=Palette(**p.palette), results=p.results, dit_models=p.dit_models,
-               grid_latents=p.grid_latents)
+               grid_latents=p.grid_latents, identity=p.identity)
 log.info("wrote %s (%d table rows); at paper scale: %s", snakemake.output.png, len(table), p.config_file)

@@ -34,7 +34,7 @@ except SAEError as exc:
     raise SAEError(f"config key sae.runs.{w.run}: {exc} (n_latents = expansion {run['expansion']} x d {d})") from None
 settings = SAETrainSettings(steps=run["steps"], batch_size=run["batch_size"], lr=run["lr"], aux_coef=run["aux_coef"],
                             aux_k=run["aux_k"], dead_steps=run["dead_steps"], dead_passes=run["dead_passes"],
-                            seed=p.seed)
+                            seed=p.seed, warmup_steps=run.get("warmup_steps", 0))
 log.info("k-SAE on %s: %d train vectors (%d images x %d) of d = %d; n = %d, k = %d, %s", where, len(x), len(rows),
          per_image, d, config.n_latents, config.k, config.activation)
 device = torch.device(job_device(snakemake.resources) or ("cuda" if torch.cuda.is_available() else "cpu"))

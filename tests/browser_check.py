@@ -87,6 +87,7 @@ def check_browser(index: Path, shots: Path, expect_info: bool = True) -> dict:
         seen["sae_meta"] = driver.find_element("id", "sae-meta").text
         seen["latent_text"] = driver.find_element("css selector", "#latent-page p").text
         assert "controls, sigma_label / purity: untrained " in seen["sae_meta"], seen["sae_meta"]
+        assert "random-set null of the mean purity: 95th pct " in seen["sae_meta"], seen["sae_meta"]
         assert "random directions " in seen["sae_meta"] and "the untrained SAE's best latent: " in seen["latent_text"]
         driver.save_screenshot(str(shots / "latents.png"))
 

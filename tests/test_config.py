@@ -183,3 +183,16 @@ def test_nested_command_line_values_arrive_as_text_and_are_read_as_the_schema_as
     assert out["extraction"]["prompt"] == ""  # strings stay strings
     msg = _error(cfg, lambda c: c["extraction"].update(batch_size="eight"))
     assert "config key extraction.batch_size" in msg and "'eight'" in msg
+
+
+def test_cosine_t_max_without_the_cosine_schedule_is_refused_before_any_job(cfg):
+    msg = _error(cfg, lambda c: c["classify"].update(lr_t_max=90))
+    assert "classify.lr_t_max: 90" in msg and "lr_schedule is 'constant'" in msg
+    good = copy.deepcopy(cfg)
+    good["classify"].update(lr_t_max=90, lr_schedule="cosine")
+    assert validate_config(good)["classify"]["lr_t_max"] == 90
+
+
+def test_sae_sigma_names_its_definitions(cfg):
+    msg = _error(cfg, lambda c: c["sae"].update(sigma="dense"))
+    assert "sae.sigma" in msg and "public_code" in msg

@@ -232,6 +232,10 @@ def check_tiny_backbones(results: Path, out: str) -> None:
                                           "infodecomp/fig3", "shapes/attributes"}, absent={"revelio/fig4"})
     blocks = pd.read_csv(results / "figures/revelio/table2d.csv")
     assert list(blocks["block"]) == [0, 1] and set(blocks["model"]) == {"dit"}
+    # sae.sigma: public_code headlined, the sparse definition beside it; a tiny DiT is not the paper's: no number
+    assert set(blocks["sigma_definition"]) == {"public_code"}
+    assert blocks["sigma_label"].equals(blocks["sigma_label_public_code"]) and "sigma_label_sparse" in blocks
+    assert blocks["paper_value"].isna().all() and blocks["paper_differs"].str.startswith("model dit").all()
     best = pd.read_csv(results / "figures/revelio/table5.csv")
     assert {"clip", "dino", "dit"} <= set(best["model"])  # the external baselines beside the DiT's probes
 

@@ -31,8 +31,8 @@ ALLOWED = {
     "info": {"data", "models", "seeding"},
     "classify": {"data", "models", "seeding"} | STORE,
     "sae": {"data", "models", "seeding"} | STORE,
-    "report": {"data", "classify", "sae", "info", "seeding"} | STORE,
-    "config": {"models.catalog", "models.fetch", "data.registry"},
+    "report": {"data", "classify", "sae", "info", "seeding", "models.catalog"} | STORE,
+    "config": {"models.catalog", "models.fetch", "data.registry", "extract.prompts"},
     "runlog": {"devices"},
     "devices": set(),
     "resources": set(),
@@ -42,7 +42,7 @@ FORBIDDEN = {"models": {"h5py", "pandas"}, "info": {"h5py"}, "classify": {"h5py"
              "report": {"h5py"}}
 #: what the Snakefile imports when it parses: standard library, PyYAML and jsonschema only (envs/snakemake.yaml)
 PARSE_TIME = ("config", "runlog", "seeding", "provenance", "resources", "data.registry", "models.catalog", "models.fetch",
-              "extract.layout", "extract.prompts", "report.catalog", "info.memory", "sae.memory")
+              "extract.layout", "extract.prompts", "report.catalog", "report.paper", "info.memory", "sae.memory")
 PARSE_TIME_OK = {"yaml", "jsonschema"}
 
 

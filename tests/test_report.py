@@ -39,6 +39,9 @@ def sae_summary() -> pd.DataFrame:
                              "timestep": t, "sigma_label": 2 - purity, "purity": purity, "random_sigma_mean": 2.5,
                              "random_sigma_p5": 2.2, "random_sigma_p95": 2.8, "random_purity_mean": 0.2,
                              "random_purity_p5": 0.1, "random_purity_p95": 0.3, "live_latents": 10,
+                             "null_purity_mean_p5": 0.18, "null_purity_mean_p95": 0.22,
+                             "null_purity_p_value": 0.001 if purity > 0.4 else 0.3, "better_than_random": purity > 0.4,
+                             "null_purity_beyond_share": 0.25, "null_purity_beyond_chance": 0.016,
                              "n_latents": 16, "split": "train", "auroc:colour=red": 0.9 - 0.1 * j,
                              "auroc:colour=blue": 0.7, "auroc:shape=circle": 0.6,
                              **control_columns("untrained", purity - 0.1, 0.6),
@@ -60,6 +63,9 @@ def test_sae_table_orders_layers_as_configured_and_aggregates_models():
     # each SAE's controls stand beside it: per row, and as the mean over a model's layers
     assert {"untrained_purity", "random_directions_sigma_label"} <= set(by_layer.columns)
     assert row["untrained_purity"] == pytest.approx(np.mean([0.4, 0.5]))
+    # the null of the mean stands beside each SAE, and a model's share of SAEs that beat it
+    assert by_layer["better_than_random"].tolist() == (by_layer["purity"] > 0.4).tolist()
+    assert row["better_than_random"] == 1.0 and row["null_purity_mean_p95"] == pytest.approx(0.22)
     dit = revelio.sae_table(s, "dit", dit_models=["dit"])
     assert set(dit["model"]) == {"dit"} and list(dit["block"][:2]) == [0, 1]
     with pytest.raises(revelio.ReportError, match="no SAE of a DiT model"):
@@ -220,12 +226,18 @@ def test_summary_marks_the_shapes_world_beside_the_papers(tmp_path):
                    "accuracy": 0.31, "stderr": np.nan}]).to_csv(aro, index=False)
     rows = headline_rows({"aro": [str(aro)]}, {"shapes": "shapes"})
     r = rows.iloc[0]
-    assert r["this run"] == "27.0 (macro 31.0), n=48" and r["paper"].startswith("69.1")
+    assert r["this run"] == "27.0 (macro 31.0), n=48" and r["paper"] == "-"  # not the paper's model: no number
+    assert r["paper source"].startswith("differs: model (no hub id) is not the paper's (stabilityai/")
     assert r["model kind"] == "shapes world (not Stable Diffusion)" and r["dataset"] == "shapes"
     write_markdown(rows, tmp_path / "s.md")
-    write_html(rows, tmp_path / "s.html")
     assert "not Stable Diffusion" in (tmp_path / "s.md").read_text()
-    assert "<td>69.1 (VG-Relation, macro)</td>" in (tmp_path / "s.html").read_text()
+    # the same table from the paper's model: its number beside ours
+    sd21 = {"models": {"shapes": {"source": "stabilityai/stable-diffusion-2-1-base", "paper": "sd21"}}}
+    paired = headline_rows({"aro": [str(aro)]}, {"shapes": "sd"}, sd21)
+    r = paired.iloc[0]
+    assert r["paper"] == "69.1% (vg_relation)" and r["paper source"] == "Kong et al. Table 1, VG-Relation (macro), i^o"
+    write_html(paired, tmp_path / "s.html")
+    assert "<td>69.1% (vg_relation)</td>" in (tmp_path / "s.html").read_text()
 
 
 def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_path):
@@ -238,7 +250,11 @@ def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_p
     rows = headline_rows({"sae": [str(sae)], "localization": [str(loc)]}, {"shapes": "shapes", "dit": "dit"})
     purest = rows[rows["quantity"].str.startswith("purest SAE")].set_index("model")["this run"]
     # shapes' purest SAE: mid_block at t=25, purity 0.6; its untrained control 0.5, random directions 0.45
-    assert purest["shapes"] == "0.60 / 1.40 (0.50 / 1.50; 0.45 / 1.55; 0.20 / 2.50) at mid_block, t=25"
+    assert purest["shapes"] == ("0.60 / 1.40 (0.50 / 1.50; 0.45 / 1.55; 0.20 / 2.50) at mid_block, t=25; null of "
+                                "the mean: 95th pct 0.22, p = 0.001; 25% of latents above the single-set 95th pct "
+                                "(chance 1.6%)")
+    beats = rows[rows["quantity"].str.startswith("SAEs whose mean purity beats")].set_index("model")["this run"]
+    assert beats["shapes"] == "2 of 4"  # purity > 0.4: the two layers at t = 25
     verdict = rows[rows["quantity"] == "trained SAEs against their untrained controls"].set_index("model")
     assert verdict.loc["shapes", "this run"].startswith("purity higher at 4 of 4 (mean difference +0.100)")
     no_masks = rows[rows["section"] == "Information: localization"]

@@ -14,7 +14,7 @@ from difflens.sae.analysis import (attribute_auroc, average_ranks, image_scores,
                                    live_latents, random_baseline, sigma_label, top_images)
 from difflens.sae.data import load_vectors
 from difflens.sae.model import KSAE, SAEConfig, SAEError, SparseCode, geometric_median
-from difflens.sae.train import SAETrainer, SAETrainSettings, _aux_loss, default_lr, evaluate, train_sae
+from difflens.sae.train import SAETrainer, SAETrainSettings, _aux_loss, default_lr, evaluate, initial_sae, train_sae
 
 
 pytestmark = pytest.mark.usefixtures("two_threads")
@@ -407,3 +407,16 @@ def test_spatial_vectors_are_read_without_a_second_copy_of_them():
     batch = 256 * 64 * 64 * 2  # one batch of float16 maps as the store gives it
     print(f"vectors {x.numpy().nbytes / 2 ** 20:.1f} MiB, peak {peak / 2 ** 20:.1f} MiB")
     assert x.shape == (1024 * 64, 64) and peak <= x.numpy().nbytes + 3 * batch  # concatenating held 2 x the vectors
+
+
+def test_warmup_ramps_the_learning_rate_linearly_then_holds_it():
+    x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    sae, _ = initial_sae(x, SAEConfig(d=8, n_latents=16, k=2), 0)
+    trainer = SAETrainer(sae, SAETrainSettings(steps=6, batch_size=64, lr=1e-3, warmup_steps=4), 300)
+    seen = []
+    for _ in range(6):
+        seen.append(trainer.opt.param_groups[0]["lr"])
+        trainer.step(x[:64])
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    with pytest.raises(SAEError, match="warmup_steps=-1"):
+        SAETrainSettings(warmup_steps=-1)

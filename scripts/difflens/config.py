@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .extract.prompts import CLIP_PROMPT, LABEL, uses_label
 from .models.catalog import (LAYER_ALIASES, ModelConfigError, check_architecture, config_folder, resolve_layer,
                              static_layers, static_log_snr_range, static_num_timesteps)
 from .models.fetch import COMPONENT_FOLDERS, is_hub_id
@@ -190,6 +191,7 @@ def check_config(cfg: dict) -> None:
             if name not in pool:
                 raise ConfigError(f"config key extraction.{key}: {name!r} is not configured; allowed: {list(pool)}")
     check_classify(cfg)
+    check_prompt(cfg)
     check_sae(cfg)
     check_infodecomp(cfg)
 
@@ -316,6 +318,10 @@ def check_classify(cfg: dict) -> None:
     if cl["mode"] == "cached" and not ex["save_maps"]:
         raise ConfigError("config key classify.mode: cached needs the maps saved (extraction.save_maps: true); "
                           "allowed without them: auto, on_the_fly")
+    if cl.get("lr_t_max") is not None and cl.get("lr_schedule", "constant") != "cosine":
+        raise ConfigError(f"config key classify.lr_t_max: {cl['lr_t_max']} is the cosine schedule's T_max, but "
+                          f"classify.lr_schedule is {cl.get('lr_schedule')!r}; set lr_schedule: cosine or leave "
+                          "lr_t_max null")
     for i, view in enumerate(cfg["pca"]["views"]):
         key = f"config key pca.views[{i}]"
         if view["model"] not in models:
@@ -327,6 +333,63 @@ def check_classify(cfg: dict) -> None:
         if view["timestep"] not in m["timesteps"]:
             raise ConfigError(f"{key}.timestep: {view['timestep']} is not a configured timestep of "
                               f"{view['model']}; allowed: {m['timesteps']}")
+
+
+def classified_pairs(cfg: dict) -> list[tuple[str, str]]:
+    """(model, data set) of every accuracy table: the features of every extraction data set that the classified
+    models (classify.models, else every extraction model) give to the linear probes, and to Diff-C."""
+    models = cfg["classify"]["models"] or cfg["extraction"]["models"] or list(cfg["models"])
+    return [(m, ds) for m in models for ds in cfg["extraction"]["datasets"]]
+
+
+def clip_baseline(cfg: dict) -> str | None:
+    """The source of the first external baseline whose name or source says CLIP (classify.baselines), else None."""
+    return next((b["source"] for b in cfg["classify"]["baselines"]
+                 if "clip" in b["name"].lower() or "clip" in b["source"].lower()), None)
+
+
+def check_prompt(cfg: dict) -> None:
+    """No class-name prompt for classified features (label leakage) unless classify.allow_label_prompt; the prompt
+    clip has a CLIP model (extraction.prompt_clip.source, filled in from classify.baselines where unset) and
+    templates with {label}."""
+    ex = cfg["extraction"]
+    pairs = classified_pairs(cfg)
+    if uses_label(ex["prompt"]) and pairs and not cfg["classify"]["allow_label_prompt"]:
+        datasets, models = list(dict.fromkeys(d for _, d in pairs)), list(dict.fromkeys(m for m, _ in pairs))
+        raise ConfigError(f"config key extraction.prompt: {ex['prompt']!r} writes each image's true class name "
+                          f"({LABEL}) into its prompt, so the features of data sets {datasets} that the linear "
+                          f"probes (and Diff-C) of models {models} are scored on carry the label (label leakage); use "
+                          f"an empty prompt, a prompt without {LABEL}, or prompt: {CLIP_PROMPT} (a CLIP model picks "
+                          f"each image's class name: extraction.prompt_clip), or set classify.allow_label_prompt: "
+                          f"true to classify them anyway")
+    if ex["prompt"] != CLIP_PROMPT:
+        return
+    clip = ex["prompt_clip"]
+    if not clip["source"]:
+        clip["source"] = clip_baseline(cfg)
+        if not clip["source"]:
+            raise ConfigError(f"config key extraction.prompt_clip.source: extraction.prompt {CLIP_PROMPT} needs a "
+                              f"CLIP model (a hub id or a local folder), and no entry of classify.baselines names one "
+                              f"(e.g. openai/clip-vit-base-patch32, the authors' ViT-B/32)")
+    if not (Path(clip["source"]).is_dir() or is_hub_id(clip["source"])):
+        raise ConfigError(f"config key extraction.prompt_clip.source: {clip['source']!r} is neither a local folder "
+                          f"nor a hub id (org/name)")
+    for name in clip["dataset_templates"]:
+        if name not in ex["datasets"]:
+            raise ConfigError(f"config key extraction.prompt_clip.dataset_templates: {name!r} is not an extraction "
+                              f"data set; allowed: {ex['datasets']}")
+    templates = {"template": clip["template"], **{f"dataset_templates.{d}": t
+                                                  for d, t in clip["dataset_templates"].items()}}
+    for key, template in templates.items():
+        if not uses_label(template):
+            raise ConfigError(f"config key extraction.prompt_clip.{key}: {template!r} has no {LABEL}, where each "
+                              f"class name goes; without it every class gives the same prompt")
+
+
+def clip_template(cfg: dict, dataset: str) -> str:
+    """The template whose filled-in class names CLIP chooses from for a data set (extraction.prompt_clip)."""
+    clip = cfg["extraction"]["prompt_clip"]
+    return clip["dataset_templates"].get(dataset, clip["template"])
 
 
 def validate_config(cfg: dict, schema_path: Path = SCHEMA_PATH) -> dict:

@@ -10,31 +10,50 @@
     to float16 as extraction stores them, so both sources give the same features for the same sample.
 
 Training batches are augmented by the listed operations (``crop``: random resized crop, scale 0.8-1; ``flip``:
-horizontal flip), seeded by (seed, epoch): on the latents before noising for ``OnTheFlyMaps``, on the maps for
-``CachedMaps``. Leave ``flip`` out when the target reads left from right (the shapes world's ``label`` names the
-left object of a horizontal pair, so a flipped image carries the other object's label). Targets are integer codes of
-one column of the store's row table (``label`` or an attribute column); rows where the column is undefined (-1 or
-empty) are left out.
+horizontal flip): on the maps for ``CachedMaps`` and, for ``OnTheFlyMaps``, on the latents before noising
+(``augment_on: latents``, seeded by (seed, epoch)) or on the image before the VAE (``augment_on: pixels``, the public
+code's transform: torchvision's ``RandomResizedCrop(R, scale=(0.8, 1))`` of the whole image and
+``RandomHorizontalFlip(0.5)``, seeded by (seed, epoch, sample id)). Leave ``flip`` out when the target reads left
+from right (the shapes world's ``label`` names the left object of a horizontal pair, so a flipped image carries the
+other object's label). Val and test are never augmented.
+
+Noise: the cached maps carry extraction's draw, (seed, sample id, timestep, draw), in every epoch. On the fly,
+``noise: extraction`` draws the same; ``noise: per_epoch`` draws new noise for each train epoch (as the public code,
+which calls ``randn_like`` at every pass), seeded by (seed, epoch, sample id, timestep, draw), so it does not depend
+on batch size or order; val and test keep extraction's noise. Targets are integer codes of one column of the store's
+row table (``label`` or an attribute column); rows where the column is undefined (-1 or empty) are left out.
 """
 from __future__ import annotations
 
+import logging
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from ..extract.capture import capture_rows
-from ..extract.prompts import format_prompt
+from ..extract.prompts import CLIP_PROMPT, row_prompts
 from ..extract.store import FeatureStore
+from ..models.base import fit_square
 from ..models.batching import HalvingBatcher
-from .diffc import epoch_generator
+from ..seeding import derive_seed
+from .diffc import TRAINVAL, epoch_generator
 
 SPLITS = ("train", "val", "test")
-CROP_SCALE = (0.8, 1.0)
+CROP_SCALE = (0.8, 1.0)  # the public code's RandomResizedCrop scale (its ratio is torchvision's 3/4-4/3)
+CROP_RATIO = (3 / 4, 4 / 3)
 READ_ROWS = 256  # rows per slice when cached maps are read into memory
 AUGMENTATIONS = ("crop", "flip")
+AUGMENT_ON = ("latents", "pixels")  # classify.augment_on
+NOISE = ("extraction", "per_epoch")  # classify.noise
+_GLOBAL_RNG = threading.Lock()  # torchvision's crop parameters come from torch's global generator
+
+log = logging.getLogger(__name__)
 
 
 class TargetError(ValueError):
@@ -65,6 +84,44 @@ def check_augment(ops) -> tuple[str, ...]:
     if unknown:
         raise TargetError(f"unknown augmentation(s) {unknown}; allowed: {list(AUGMENTATIONS)}")
     return ops
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a warning once per process (every head of a job builds its own source)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def check_recipe(augment_on: str, noise: str) -> None:
+    """ValueError naming classify.augment_on / classify.noise for a value they do not take."""
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"config key classify.augment_on: {augment_on!r} is not one of {list(AUGMENT_ON)}")
+    if noise not in NOISE:
+        raise ValueError(f"config key classify.noise: {noise!r} is not one of {list(NOISE)}")
+
+
+def pixel_augment(image, size: int, ops, seed: int):
+    """A PIL image as the public code augments a training image, at ``size`` x ``size``: ``crop`` is torchvision's
+    ``RandomResizedCrop(size, scale=(0.8, 1))`` of the whole image (ratio 3/4-4/3, bilinear, antialiased; without
+    ``crop`` the image is resized and centre-cropped as extraction does), ``flip`` is ``RandomHorizontalFlip(0.5)``,
+    both drawn, in that order, from torch's generator seeded with ``seed`` (the global one, forked under a lock)."""
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    ops = check_augment(ops)
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        box = T.RandomResizedCrop.get_params(image, list(CROP_SCALE), list(CROP_RATIO)) if "crop" in ops else None
+        flip = "flip" in ops and bool(torch.rand(1) < 0.5)
+    if box is not None:
+        image = TF.resized_crop(image, *box, [size, size], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+    else:
+        image = fit_square(image, size)
+    return TF.hflip(image) if flip else image
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, ops=AUGMENTATIONS) -> torch.Tensor:
@@ -106,6 +163,8 @@ class _SplitSource:
                 raise TargetError(f"{model}/{dataset} {layer} t{timestep}: split {split!r} has no rows with a "
                                   f"{target!r} value")
             self.rows[split], self.codes[split] = table[keep].reset_index(drop=True), codes[keep]
+        self.rows[TRAINVAL] = pd.concat([self.rows["train"], self.rows["val"]], ignore_index=True)
+        self.codes[TRAINVAL] = np.concatenate([self.codes["train"], self.codes["val"]])
         present = np.unique(self.codes["train"])
         if len(present) < 2:
             raise TargetError(f"target {target!r} of {model}/{dataset}: the train split has a single class "
@@ -123,13 +182,23 @@ class _SplitSource:
             return np.arange(self.n(split))
         return torch.randperm(self.n(split), generator=epoch_generator(self.seed, epoch)).numpy()
 
+    def _parts(self, split: str, idx: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Where rows ``idx`` of ``split`` live: (split held, positions in ``idx``, rows of that split); the rows of
+        ``TRAINVAL`` are train's, then val's."""
+        if split != TRAINVAL:
+            return [(split, np.arange(len(idx)), idx)]
+        n_train, idx = self.n("train"), np.asarray(idx)
+        return [(part, np.flatnonzero(mask), idx[mask] - offset)
+                for part, mask, offset in (("train", idx < n_train, 0), ("val", idx >= n_train, n_train))
+                if mask.any()]
+
     def batches(self, split: str, batch_size: int, *, epoch: int, train: bool) -> Iterator[tuple[torch.Tensor,
                                                                                                    torch.Tensor]]:
         order = self._order(split, epoch, train)
         gen = epoch_generator(self.seed, epoch, stream=1)  # augmentation
         for a in range(0, len(order), batch_size):
             idx = order[a:a + batch_size]
-            yield self._maps(split, idx, gen if train and self.augment else None), \
+            yield self._maps(split, idx, gen if train and self.augment else None, epoch if train else None), \
                 torch.from_numpy(self.codes[split][idx])
 
 
@@ -138,8 +207,17 @@ class CachedMaps(_SplitSource):
     quarter to spare (``classify.cache_limit_gb``), else read row by row."""
 
     def __init__(self, store: FeatureStore, model: str, dataset: str, layer: str, timestep: int, *,
-                 target: str = "label", seed: int = 0, augment=AUGMENTATIONS, max_bytes: int = 2 ** 31):
+                 target: str = "label", seed: int = 0, augment=AUGMENTATIONS, max_bytes: int = 2 ** 31,
+                 augment_on: str = "latents", noise: str = "extraction"):
         super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
+        check_recipe(augment_on, noise)
+        if noise != "extraction":
+            _warn_once(f"classify.noise is {noise}, but cached maps carry extraction's noise: one fixed draw per "
+                       f"image (seed, sample id, timestep) in every epoch (classify.mode: on_the_fly draws new noise)")
+        if augment_on != "latents" and self.augment:
+            _warn_once(f"classify.augment_on is {augment_on}, but cached maps are augmented as maps "
+                       f"({list(self.augment)}), not as images (classify.mode: on_the_fly augments the images)")
+        self.recipe = {"augment": list(self.augment), "augment_on": "maps", "noise": "extraction"}
         self._maps_of = {}
         for split in SPLITS:
             data = store.maps_dataset(model, dataset, layer, timestep, split=split)
@@ -170,12 +248,14 @@ class CachedMaps(_SplitSource):
                               f"{split} rows have no saved map")
         return torch.from_numpy(out)
 
-    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
-        if self._memory is not None:
-            x = self._memory[split][torch.from_numpy(idx)].float()
-        else:
-            data, keep = self._maps_of[split]
-            x = torch.stack([data[int(keep[i])][0] for i in idx])
+    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None, epoch: int | None = None):
+        x = torch.empty((len(idx), self.channels, *self.map_size))
+        for part, where, rows in self._parts(split, idx):
+            if self._memory is not None:
+                x[where] = self._memory[part][torch.from_numpy(rows)].float()
+            else:
+                data, keep = self._maps_of[part]
+                x[where] = torch.stack([data[int(keep[i])][0] for i in rows]).float()
         return augment(x, gen, self.augment) if gen is not None else x
 
 
@@ -188,15 +268,30 @@ class OnTheFlyMaps(_SplitSource):
     """Maps computed by ``denoiser`` (a loaded ``DiffusionModel``) from the cached latents, as extraction would with
     (``seed``, ``noise_draws``, ``prompt``); ``batch_size`` of the denoiser is the classifier's.
 
+    Training batches: ``augment_on`` ``latents`` augments the cached latents; ``pixels`` reads each image of
+    ``images`` (the data set, a ``difflens.data.common.Dataset``), augments it (``pixel_augment``, ``workers``
+    threads) and encodes it with the denoiser's VAE. ``noise`` ``per_epoch`` draws new noise for every epoch. Val,
+    test and any batch with ``train=False`` are made as extraction made them.
+
     With ``keys`` ((timestep, layer) pairs; the rows are those of ``layer`` at ``timestep``) it is a multi-head
     source (``classify.diffc.train_diffc_heads``): one denoiser batch, stopped after the deepest layer, gives every
     key's maps of a batch (``heads``: ``head_name`` of each key; ``shapes``: head -> (C, H, W))."""
 
     def __init__(self, store: FeatureStore, denoiser, model: str, dataset: str, layer: str, timestep: int, *,
                  target: str = "label", seed: int = 0, noise_draws: int = 1, prompt: str = "",
-                 augment=AUGMENTATIONS, keys=None):
+                 augment=AUGMENTATIONS, keys=None, augment_on: str = "latents", noise: str = "extraction",
+                 images=None, workers: int = 4):
         super().__init__(store, model, dataset, layer, timestep, target, seed, augment)
+        check_recipe(augment_on, noise)
         self.denoiser, self.noise_draws, self.prompt = denoiser, int(noise_draws), prompt
+        # each image's prompt as extraction gave it (prompt clip: CLIP's choice, stored in the files' rows)
+        self._chosen = store.prompts(model, dataset, layer, timestep) if prompt == CLIP_PROMPT else None
+        self.augment_on, self.noise, self.images = augment_on, noise, images
+        self.recipe = {"augment": list(self.augment), "augment_on": augment_on, "noise": noise}
+        self._pixels = augment_on == "pixels" and bool(self.augment)
+        if self._pixels and images is None:
+            raise ValueError("classify.augment_on: pixels needs the data set's images (OnTheFlyMaps images=...)")
+        self._pool = ThreadPoolExecutor(max(1, int(workers))) if self._pixels else None
         self.keys = [(int(t), str(name)) for t, name in keys] if keys else None
         # a classifier batch's denoiser pass, split in halves on out of memory (the maps stay the same)
         self._batcher = HalvingBatcher(1 << 30, "images (Diff-C's denoiser pass)", "classify.batch_size")
@@ -205,6 +300,7 @@ class OnTheFlyMaps(_SplitSource):
             data = store.latents_dataset(model, dataset, split=split)
             position = {sid: i for i, sid in enumerate(data.sample_ids)}
             self._latents[split] = (data, np.asarray([position[s] for s in self.rows[split]["sample_id"]]))
+        self._latent_shape = tuple(self._latents["train"][0][0][0].shape)
         probe = self._maps("train", np.arange(1), None)
         if self.keys:
             self.heads = tuple(probe)
@@ -213,14 +309,35 @@ class OnTheFlyMaps(_SplitSource):
                 next(iter(probe.values()))
         self.channels, self.map_size = int(probe.shape[1]), tuple(probe.shape[-2:])
 
-    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None):
-        """The maps (b, C, H, W) of rows ``idx`` of a split, or with ``keys`` every key's, by head name."""
-        data, where = self._latents[split]
-        x0 = torch.stack([data[int(where[i])][0] for i in idx])
-        if gen is not None:
-            x0 = augment(x0, gen, self.augment)
+    def _pixel_latents(self, ids: list[str], epoch: int) -> torch.Tensor:
+        """The latents of the training images ``ids``, each read, augmented (``pixel_augment``, seeded by (seed,
+        epoch, sample id)) and encoded by the denoiser's VAE."""
+        r = int(self.denoiser.resolution)
+
+        def one(sid: str):
+            return pixel_augment(self.images.load_image(sid), r, self.augment,
+                                 derive_seed(self.seed, "diffc_augment", int(epoch), sid))
+
+        pixels = self.denoiser.preprocess(list(self._pool.map(one, ids)))
+        with torch.no_grad():
+            return self.denoiser.encode_images(pixels).float()
+
+    def _maps(self, split: str, idx: np.ndarray, gen: torch.Generator | None, epoch: int | None = None):
+        """The maps (b, C, H, W) of rows ``idx`` of a split, or with ``keys`` every key's, by head name; ``epoch``
+        (None: not a training batch) seeds the pixel augmentation and the per-epoch noise."""
         rows = self.rows[split].iloc[idx]
-        cond = self.denoiser.encode_text([format_prompt(self.prompt, n) for n in rows["label_name"]])
+        if self._pixels and epoch is not None:
+            x0 = self._pixel_latents(list(rows["sample_id"]), epoch)
+        else:
+            x0 = torch.empty((len(idx), *self._latent_shape))
+            for part, at, sub in self._parts(split, idx):
+                data, where = self._latents[part]
+                x0[at] = torch.stack([data[int(where[i])][0] for i in sub]).float()
+            if gen is not None:
+                x0 = augment(x0, gen, self.augment)
+        noise_seed = derive_seed(self.seed, "diffc_noise", int(epoch)) \
+            if self.noise == "per_epoch" and epoch is not None else self.seed
+        cond = self.denoiser.encode_text(row_prompts(self.prompt, rows["sample_id"], rows["label_name"], self._chosen))
         keys = self.keys or [(self.timestep, self.layer)]
         timesteps = list(dict.fromkeys(t for t, _ in keys))
         layers = list(dict.fromkeys(name for _, name in keys))
@@ -228,7 +345,7 @@ class OnTheFlyMaps(_SplitSource):
 
         def capture(a: int, b: int) -> dict:  # rows a..b: their noise is seeded by their ids, so slices agree
             return capture_rows(self.denoiser, x0[a:b].to(self.denoiser.device), ids[a:b], cond[a:b], timesteps,
-                                self.noise_draws, layers, self.seed, True)
+                                self.noise_draws, layers, noise_seed, True)
 
         parts = self._batcher.run(len(ids), capture)
         maps = {head_name(t, name): torch.cat([p[name].maps[timesteps.index(t)] for p in parts]).float()

@@ -4,8 +4,10 @@ For each batch of images, the latents are noised at every requested timestep wit
 batch of images x timesteps x draws), the denoiser runs once with hooks on all requested layers, stopping after the
 deepest, and the spatial mean (float32, averaged over draws) and optionally the spatial map (float16) of every
 (timestep, layer) go to their own file. Prompts are the template with ``{label}`` replaced by the sample's class
-name (empty template: unconditional); each distinct prompt is encoded once. On a CUDA out-of-memory error the batch
-halves and the work goes on. Every output file is written atomically (``h5io``).
+name (empty template: unconditional), or with the template ``clip`` the prompt CLIP chose for the sample
+(``chosen``); each distinct prompt is encoded once, and every file's row column ``prompt`` records each row's prompt.
+On a CUDA out-of-memory error the batch halves and the work goes on. Every output file is written atomically
+(``h5io``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .h5io import BackgroundWriter, atomic_h5, provenance, set_attrs, write_stri
 from .latents import model_attrs
 from .capture import Captured, capture_rows
 from ..models.batching import HalvingBatcher
-from .prompts import format_prompt
+from .prompts import row_prompts
 from .store import read_rows
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,10 @@ def _write_batch(feats: dict, parts: list[dict[str, Captured]], timesteps: list[
 def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str], str | Path], *,
                         seed: int = 0, noise_draws: int = 1, prompt: str = "", batch_size: int = 64,
                         save_maps: bool = False, compression: str = "none", meta: dict | None = None,
-                        progress: bool = True) -> dict:
+                        chosen: dict[str, str] | None = None, progress: bool = True) -> dict:
     """Activations of one latents shard: ``outputs`` maps (timestep, layer) -> file; every layer and timestep of a
-    batch comes from one denoiser batch that stops after the deepest layer. Returns a summary.
+    batch comes from one denoiser batch that stops after the deepest layer. Returns a summary. ``chosen``: {sample
+    id: prompt} of the prompt ``clip`` (``prompts.read_chosen``).
 
     ``batch_size`` counts images; a denoiser batch has batch_size x timesteps x noise_draws rows. Features are
     written (and compressed) by a background thread while the denoiser runs the next batch.
@@ -78,6 +81,8 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
         src_attrs = {k: src.attrs[k] for k in ("dataset", "shard", "row_offset") if k in src.attrs}
         n = len(rows["valid"])
         ok = np.flatnonzero(rows["valid"])
+        prompts = np.full(n, "", dtype=object)  # unreadable rows have none
+        prompts[ok] = row_prompts(prompt, rows["sample_id"][ok], rows["label_name"][ok], chosen)
         lat = src["latents"]
         attrs = {**src_attrs, **(meta or {}), **model_attrs(model), "prompt": prompt, "seed": int(seed),
                  "noise_draws": int(noise_draws), "n_rows": n, "n_valid": int(len(ok)), "maps": bool(save_maps),
@@ -90,6 +95,7 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
                 f = files[int(t), layer] = stack.enter_context(atomic_h5(path))
                 for key in ("sample_id", "split", "label_name"):
                     write_strings(f, key, rows[key])
+                write_strings(f, "prompt", prompts)
                 f.create_dataset("label", data=rows["label"])
                 f.create_dataset("valid", data=rows["valid"])
                 if "attributes" in src:  # the data set's attribute columns travel with every row table
@@ -113,7 +119,7 @@ def extract_activations(model, latents: str | Path, outputs: dict[tuple[int, str
                 lo, hi = int(sel[0]), int(sel[-1]) + 1  # contiguous file rows; invalid ones in between stay NaN
                 x0 = torch.from_numpy(lat[lo:hi][sel - lo]).to(model.device)
                 ids = list(rows["sample_id"][sel])
-                cond = model.encode_text([format_prompt(prompt, name) for name in rows["label_name"][sel]])
+                cond = model.encode_text(list(prompts[sel]))
                 parts = batcher.run(len(sel), lambda s, e: capture_rows(
                     model, x0[s:e], ids[s:e], cond[s:e], timesteps, noise_draws, layers, seed, save_maps))
                 if not feats:

@@ -13,11 +13,12 @@ from .store import write_skipped
 def extract_dataset(model, dataset: Dataset, results: str | Path, model_name: str, *, layers: list[str],
                     timesteps: list[int], shard_size: int = 16384, batch_size: int = 64, seed: int = 0,
                     noise_draws: int = 1, prompt: str = "", save_maps: bool = False, compression: str = "none",
-                    workers: int = 4, progress: bool = True) -> dict:
+                    workers: int = 4, chosen: dict[str, str] | None = None, progress: bool = True) -> dict:
     """Latents and activations of every shard into the pipeline's layout under ``results``, as the rules do.
 
     Resumable: shard files that already exist are kept (each is written atomically, so an existing file is
-    complete). Returns {"latents": [...], "activations": [...]} of the files that were (re)written.
+    complete). Returns {"latents": [...], "activations": [...]} of the files that were (re)written. ``chosen``: the
+    per-image prompts of ``prompt="clip"`` (``clip_prompts.choose_prompts``, {sample id: prompt}).
     """
     results = Path(results)
     plan_path = results / "latents" / model_name / dataset.name / "shards.json"
@@ -39,7 +40,7 @@ def extract_dataset(model, dataset: Dataset, results: str | Path, model_name: st
         if not all(Path(p).is_file() for p in outs.values()):  # one job's work: every timestep and layer of a shard
             extract_activations(model, lat, outs, seed=seed, noise_draws=noise_draws, prompt=prompt,
                                 batch_size=batch_size, save_maps=save_maps, compression=compression, meta=meta,
-                                progress=progress)
+                                chosen=chosen, progress=progress)
             written["activations"] += list(outs.values())
     write_skipped([latents_path(results, model_name, dataset.name, k) for k in range(plan.n_shards)],
                     results / "latents" / model_name / dataset.name / "skipped.csv")

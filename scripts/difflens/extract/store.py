@@ -17,7 +17,7 @@ import numpy as np
 
 from .h5io import get_attrs, read_strings
 from .layout import ShardPlan, activations_dir, latents_dir, read_shard_plan
-from .prompts import format_prompt
+from .prompts import row_prompts
 
 ROW_COLUMNS = ("sample_id", "split", "label", "label_name", "valid")
 #: the identifying columns of a row table; every other column is a ground-truth attribute
@@ -255,15 +255,19 @@ class FeatureStore:
 
     def prompts(self, model: str, dataset: str, layer: str, timestep: int, *, split=None,
                 valid_only: bool = True) -> dict[str, str]:
-        """{sample id: the prompt its features were extracted with}, rebuilt from the files' ``prompt`` template
-        (``{label}`` = the row's class name), in row order."""
+        """{sample id: the prompt its features were extracted with}, in row order: each file's row column ``prompt``
+        (with ``extraction.prompt: clip``, CLIP's choice), or in files written before it the ``prompt`` template with
+        ``{label}`` = the row's class name."""
         out = {}
         for path in self.files(model, dataset, layer, timestep):
             with h5py.File(path, "r") as f:
-                template, rows = str(f.attrs["prompt"]), read_rows(f)
+                rows = read_rows(f)
+                given = read_strings(f["prompt"]) if "prompt" in f else None
+                template = str(f.attrs["prompt"])
             mask = _row_mask(rows, split, valid_only)
-            out.update((sid, format_prompt(template, name))
-                       for sid, name in zip(rows["sample_id"][mask], rows["label_name"][mask]))
+            prompts = given[mask] if given is not None else row_prompts(template, rows["sample_id"][mask],
+                                                                        rows["label_name"][mask])
+            out.update((str(sid), str(text)) for sid, text in zip(rows["sample_id"][mask], prompts))
         return out
 
     def skipped(self, model: str, dataset: str):

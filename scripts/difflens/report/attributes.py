@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .revelio import ReportError
-from .style import Palette, apply_style, plt, save_figure
+from .style import Palette, apply_style, heat_map, plt, save_figure
 
 SOURCES = {"diffc": "Diff-C (test accuracy)", "linear_probe": "linear probe (test accuracy)",
            "sae": "k-SAE best latent\n(AUROC; untrained SAE's)"}
@@ -67,22 +67,18 @@ def plot_readability(table: pd.DataFrame, palette: Palette, png, pdf, title: str
         columns.append(["label"] * ("label" in set(g["attribute"])) + names)
     fig, axes = plt.subplots(1, len(facets), figsize=(0.5 * sum(map(len, columns)) + 4, 5.2), squeeze=False,
                              gridspec_kw={"width_ratios": [max(1, len(c)) for c in columns]})
-    im = None
+    index = [(l, t) for t in sorted(set(table["timestep"])) for l in palette.layer_order(table["layer"])]
     for k, (ax, ((model, ds, source), g), attrs) in enumerate(zip(axes[0], facets, columns)):
         g = g.groupby(["layer", "timestep", "attribute"], as_index=False)[["readability", "score", "chance"]].mean()
-        index = [(l, t) for t in sorted(set(table["timestep"])) for l in palette.layer_order(table["layer"])]
-        read, raw, chance = (g.pivot_table(index=["layer", "timestep"], columns="attribute", values=v)
-                             .reindex(index=index, columns=attrs) for v in ("readability", "score", "chance"))
-        im = ax.imshow(read.to_numpy(float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for (i, j), v in np.ndenumerate(raw.to_numpy(float)):
-            if np.isfinite(v):
-                text = f"{v:.2f}\n({chance.iat[i, j]:.2f})" if source == "sae" else f"{v:.2f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=6 if source != "sae" else 5,
-                        color="w" if read.iat[i, j] < 0.6 else "k")
-        ax.set_xticks(range(len(attrs)), attrs, rotation=45, ha="right")
-        ax.set_yticks(range(len(index)), [f"{l} @ t{t}" for l, t in index] if k == 0 else [], fontsize=7)
+        text = [f"{v:.2f}\n({c:.2f})" if source == "sae" else f"{v:.2f}" for v, c in zip(g["score"], g["chance"])]
+        heat_map(ax, g.assign(text=text), ["layer", "timestep"], "attribute", "readability", "text", rows=index,
+                 cols=attrs, cmap="viridis", cbar=False, annot_kws={"fontsize": 6 if source != "sae" else 5},
+                 yticklabels=[f"{l} @ t{t}" for l, t in index] if k == 0 else False)
+        ax.set(xlabel="", ylabel="")
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+        ax.tick_params(axis="y", rotation=0, labelsize=7)
         ax.set_title(f"{SOURCES[source]}\n{model} · {ds}", fontsize=8)
-        ax.grid(False)
+    im = axes[0, 0].collections[0]  # one colour scale (0-1) for every panel
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02,
                  label="readability: 0 = chance (majority class; untrained SAE), 1 = perfect")
     fig.suptitle(title)

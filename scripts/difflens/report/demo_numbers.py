@@ -146,6 +146,21 @@ def classifier_lines(acc: pd.DataFrame) -> list[str]:
     ]
 
 
+def null_line(sae: pd.DataFrame) -> str:
+    """How many SAEs (and their untrained controls) beat the null of the mean of random sets, and the spread of the
+    share of latents above the single-set 95th percentile ("" for summaries written before the null)."""
+    if "null_purity_p_value" not in sae:
+        return "."
+    untrained = int((sae["untrained_null_purity_p_value"] < 0.05).sum()) if "untrained_null_purity_p_value" in sae \
+        else "?"
+    return (f"; against the null of the mean of as many random sets as eligible latents (95th percentile "
+            f"{span(sae['null_purity_mean_p95'])}), purity is better than random (p < 0.05) at "
+            f"{int(sae['better_than_random'].astype(bool).sum())} of {len(sae)} SAEs (untrained controls: "
+            f"{untrained} of {len(sae)}), and {span(100 * sae['null_purity_beyond_share'], 0)}% of latents are above "
+            f"the single-set 95th percentile, where {span(100 * sae['null_purity_beyond_chance'], 1)}% of random sets "
+            "are.")
+
+
 def sae_lines(sae: pd.DataFrame) -> list[str]:
     purity = sae.groupby("timestep").agg(lo=("purity", "min"), hi=("purity", "max"), avg=("purity", "mean"))
     purest = sae.loc[sae.groupby("timestep")["purity"].idxmax(), ["timestep", "layer"]].set_index("timestep")["layer"]
@@ -167,7 +182,8 @@ def sae_lines(sae: pd.DataFrame) -> list[str]:
         bullet(f"**k-SAEs** (`sae/<model>/<data set>/summary.csv`: {len(sae)} SAEs, up to {wide} latents, read on "
                f"{int(sae['n_images'].iloc[0]):,} {sae['split'].iloc[0]} images; Revelio Table 2): mean top-10 purity "
                f"of the latents {trained}. Their controls: {controls}. Random sets of 10 images: mean "
-               f"{sae['random_purity_mean'].iloc[0]:.2f}, 95th percentile {sae['random_purity_p95'].iloc[0]:.2f}. "
+               f"{sae['random_purity_mean'].iloc[0]:.2f}, 95th percentile of one set "
+               f"{sae['random_purity_p95'].iloc[0]:.2f}{null_line(sae)} "
                f"The trained SAE is purer than its untrained control at {purer} of {len(sae)}, so purity cannot "
                "show here that the SAEs learned anything."),
         bullet(f"**Attribute latents**: at t = {int(first)} the best latent reads each colour's presence at AUROC "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from .revelio import ReportError
 from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, grouped_bars, note_figure, plt, save_figure
@@ -105,10 +106,10 @@ def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
         where = _bars(ax, g, "word_type", "method", METHODS, "miou")
         o = oracle[(oracle["model"] == model) & (oracle["dataset"] == ds)]
         xs = list(dict.fromkeys(g["word_type"]))
-        for j, (m, pos) in enumerate(where.items()):
-            s = o[o["method"] == m].set_index("word_type").reindex(xs)
-            ax.scatter(pos, s["miou"], marker="_", s=60, color="k", zorder=3,
-                       label="oracle threshold" if j == 0 else None)
+        marks = pd.DataFrame([{"method": m, "word_type": w, "x": x} for m, pos in where.items()
+                              for w, x in zip(xs, pos)]).merge(o[["method", "word_type", "miou"]]).dropna()
+        if len(marks):  # on seaborn's categorical axis: no point without a value (whole_image has no oracle)
+            ax.scatter(marks["x"], marks["miou"], marker="_", s=60, color="k", zorder=3, label="oracle threshold")
         ax.set_ylim(0, 1)
         ax.set_ylabel("mIoU (threshold chosen on held-out rows)")
         ax.set_xlabel("word type")
@@ -245,7 +246,8 @@ def intervention_examples(items: pd.DataFrame, n_examples: int = 3) -> pd.DataFr
 def plot_intervention_examples(items: pd.DataFrame, pick: pd.DataFrame, maps: dict, images: dict[str, np.ndarray],
                                png, pdf, title: str) -> pd.DataFrame:
     """Fig. 3: for the ``pick`` edits (``intervention_examples``), the image, the change and the word's CMI and
-    attention maps; beside them, every edit's image-level change against its CMI (nats)."""
+    attention maps; beside them, every edit's image-level change against its CMI (nats), with each edit's least-squares
+    line and its 95% bootstrap band (seaborn's, over the items)."""
     apply_style()
     if len(items) != len(maps["change"]):
         raise ReportError(f"intervention_items.csv has {len(items)} rows but intervention_maps.npz "
@@ -267,8 +269,12 @@ def plot_intervention_examples(items: pd.DataFrame, pick: pd.DataFrame, maps: di
             if r == 0:
                 ax.set_title({"change": "change (sq. pixel diff.)", **SCORE_NAMES}.get(kind, kind), fontsize=8)
     ax = fig.add_subplot(grid[:, 4:])
-    for edit, g in items.groupby("edit"):
-        ax.scatter(g["cmi_nats"], g["change_total"], s=12, alpha=0.7, label=f"{edit} ({len(g)})")
+    edits = sorted(set(items["edit"]))
+    for edit, colour in zip(edits, sns.color_palette(n_colors=len(edits))):
+        g = items[items["edit"] == edit]
+        sns.regplot(g, x="cmi_nats", y="change_total", ax=ax, color=colour, label=f"{edit} ({len(g)})",
+                    fit_reg=g["cmi_nats"].nunique() > 1, seed=0, scatter_kws={"s": 12, "alpha": 0.7},
+                    line_kws={"lw": 1})
     ax.set_xlabel("CMI of the word (nats)")
     ax.set_ylabel("image-level change (sum of squared differences)")
     ax.legend(fontsize=7)

@@ -55,9 +55,11 @@ def _top_image_rows(summary: pd.DataFrame, results: str, grid_latents: int) -> p
 
 
 def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Palette, results: str = "results",
-           dit_models: list[str] = (), grid_latents: int = 3) -> pd.DataFrame:
-    """Draw one paper item from its inputs and write its PNG, PDF and CSV; returns the table."""
-    from . import attributes, information, revelio
+           dit_models: list[str] = (), grid_latents: int = 3, identity: dict | None = None) -> pd.DataFrame:
+    """Draw one paper item from its inputs and write its PNG, PDF and CSV; returns the table. ``identity``
+    (``paper.identities`` of the config): which models, data sets and protocols are the papers', so that a paper's
+    number is drawn beside ours only like for like (the table's ``paper_*`` columns say what differs elsewhere)."""
+    from . import attributes, information, paper, revelio
 
     it = item(key)
     what = f"{it.paper} ({it.family}/{it.name})"
@@ -69,6 +71,8 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
             "fig3": "layer", "fig5": "timestep", "fig7": "model", "fig9": "dit"}
     if it.family == REVELIO and it.name.startswith("table2"):
         table = revelio.sae_table(concat_csv(inputs["sae_summary"], what), axes[it.name], dit_models, palette)
+        table = paper.compare(table, paper.load_numbers(), identity or paper.identities({}), "revelio", [it.name],
+                              "sigma_label", "sigma_label")
         revelio.plot_sae_table(table, axes[it.name], palette, png, pdf, title)
     elif it.family == REVELIO and it.name in ("fig3", "fig5", "fig7", "fig9"):
         chosen = revelio.select_grids(concat_csv(inputs["sae_summary"], what), axes[it.name], dit_models)
@@ -87,6 +91,8 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
             table = revelio.accuracy_table(acc, axis)
         else:
             table = revelio.best_by_validation(acc if it.name == "table5" else acc[acc["classifier"] == "diffc"])
+        table = paper.compare(table, paper.load_numbers(), identity or paper.identities({}), "revelio", [it.name],
+                              "accuracy", "test_accuracy")
         revelio.plot_accuracy(table, axis, palette, png, pdf, title)
     elif key == f"{REVELIO}/table3":
         table = revelio.plot_accuracy_grid(concat_csv(inputs["accuracy"], what), png, pdf, title, palette)

@@ -11,12 +11,17 @@ import re
 import numpy as np
 import pandas as pd
 
-from .style import BASELINE, Palette, apply_style, grouped_bars, plt, save_figure
+from .style import BASELINE, Palette, apply_style, grouped_bars, heat_map, plt, save_figure
 
-SAE_COLUMNS = ["model", "dataset", "run", "input", "layer", "timestep", "sigma_label", "purity", "random_sigma_mean",
-               "random_sigma_p5", "random_sigma_p95", "random_purity_mean", "random_purity_p5", "random_purity_p95",
-               "untrained_sigma_label", "untrained_purity", "random_directions_sigma_label",
-               "random_directions_purity", "live_latents", "n_latents", "split"]
+SAE_COLUMNS = ["model", "dataset", "run", "input", "layer", "timestep", "sigma_definition", "sigma_label", "purity",
+               "sigma_eligible", "null_sigma_mean_p5", "null_sigma_mean_p95", "null_sigma_p_value",
+               "null_purity_mean_p5", "null_purity_mean_p95", "null_purity_p_value", "null_purity_beyond_share",
+               "null_purity_beyond_chance", "null_purity_beyond_p_value", "better_than_random",
+               "sigma_label_sparse", "purity_sparse", "sigma_label_public_code", "purity_public_code",
+               "random_sigma_mean", "random_sigma_p5", "random_sigma_p95", "random_purity_mean", "random_purity_p5",
+               "random_purity_p95", "untrained_sigma_label", "untrained_purity", "untrained_null_purity_p_value",
+               "random_directions_sigma_label", "random_directions_purity", "random_directions_null_purity_p_value",
+               "live_latents", "n_latents", "split"]
 #: the controls of every SAE (difflens.sae.controls), as named in the summary's columns
 CONTROLS = {"untrained": "untrained SAE", "random_directions": "random directions"}
 METRICS = {"sigma_label": "sigma_label (lower = purer)", "purity": "top-10 purity (majority share)"}
@@ -46,8 +51,11 @@ def block_index(layer: str) -> int:
 # ---- Table 2a-d: sigma_label and purity ---------------------------------------------------------------------------
 def sae_table(summary: pd.DataFrame, axis: str, dit_models: list[str] = (), palette: Palette | None = None):
     """Table 2 along ``axis`` (layer | timestep | model | dit): one row per SAE (``model`` adds the mean, min and
-    max over a model's layers per timestep and its purest layer), with the random-image baseline and the controls
-    (the untrained SAE's and the random directions' sigma_label and purity) beside it."""
+    max over a model's layers per timestep and its purest layer), with the null of random image sets (the mean over
+    as many random 10-image sets as the SAE has eligible latents: its 5th-95th percentile and one-sided p-value; the
+    share of latents above the single-set 95th percentile against chance; ``better_than_random``), the single-set
+    band, both sigma definitions and the controls (the untrained SAE's and the random directions' sigma_label,
+    purity and null p-value) beside it."""
     if axis not in AXES:
         raise ReportError(f"axis {axis!r} is not one of {AXES}")
     if summary.empty:
@@ -69,6 +77,7 @@ def sae_table(summary: pd.DataFrame, axis: str, dit_models: list[str] = (), pale
                     purity_min=("purity", "min"), purity_max=("purity", "max"),
                     random_sigma_mean=("random_sigma_mean", "mean"),
                     random_purity_mean=("random_purity_mean", "mean"),
+                    **{c: (c, "mean") for c in cols if c.startswith("null_") or c == "better_than_random"},
                     **{c: (c, "mean") for c in cols if c.startswith(tuple(CONTROLS))},
                     layers=("layer", "count")).reset_index()
         best = table.loc[argmax_rows(table, keys, "purity")].set_index(keys)["layer"]
@@ -89,8 +98,9 @@ def _facets(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 def plot_sae_table(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, title: str) -> None:
     """Two panels per (data set, SAE run, input): sigma_label and purity along the axis, the untrained SAE's as a
-    dotted line of the same colour (bars: its mean as a dotted black line), the random-image baseline as a grey band
-    (5th-95th percentile) around its dashed mean."""
+    dotted line of the same colour (bars: its mean as a dotted black line), the random-image baseline's mean dashed
+    in grey with the band of the null of the *mean* over as many random sets as eligible latents (5th-95th
+    percentile) around it; a ring marks each SAE whose mean purity beats that null (p < 0.05)."""
     apply_style()
     facets = _facets(table)
     fig, axes = plt.subplots(len(facets), 2, figsize=(10, 3.2 * len(facets)), squeeze=False)
@@ -102,6 +112,8 @@ def plot_sae_table(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, t
             else:
                 _sae_lines(ax, g, axis, metric, palette)
             _random_band(ax, g, metric, axis)
+            if metric == "sigma_label":
+                _paper_note(ax, g)
             ax.set_ylabel(METRICS[metric])
             ax.set_title(f"{ds} · SAE {run} ({inp})")
             ax.legend(fontsize=7, ncol=2)
@@ -119,6 +131,8 @@ def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) ->
             ax.plot(s["_x"], s[metric], marker=palette.marker(model), ls=palette.linestyle(model),
                     color=palette.timestep(t), label=f"{model} t={t}")
             _control_line(ax, s["_x"], s, metric, palette.timestep(t))
+            _better_marks(ax, s["_x"], s, metric)
+            _paper_marks(ax, s["_x"], s, metric, palette.timestep(t))
         ax.set_xticks(range(len(order)), [str(v) for v in order], rotation=30, ha="right")
         ax.set_xlabel("DiT block" if axis == "dit" else "layer")
     else:
@@ -127,6 +141,8 @@ def _sae_lines(ax, g: pd.DataFrame, axis: str, metric: str, palette: Palette) ->
             ax.plot(s["timestep"], s[metric], marker=palette.marker(model), ls=palette.linestyle(model),
                     color=palette.layer(layer), label=f"{model} {layer}")
             _control_line(ax, s["timestep"], s, metric, palette.layer(layer))
+            _better_marks(ax, s["timestep"], s, metric)
+            _paper_marks(ax, s["timestep"], s, metric, palette.layer(layer))
         ax.set_xlabel("timestep (of 1000; larger = noisier)")
 
 
@@ -149,13 +165,45 @@ def _control_line(ax, x, s: pd.DataFrame, metric: str, colour) -> None:
             label="_" if labelled else "untrained SAE (dotted)")
 
 
+def _better_marks(ax, x, s: pd.DataFrame, metric: str) -> None:
+    """A ring around each SAE whose mean purity beats the null of random sets (``better_than_random``)."""
+    if "better_than_random" not in s:
+        return
+    hit = s["better_than_random"].astype(bool).to_numpy()
+    labelled = any(c.get_label() == "beats the null (p < 0.05)" for c in ax.collections)
+    ax.scatter(np.asarray(x)[hit], s[metric].to_numpy()[hit], s=90, facecolors="none", edgecolors="k", lw=0.8,
+               label="_" if labelled or not hit.any() else "beats the null (p < 0.05)", zorder=3)
+
+
+def _paper_marks(ax, x, s: pd.DataFrame, metric: str, colour) -> None:
+    """The paper's number (a star) beside ours where model, data set, protocol, layer and timestep match
+    (``paper.compare``'s ``paper_value``): sigma_label in Table 2, test accuracy in Fig. 4/6/8 and Table 5."""
+    if metric not in ("sigma_label", "test_accuracy") or "paper_value" not in s or s["paper_value"].isna().all():
+        return
+    hit = s["paper_value"].notna().to_numpy()
+    labelled = any(c.get_label() == "paper (star)" for c in ax.collections)
+    ax.scatter(np.asarray(x)[hit], s["paper_value"].to_numpy()[hit], marker="*", s=80, color=colour,
+               edgecolors="k", lw=0.5, label="_" if labelled else "paper (star)", zorder=4)
+
+
+def _paper_note(ax, g: pd.DataFrame) -> None:
+    """Under a panel with no paper number drawn: why not (the first of ``paper_differs``' reasons)."""
+    if "paper_differs" not in g or g["paper_value"].notna().any():
+        return
+    reasons = [r for r in dict.fromkeys(g["paper_differs"]) if r]
+    if reasons:
+        ax.text(0.01, 0.01, f"no paper number: {reasons[0]}", transform=ax.transAxes, fontsize=5, color="0.35",
+                va="bottom", wrap=True)
+
+
 def _random_band(ax, g: pd.DataFrame, metric: str, axis: str) -> None:
     key = "sigma" if metric == "sigma_label" else "purity"
     mean = g[f"random_{key}_mean"].mean()
     ax.axhline(mean, color=BASELINE, ls="--", lw=1, label="random images")
-    lo, hi = f"random_{key}_p5", f"random_{key}_p95"
+    lo, hi = f"null_{key}_mean_p5", f"null_{key}_mean_p95"
     if axis != "model" and {lo, hi} <= set(g.columns):
-        ax.axhspan(g[lo].mean(), g[hi].mean(), color=BASELINE, alpha=0.12, lw=0)
+        ax.axhspan(g[lo].mean(), g[hi].mean(), color=BASELINE, alpha=0.12, lw=0,
+                   label="null of the mean (5th-95th pct)")
 
 
 # ---- Fig. 4/6/8, Tables 3 and 5: classifier accuracy --------------------------------------------------------------
@@ -220,6 +268,7 @@ def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, ti
                    hatch=None, alpha=0.9)
             ax.set_xticks(range(len(g)), labels, fontsize=6)
             ax.set_xlabel("model, classifier, (layer, timestep) chosen on val")
+            _paper_marks(ax, np.arange(len(g)), g, "test_accuracy", "k")
         else:
             for (clf, model, key), s in g.groupby(["classifier", "model", "timestep" if axis == "layer" else "layer"]):
                 ls = "-" if clf == "diffc" else "--"
@@ -234,6 +283,7 @@ def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, ti
                 ax.errorbar(x, s["test_accuracy"], yerr=s.get("test_stderr"), fmt=palette.marker(model), ls=ls,
                             color=colour, capsize=2, ms=3,
                             label=f"{model} {clf} {'t=' if axis == 'layer' else ''}{key}")
+                _paper_marks(ax, x, s, "test_accuracy", colour)
             if axis == "layer":
                 order = palette.layer_order(g["layer"])
                 ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
@@ -244,6 +294,7 @@ def plot_accuracy(table: pd.DataFrame, axis: str, palette: Palette, png, pdf, ti
         ax.set_ylabel("test accuracy (dotted: chance)")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{ds} · {target}")
+        _paper_note(ax, g)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, png, pdf)
@@ -261,16 +312,12 @@ def plot_accuracy_grid(acc: pd.DataFrame, png, pdf, title: str, palette: Palette
     facets = list(rows.groupby(["model", "dataset", "target", "classifier"], sort=False))
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False)
     for ax, ((model, ds, target, clf), g) in zip(axes[0], facets):
-        grid = g.pivot_table(index="layer", columns="timestep", values="test_accuracy")
-        grid = grid.reindex(palette.layer_order(grid.index))
-        im = ax.imshow(grid.to_numpy(float), vmin=0, vmax=1, cmap="magma", aspect="auto")
-        for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-        ax.set_xticks(range(grid.shape[1]), [f"t={t}" for t in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), grid.index)
-        ax.set_title(f"{model} · {ds} · {target} ({clf})")
-        ax.grid(False)
-        fig.colorbar(im, ax=ax, label="test accuracy")
+        times = sorted(set(g["timestep"]))
+        heat_map(ax, g.assign(text=g["test_accuracy"].map("{:.2f}".format)), "layer", "timestep", "test_accuracy",
+                 "text", rows=palette.layer_order(g["layer"]), cols=times, cmap="magma", annot_kws={"fontsize": 7},
+                 xticklabels=[f"t={t}" for t in times], cbar_kws={"label": "test accuracy"})
+        ax.set(xlabel="", ylabel="", title=f"{model} · {ds} · {target} ({clf})")
+        ax.tick_params(axis="y", rotation=0)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, png, pdf)

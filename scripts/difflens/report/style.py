@@ -1,5 +1,7 @@
-"""One look for every figure: readable matplotlib defaults, one colour per model, layer and timestep everywhere (the
-palette is built from the config's order, so a layer keeps its colour across figures and runs), PNG + PDF output."""
+"""One look for every figure: a seaborn theme with readable matplotlib defaults (``RC``), one colour per model, layer
+and timestep everywhere (the palette is built from the config's order, so a layer keeps its colour across figures and
+runs), PNG + PDF output. The figures draw through seaborn from long-form tables (heat maps, bars with the tables' own
+intervals, scatters with a fitted line)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
 
 RC = {"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
       "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
@@ -23,8 +26,15 @@ SCORE_NAMES = {"i_s": "i^s (standard)", "i_o": "i^o (orthogonal)", "err": "denoi
 BASELINE = "#555555"
 
 
+#: the seaborn theme under ``RC`` (which wins where both set a value): white background with a light grid, paper-sized
+#: text, tab10 as the colour cycle (the models' colours, ``Palette.model``)
+THEME = {"context": "paper", "style": "whitegrid", "palette": "tab10"}
+#: the whiskers drawn on bars from a table's own interval columns
+ERRORBAR = {"fmt": "none", "ecolor": ".26", "elinewidth": 1.0, "capsize": 2}
+
+
 def apply_style() -> None:
-    plt.rcParams.update(RC)
+    sns.set_theme(**THEME, rc=RC)
 
 
 @dataclass
@@ -78,24 +88,43 @@ def _pick(choices, order: list[str], name: str, unknown=(0.5, 0.5, 0.5, 1.0)):
 
 def grouped_bars(ax, table, x: str, hue: str, hues, value: str, *, colour, label=str, err: str | None = None,
                  lo: str | None = None, hi: str | None = None) -> dict:
-    """Grouped bars: one group per value of ``x`` (in order of appearance), one bar per ``hue`` present (in the
-    order of ``hues``), coloured and labelled by ``colour(h)`` / ``label(h)``; whiskers from the column ``err``
-    (symmetric) or the columns ``lo`` / ``hi``. Returns {hue: bar positions} for marks drawn on top."""
+    """Grouped bars (``sns.barplot`` of the long-form ``table``, one row per bar): one group per value of ``x`` (in
+    order of appearance), one bar per ``hue`` present (in the order of ``hues``), coloured and labelled by
+    ``colour(h)`` / ``label(h)``; whiskers from the column ``err`` (symmetric) or the columns ``lo`` / ``hi`` (the
+    table's own intervals: seaborn estimates none). Returns {hue: bar positions, one per x} for marks drawn on
+    top."""
     xs = list(dict.fromkeys(table[x]))
     hues = [h for h in hues if h in set(table[hue])]
-    width = 0.8 / max(1, len(hues))
-    where = {}
-    for j, h in enumerate(hues):
-        s = table[table[hue] == h].set_index(x).reindex(xs)
-        where[h] = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
-        yerr = None
-        if err is not None and err in s:
-            yerr = s[err].fillna(0).to_numpy(float)
-        elif lo is not None:
-            yerr = np.vstack([(s[value] - s[lo]).clip(lower=0), (s[hi] - s[value]).clip(lower=0)]).astype(float)
-        ax.bar(where[h], s[value], width, yerr=yerr, capsize=2, color=colour(h), label=label(h))
-    ax.set_xticks(range(len(xs)), xs)
+    names = {h: label(h) for h in hues}
+    rows = table[table[hue].isin(hues)]
+    labels = ax.get_xlabel(), ax.get_ylabel()
+    sns.barplot(rows.assign(**{hue: rows[hue].map(names)}), x=x, y=value, hue=hue, order=xs,
+                hue_order=list(names.values()), palette={names[h]: colour(h) for h in hues}, errorbar=None, ax=ax)
+    ax.set(xlabel=labels[0], ylabel=labels[1])  # seaborn's column names are no axis labels
+    width = 0.8 / max(1, len(hues))  # seaborn's dodge: the group's 0.8 split evenly, in hue order
+    where = {h: np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width for j, h in enumerate(hues)}
+    rows = rows.dropna(subset=[value])
+    if err is not None and err in rows:
+        yerr = rows[err].fillna(0).to_numpy(float)
+    elif lo is not None:
+        yerr = np.vstack([(rows[value] - rows[lo]).clip(lower=0), (rows[hi] - rows[value]).clip(lower=0)])
+    else:
+        return where
+    ax.errorbar([where[h][xs.index(v)] for h, v in zip(rows[hue], rows[x])], rows[value].to_numpy(float),
+                yerr=np.nan_to_num(np.asarray(yerr, float)), **ERRORBAR)
     return where
+
+
+def heat_map(ax, table, index, columns: str, value: str, text: str, *, rows: list, cols: list, **kws):
+    """``sns.heatmap`` of the long-form ``table``: a cell per (``index``, ``columns``) pair in the order ``rows`` x
+    ``cols``, coloured by the mean ``value`` on a 0-1 scale and annotated with the string column ``text`` (seaborn
+    picks the ink for the cell's colour); empty where the table has no row. ``kws`` go to ``sns.heatmap``. Returns the
+    grid of values."""
+    grid, words = (table.pivot_table(index=index, columns=columns, values=v, aggfunc=how)
+                   .reindex(index=rows, columns=cols) for v, how in ((value, "mean"), (text, "first")))
+    sns.heatmap(grid, vmin=0, vmax=1, annot=words.fillna("").to_numpy(object), fmt="", ax=ax, **kws)
+    ax.grid(False)
+    return grid
 
 
 def save_figure(fig, png: str | Path, pdf: str | Path | None = None) -> None:

@@ -10,41 +10,66 @@ import numpy as np
 import pandas as pd
 
 from .inputs import info_folder, read_csv, read_json
+from .paper import compare, load_numbers, summary_number
 from .revelio import argmax_rows, best_by_validation
 
-#: the papers' headline numbers (Kong et al. Tables 1, 3, 4; ARO accuracies in %, mIoU in %)
-PAPER = {
-    ("aro", "attribute", "i_o"): ("72.0 (VG-Attribution, macro)", "Kong et al. Table 1, SD 2.1-base"),
-    ("aro", "relation", "i_o"): ("69.1 (VG-Relation, macro)", "Kong et al. Table 1, SD 2.1-base"),
-    ("aro", "order", "i_o"): ("40.1 COCO-Order / 49.3 Flickr30k-Order", "Kong et al. Table 1, SD 2.1-base"),
-    ("aro", "attribute", "err"): ("62.9 (DiffITM)", "Kong et al. Table 1, SD 2.1-base"),
-    ("aro", "relation", "err"): ("50.0 (DiffITM)", "Kong et al. Table 1, SD 2.1-base"),
-    ("aro", "order", "err"): ("23.5 COCO / 33.2 Flickr30k (DiffITM)", "Kong et al. Table 1, SD 2.1-base"),
-    ("localization", "whole_image"): ("14.94", "Kong et al. Table 3, COCO-IT"),
-    ("localization", "attention"): ("34.52 (50 steps)", "Kong et al. Table 3, COCO-IT"),
-    ("localization", "cmi"): ("32.31 (50 steps)", "Kong et al. Table 3, COCO-IT"),
-    ("localization", "attention+cmi"): ("42.46 (50 steps)", "Kong et al. Table 3, COCO-IT"),
-    ("intervention", "image", "cmi"): ("0.34", "Kong et al. Table 4, COCO"),
-    ("intervention", "image", "attention"): ("0.24", "Kong et al. Table 4, COCO"),
-    ("intervention", "pixel", "cmi"): ("0.27", "Kong et al. Table 4, COCO"),
-    ("intervention", "pixel", "attention"): ("0.21", "Kong et al. Table 4, COCO"),
-    ("diffc",): ("no single number: fine-grained sets peak at small timesteps, coarse ones in the middle; up_ft1 is "
-                 "the strongest SD layer", "Revelio Sec. 5"),
-    ("sae",): ("purer latents than random image sets (lower sigma_label, higher purity)", "Revelio Table 2"),
-}
-
-
-def _row(section, quantity, value, model, dataset, key, kinds):
-    paper, source = PAPER.get(key, ("-", ""))
+def _row(section, quantity, value, model, dataset, key, kinds, identity=None, paper=None):
+    """One headline row; the paper's number for ``key`` (``docs/paper_numbers.csv``'s ``summary_key``, parts
+    joined by "/") only where the model's weights are the paper's (``paper.summary_number``), else what differs;
+    ``paper``: a (value, source) pair computed by the caller instead."""
+    source = ((identity or {}).get("models", {}).get(model) or {}).get("source", "")
+    if paper is None:
+        paper = summary_number(numbers(), "/".join(key), source) if key else ("-", "")
     world = "shapes world (not Stable Diffusion)" if kinds.get(model) == "shapes" else kinds.get(model, "")
     return {"section": section, "quantity": quantity, "this run": value, "model": model, "dataset": dataset,
-            "model kind": world, "paper": paper, "paper source": source}
+            "model kind": world, "paper": paper[0], "paper source": paper[1]}
+
+
+def numbers() -> pd.DataFrame:
+    """The papers' numbers (``docs/paper_numbers.csv``), read once."""
+    if not hasattr(numbers, "table"):
+        numbers.table = load_numbers()
+    return numbers.table
+
+
+#: the paper items whose numbers stand beside a summary row of Diff-C accuracy and of SAE sigma_label
+DIFFC_ITEMS, SAE_ITEMS = ("fig4", "fig6", "fig8", "table3", "table5"), ("table2a", "table2b", "table2c", "table2d")
+
+
+def revelio_paper(b: dict, identity: dict | None, items, metric: str, ours: str) -> tuple[str, str]:
+    """Revelio's ``metric`` for the same model, data set, protocol, layer and timestep as the row ``b`` (``items``
+    of ``docs/paper_numbers.csv``), or ("-", what differs)."""
+    ident = identity or {"models": {}, "datasets": {}, "sigma": b.get("sigma_definition", "sparse"), "split": ""}
+    c = compare(pd.DataFrame([b]), numbers(), ident, "revelio", items, metric, ours).iloc[0]
+    if c["paper_differs"]:
+        return "-", f"Revelio: differs: {c['paper_differs']}"
+    return f"{metric} {c['paper_value']:g}", f"Revelio {c['paper_source']} ({c['paper_verified']})"
 
 
 def _where(row) -> str:
     """"(layer, t=timestep)", or "(layer)" for an external baseline's image features (no timestep)."""
     t = row["timestep"]
     return f"({row['layer']})" if pd.isna(t) else f"({row['layer']}, t={int(t)})"
+
+
+def null_verdict(b: dict) -> str:
+    """One SAE's purity against the null of the mean of random sets, and its share of latents above the single-set
+    95th percentile against chance ("" for a summary written before the null existed)."""
+    if "null_purity_p_value" not in b or pd.isna(b["null_purity_p_value"]):
+        return ""
+    return (f"; null of the mean: 95th pct {b['null_purity_mean_p95']:.2f}, p = {b['null_purity_p_value']:.3g}; "
+            f"{100 * b['null_purity_beyond_share']:.0f}% of latents above the single-set 95th pct (chance "
+            f"{100 * b['null_purity_beyond_chance']:.1f}%)")
+
+
+def beats_null(sae: pd.DataFrame, model: str, ds: str) -> str:
+    """How many of a (model, data set)'s SAEs beat the null of the mean, and their untrained controls."""
+    g = sae[(sae["model"] == model) & (sae["dataset"] == ds)]
+    if "better_than_random" not in g:
+        return "not computed"
+    untrained = g["untrained_null_purity_p_value"] < 0.05 if "untrained_null_purity_p_value" in g else None
+    return (f"{int(g['better_than_random'].astype(bool).sum())} of {len(g)}" +
+            (f" (untrained controls: {int(untrained.sum())} of {len(g)})" if untrained is not None else ""))
 
 
 def control_verdict(sae: pd.DataFrame) -> str:
@@ -80,9 +105,10 @@ def intervention_quantity(predictor: str, level: str) -> str:
     return f"Pearson r, {level} level, {predictor}{kind} (word omitted)"
 
 
-def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFrame:
+def headline_rows(tables: dict[str, list], kinds: dict[str, str], identity: dict | None = None) -> pd.DataFrame:
     """The headline rows from the input tables (kind -> paths, as the rule ``summary_page`` passes them);
-    ``kinds``: model name -> kind (shapes | sd | dit)."""
+    ``kinds``: model name -> kind (shapes | sd | dit); ``identity``: ``paper.identities`` of the config (which
+    models, data sets and protocols are the papers')."""
     rows = []
     for path in tables.get("check", []):
         c = read_json(path, "the summary page")
@@ -101,8 +127,8 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
         best = best_by_validation(read_csv(path, "the summary page"))
         for b in best[best["classifier"] == "diffc"].to_dict("records"):
             rows.append(_row("Revelio: Diff-C", f"best test accuracy ({b['target']}), layer and timestep chosen on "
-                             "val", f"{b['test_accuracy']:.3f} {_where(b)}", b["model"], b["dataset"], ("diffc",),
-                             kinds))
+                             "val", f"{b['test_accuracy']:.3f} {_where(b)}", b["model"], b["dataset"], (), kinds,
+                             paper=revelio_paper(b, identity, DIFFC_ITEMS, "accuracy", "test_accuracy")))
         for b in best[(best["classifier"] == "linear_probe") & (best["target"] == "label")].to_dict("records"):
             rows.append(_row("Revelio: linear probe", "best test accuracy (label), chosen on val",
                              f"{b['test_accuracy']:.3f} {_where(b)}", b["model"], b["dataset"], (), kinds))
@@ -115,8 +141,13 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
                              f"{b['purity']:.2f} / {b['sigma_label']:.2f} ({b['untrained_purity']:.2f} / "
                              f"{b['untrained_sigma_label']:.2f}; {b['random_directions_purity']:.2f} / "
                              f"{b['random_directions_sigma_label']:.2f}; {b['random_purity_mean']:.2f} / "
-                             f"{b['random_sigma_mean']:.2f}) at {b['layer']}, t={int(b['timestep'])}", model, ds,
-                             ("sae",), kinds))
+                             f"{b['random_sigma_mean']:.2f}) at {b['layer']}, t={int(b['timestep'])}"
+                             f"{null_verdict(b)}", model, ds, (), kinds,
+                             paper=revelio_paper(b, identity, SAE_ITEMS, "sigma_label", "sigma_label")))
+            rows.append(_row("Revelio: k-SAE", "SAEs whose mean purity beats the null of as many random 10-image "
+                             "sets as eligible latents (p < 0.05; sigma_label: " +
+                             str(b.get("sigma_definition", "sparse")) + ")", beats_null(sae, model, ds), model, ds,
+                             (), kinds))
         for (model, ds), g in sae.groupby(["model", "dataset"], sort=False):
             rows.append(_row("Revelio: k-SAE", "trained SAEs against their untrained controls", control_verdict(g),
                              model, ds, (), kinds))
@@ -129,7 +160,7 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
             value = f"{100 * r['accuracy']:.1f}" + (f" (macro {100 * macro['accuracy'].iloc[0]:.1f})"
                                                      if len(macro) else "") + f", n={int(r['n'])}"
             rows.append(_row("Information: ARO", f"{r['kind']} accuracy % ({r['score']})", value, model, ds,
-                             ("aro", r["kind"], r["score"]), kinds))
+                             ("aro", r["kind"], r["score"]), kinds, identity))
     for path in tables.get("localization", []):
         model, ds = info_folder(path)
         loc = read_csv(path, "the summary page")
@@ -141,14 +172,14 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str]) -> pd.DataFram
         for method in ("whole_image", "mi", "cmi", "attention", "attention+cmi"):
             if method in sel:
                 rows.append(_row("Information: localization", f"mIoU % ({method}, all words, held-out threshold)",
-                                 f"{100 * sel[method].iloc[0]:.1f}", model, ds, ("localization", method), kinds))
+                                 f"{100 * sel[method].iloc[0]:.1f}", model, ds, ("localization", method), kinds, identity))
     for path in tables.get("intervention", []):
         model, ds = info_folder(path)
         t = read_csv(path, "the summary page")
         for r in t[t["edit"] == "omit"].to_dict("records"):
             rows.append(_row("Information: intervention", intervention_quantity(r["predictor"], r["level"]),
                              f"{r['pearson']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
-                             model, ds, ("intervention", r["level"], r["predictor"]), kinds))
+                             model, ds, ("intervention", r["level"], r["predictor"]), kinds, identity))
         if not t["predictor"].str.contains("-", regex=False).any():
             rows.append(_row("Information: intervention", "mask baselines (the word's object, all objects)",
                              "none: the data set has no object masks for every edited word", model, ds, (), kinds))

@@ -40,7 +40,9 @@ class SAETrainSettings:
     paper). A latent is dead for AuxK after ``patience`` steps without firing: ``dead_steps``, or ``dead_passes``
     passes over the training vectors, whichever is fewer (module docstring). ``dead_after``, the former count in
     vectors (None: unused), is still taken from code (bench scripts comparing with libraries that count vectors):
-    when given, it alone sets the patience, as before."""
+    when given, it alone sets the patience, as before. ``warmup_steps``: the learning rate ramps linearly over the
+    first steps, lr x min(1, (step + 1) / warmup_steps), as the Revelio code's ``constantwithwarmup`` (500 steps);
+    0 = constant from the first step."""
 
     steps: int = 2000
     batch_size: int = 4096
@@ -51,12 +53,14 @@ class SAETrainSettings:
     dead_passes: float = 10.0
     seed: int = 0
     dead_after: int | None = None
+    warmup_steps: int = 0
 
     def __post_init__(self):
         checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
                   "lr": self.lr is None or self.lr > 0, "aux_coef": self.aux_coef >= 0,
                   "aux_k": self.aux_k is None or self.aux_k >= 1, "dead_steps": self.dead_steps >= 1,
-                  "dead_passes": self.dead_passes > 0, "dead_after": self.dead_after is None or self.dead_after >= 1}
+                  "dead_passes": self.dead_passes > 0, "dead_after": self.dead_after is None or self.dead_after >= 1,
+                  "warmup_steps": self.warmup_steps >= 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise SAEError("SAE training settings out of range: " + ", ".join(f"{k}={getattr(self, k)!r}"
@@ -99,6 +103,9 @@ class SAETrainer:
         config = sae.config
         self.lr = settings.lr or default_lr(config.n_latents)
         self.opt = torch.optim.Adam(sae.parameters(), lr=self.lr)
+        warmup = settings.warmup_steps
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup)) \
+            if warmup else None
         self.aux_k = settings.aux_k or max(1, config.d // 2)
         self.patience = settings.patience(min(settings.batch_size, n_vectors or settings.batch_size), n_vectors)
         self.since_fired = torch.zeros(config.n_latents, dtype=torch.long, device=sae.b_pre.device)  # steps
@@ -126,6 +133,8 @@ class SAETrainer:
         loss.backward()
         sae.remove_parallel_grad()
         self.opt.step()
+        if self.schedule is not None:
+            self.schedule.step()
         sae.normalize_decoder()
         if sae.config.activation == "batchtopk":
             sae.update_threshold(code)

@@ -120,8 +120,11 @@
     const controls = Object.entries(meta.controls || {}).map(([name, c]) =>
       `${name.replace("_", " ")} ${fmt(c.sigma_label, 2)} / ${fmt(c.purity, 2)}`).join(", ");
     $("sae-meta").textContent = `${meta.live} live of ${meta.n_latents} latents on ${meta.n_images} ${meta.split} ` +
-      `images; sigma_label ${fmt(meta.sigma_label, 2)}, purity ${fmt(meta.purity, 2)}` +
-      (controls ? ` (controls, sigma_label / purity: ${controls})` : "");
+      `images; sigma_label (${meta.sigma_definition || "sparse"}) ${fmt(meta.sigma_label, 2)}, purity ` +
+      `${fmt(meta.purity, 2)}` + (controls ? ` (controls, sigma_label / purity: ${controls})` : "") +
+      (meta.null && meta.null.p_value != null ? `; random-set null of the mean purity: 95th pct ` +
+        `${fmt(meta.null.mean_p95, 2)}, p = ${fmt(meta.null.p_value, 4)}; ${fmt(100 * meta.null.beyond_share, 0)}% ` +
+        `of latents above the single-set 95th pct (chance ${fmt(100 * meta.null.beyond_chance, 1)}%)` : "");
     load(meta.key).then((data) => {
       if (meta.key !== $("sae-select").value) return;  // a later selection has taken over
       state.sae = { meta, data };
