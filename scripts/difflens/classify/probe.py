@@ -8,9 +8,9 @@ strength of the grid (``DEFAULT_L2_GRID``: every decade from 1e-6 to 10), from t
 starting from the previous one's weights. A fit is full-batch L-BFGS (torch, float64, strong-Wolfe line search) on
 whitened features (``fit_logistic``), run to a tolerance: until the largest gradient entry there is at most
 ``TOLERANCE``, or the loss or the weights change by less than ``TOLERANCE_CHANGE`` in a step, or after ``MAX_ITER``
-iterations (a fit stopped short of the gradient tolerance logs a warning). The strength is picked on val accuracy
-(ties: the stronger), and the test split is scored once, with the picked one. No batches and no shuffling: the same
-inputs give the same probe.
+iterations (a fit stopped by the cap logs a warning). The strength is picked on val accuracy (ties: the stronger),
+and the test split is scored once, with the picked one. No batches and no shuffling: the same inputs give the same
+probe.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 TOLERANCE = 1e-6  # on the largest gradient entry of the weights of the whitened features, and of the bias
-TOLERANCE_CHANGE = 1e-9  # on the loss's change and the weights' largest change in one L-BFGS step
+TOLERANCE_CHANGE = 1e-12  # on the loss's change (and the weights' largest change) in one L-BFGS step
 MAX_ITER = 1000  # L-BFGS iterations per strength
 
 
@@ -81,10 +81,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
     (``s * (v.T @ dloss/dW)``: the mean residual's covariance with each whitened feature, plus the penalty's share)
     and of the bias is at most ``tolerance``, or the loss or ``u`` change by less than ``tolerance_change`` in a
     step, or after ``max_iter`` iterations. On linearly separable train data the weakest strengths' optima lie far
-    along a nearly flat valley, where this (like any gradient tolerance, scikit-learn's too) stops short of them and
-    ``max_iter`` bounds the time. The report: ``iterations``, ``gradient`` (that largest entry at the returned
-    weights) and ``converged`` (``gradient <= tolerance``). The loss is strictly convex, so the start only matters
-    within the tolerance."""
+    along a nearly flat valley, where the loss-change tolerance (like any tolerance, scikit-learn's too) stops short
+    of them and ``max_iter`` bounds the time. The report: ``iterations``, ``gradient`` (that largest entry at the
+    returned weights) and ``stop``: ``gradient`` (``gradient <= tolerance``), ``loss change`` or ``max_iter``. The
+    loss is strictly convex, so the start only matters within the tolerance."""
     if not l2 > 0:
         raise ValueError(f"probe: the L2 strength must be > 0, got {l2!r}")
     xv, v, lam = basis if basis is not None else eigenbasis(x)
@@ -109,8 +109,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
 
     opt.step(closure)
     closure()  # the gradient where L-BFGS stopped
-    gradient = float(max(u.grad.abs().max(), b.grad.abs().max()))
-    report = {"iterations": opt.state[u]["n_iter"], "gradient": gradient, "converged": gradient <= tolerance}
+    gradient, done = float(max(u.grad.abs().max(), b.grad.abs().max())), opt.state[u]["n_iter"]
+    stop = "gradient" if gradient <= tolerance else "max_iter" if done >= max_iter else "loss change"
+    report = {"iterations": done, "gradient": gradient, "stop": stop}
     return (v @ (s * u)).detach(), b.detach(), report
 
 
@@ -144,10 +145,10 @@ def fit_probe(x_train, y_train, x_val, y_val, x_test, y_test, *, l2_grid=DEFAULT
     for l2 in grid:  # each strength starts from the previous (stronger) one's fit
         fits.append(fit_logistic(xt, yt, n_classes, l2, max_iter=max_iter, seed=seed,
                                  start=fits[-1][:2] if fits else None, basis=basis))
-        if not fits[-1][2]["converged"]:
+        if fits[-1][2]["stop"] == "max_iter":
             log.warning("probe: L-BFGS at l2=%g stopped after %d iterations with gradient %.2e > %.0e (n %d, d %d, "
-                        "%d classes)", l2, fits[-1][2]["iterations"], fits[-1][2]["gradient"], TOLERANCE, len(yt),
-                        xt.shape[1], n_classes)
+                        "%d classes)", l2, max_iter, fits[-1][2]["gradient"], TOLERANCE, len(yt), xt.shape[1],
+                        n_classes)
     val = [_accuracy(xv, yv, w, b) for w, b, _ in fits]
     best = int(np.argmax(val))  # the first of the best: the strongest
     w, b, _ = fits[best]
