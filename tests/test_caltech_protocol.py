@@ -136,7 +136,7 @@ def png(colour) -> bytes:
 
 
 def hf_table(labels: list[int], names=HF_NAMES, metadata: bool = True, columns=("image", "label")):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a pinned requirement (the tfds protocol's hf_folder reads parquet / arrow)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     data = {"image": pa.array([{"bytes": png(COLOURS[lb % 3]), "path": None} for lb in labels], type=image_type),
             "label": pa.array(labels, type=pa.int64())}
@@ -149,7 +149,7 @@ def hf_table(labels: list[int], names=HF_NAMES, metadata: bool = True, columns=(
 
 def write_hf(folder: Path, fmt: str, tables: dict[str, object]) -> Path:
     """The Hub's data/<split>-00000-of-00001.parquet, or the datasets cache's caltech101-<split>.arrow (a stream)."""
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a pinned requirement (the tfds protocol's hf_folder reads parquet / arrow)
     import pyarrow.parquet as pq
 
     for split, table in tables.items():

@@ -156,13 +156,17 @@ def _model_bars(ax, g: pd.DataFrame, metric: str, palette: Palette) -> None:
         ax.axhline(g[f"untrained_{metric}"].mean(), color="k", ls=":", lw=1, label="untrained SAE (mean)")
 
 
+def _once(ax, label: str) -> str:
+    """``label`` for the first artist of a panel that carries it, "_" (no legend entry) for the later ones."""
+    artists = [*ax.get_lines(), *ax.collections]
+    return "_" if any(a.get_label() == label for a in artists) else label
+
+
 def _control_line(ax, x, s: pd.DataFrame, metric: str, colour) -> None:
     """The untrained SAE's ``metric`` along the same x, dotted, labelled once per panel."""
     if f"untrained_{metric}" not in s:
         return
-    labelled = any(line.get_label() == "untrained SAE (dotted)" for line in ax.get_lines())
-    ax.plot(x, s[f"untrained_{metric}"], ls=":", lw=1, color=colour,
-            label="_" if labelled else "untrained SAE (dotted)")
+    ax.plot(x, s[f"untrained_{metric}"], ls=":", lw=1, color=colour, label=_once(ax, "untrained SAE (dotted)"))
 
 
 def _better_marks(ax, x, s: pd.DataFrame, metric: str) -> None:
@@ -170,9 +174,8 @@ def _better_marks(ax, x, s: pd.DataFrame, metric: str) -> None:
     if "better_than_random" not in s:
         return
     hit = s["better_than_random"].astype(bool).to_numpy()
-    labelled = any(c.get_label() == "beats the null (p < 0.05)" for c in ax.collections)
     ax.scatter(np.asarray(x)[hit], s[metric].to_numpy()[hit], s=90, facecolors="none", edgecolors="k", lw=0.8,
-               label="_" if labelled or not hit.any() else "beats the null (p < 0.05)", zorder=3)
+               label=_once(ax, "beats the null (p < 0.05)") if hit.any() else "_", zorder=3)
 
 
 def _paper_marks(ax, x, s: pd.DataFrame, metric: str, colour) -> None:
@@ -181,9 +184,8 @@ def _paper_marks(ax, x, s: pd.DataFrame, metric: str, colour) -> None:
     if metric not in ("sigma_label", "test_accuracy") or "paper_value" not in s or s["paper_value"].isna().all():
         return
     hit = s["paper_value"].notna().to_numpy()
-    labelled = any(c.get_label() == "paper (star)" for c in ax.collections)
     ax.scatter(np.asarray(x)[hit], s["paper_value"].to_numpy()[hit], marker="*", s=80, color=colour,
-               edgecolors="k", lw=0.5, label="_" if labelled else "paper (star)", zorder=4)
+               edgecolors="k", lw=0.5, label=_once(ax, "paper (star)"), zorder=4)
 
 
 def _paper_note(ax, g: pd.DataFrame) -> None:

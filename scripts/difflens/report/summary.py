@@ -3,6 +3,7 @@ from. The papers' numbers are Stable Diffusion's on real data sets; a shapes-wor
 such, since the two are not expected to agree."""
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
@@ -25,11 +26,10 @@ def _row(section, quantity, value, model, dataset, key, kinds, identity=None, pa
             "model kind": world, "paper": paper[0], "paper source": paper[1]}
 
 
+@functools.cache
 def numbers() -> pd.DataFrame:
     """The papers' numbers (``docs/paper_numbers.csv``), read once."""
-    if not hasattr(numbers, "table"):
-        numbers.table = load_numbers()
-    return numbers.table
+    return load_numbers()
 
 
 #: the paper items whose numbers stand beside a summary row of Diff-C accuracy and of SAE sigma_label
