@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from difflens import resources  # noqa: E402
-from difflens.config import load_config  # noqa: E402
+from difflens.config import draw_counts, load_config  # noqa: E402
 
 #: published sizes (train, val, test) as the converters split them
 DATASETS = {
@@ -209,7 +209,7 @@ def revelio_lines(cfg: dict, measured: dict) -> list[Line]:
 def infodecomp_lines(cfg: dict, measured: dict) -> list[Line]:
     """ARO, localization and intervention of an information-decomposition config, in UNet rows per unit."""
     info = cfg["infodecomp"]
-    draws = info["n_draws"]
+    draws = draw_counts(info)[-1]  # a list of counts runs its largest (the smaller ones are its first draws)
     ours, ref = unet_row_seconds(measured["infodecomp"])
     lines = []
 
@@ -227,8 +227,9 @@ def infodecomp_lines(cfg: dict, measured: dict) -> list[Line]:
             add(f"{model} ARO {d}", items(d, info["aro"]["max_items"]), "items", (1 + captions) * draws,
                 2 * captions * draws, f"{1 + captions} prompts x {draws} draws; reference {2 * captions} x {draws}")
         for d in info["localize"]["datasets"]:
-            add(f"{model} localization {d}", items(d, info["localize"]["max_images"]), "word rows", 4 * draws,
-                4 * draws, f"word, empty prompt, caption, context x {draws} draws")
+            ddim = 2 * info["localize"]["ddim_steps"]  # attention_ddim: inversion + regeneration (per caption: at most)
+            add(f"{model} localization {d}", items(d, info["localize"]["max_images"]), "word rows", 4 * draws + ddim,
+                4 * draws + ddim, f"word, empty prompt, caption, context x {draws} draws + {ddim} DDIM calls")
         iv = info["intervene"]
         solver_calls = (2 if iv["solver"] == "heun" else 1) * iv["steps"]
         edits = 2 * iv["words_per_image"]  # each word omitted and (when the swap table names it) swapped

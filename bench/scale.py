@@ -35,7 +35,7 @@ from difflens.classify import sources  # noqa: E402
 from difflens.classify.sources import CachedMaps  # noqa: E402
 from difflens.info import memory as info_memory  # noqa: E402
 from difflens.info.aro import aggregate, item_outcomes  # noqa: E402
-from difflens.info.localize import row_curves, threshold_grid  # noqa: E402
+from difflens.info.localize import BASE_MAPS, row_curves, threshold_grid  # noqa: E402
 from difflens.report.browser import latent_pages  # noqa: E402
 from difflens.sae import memory as sae_memory  # noqa: E402
 from test_localize_scale import COCO_IT_ROWS, N_THRESHOLDS, RES, SIDE, box_masks  # noqa: E402
@@ -52,7 +52,7 @@ def localization(fraction: int) -> tuple[int, int]:
     """(peak bytes, rows) of the IoU step on 1 / fraction of COCO-IT."""
     rows = max(2, COCO_IT_ROWS // fraction)
     rng = np.random.default_rng(rows)
-    maps = {k: rng.gamma(0.5, size=(rows, SIDE, SIDE)).astype(np.float32) for k in ("mi", "cmi", "attention")}
+    maps = {k: rng.gamma(0.5, size=(rows, SIDE, SIDE)).astype(np.float32) for k in BASE_MAPS}
     _, peak = traced_peak(row_curves, maps, lambda a, b: box_masks(rows, a, b), RES, threshold_grid(N_THRESHOLDS))
     return peak, rows
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from difflens import resources as resources_lib
 from difflens.config import (ConfigError, LOCAL_SOURCES, check_config, check_renamed, classified_pairs, clip_template,
-                             info_models)
+                             draw_counts, info_models)
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
 from difflens.extract.prompts import CLIP_PROMPT
@@ -32,7 +32,10 @@ MODEL_CACHE = config["model_cache"]
 EX = config["extraction"]
 CL = config["classify"]
 SAE = config["sae"]
-INFO = config["infodecomp"]
+#: the infodecomp section with ``n_draws`` the largest draw count (what every estimator runs; the localization also
+#: reports the smaller counts of a list, DRAW_COUNTS, from the first draws of the same run)
+DRAW_COUNTS = draw_counts(config["infodecomp"])
+INFO = {**config["infodecomp"], "n_draws": DRAW_COUNTS[-1]}
 EXTRACT_MODELS = EX["models"] or list(config["models"])
 
 
@@ -144,11 +147,15 @@ def get_model_marker(wildcards):
 
 
 def load_options(name, components):
-    """load_model keyword arguments of a model's jobs: configured resolution, local files only, components."""
+    """load_model keyword arguments of a model's jobs: configured resolution, local files only, components, and the
+    image geometry where it is not the default crop (so that a crop model's params, and the settings of its partial
+    files, are what they were before the key existed)."""
     m = config["models"][name]
     opts = {"resolution": m["resolution"]} if m["resolution"] and m["kind"] != "shapes" else {}
     if m["kind"] != "shapes":
         opts["local_files_only"] = True
+    if m["geometry"] != "crop":
+        opts["geometry"] = m["geometry"]
     return {**opts, "components": list(components)}
 
 
@@ -277,7 +284,7 @@ def info_paths(stage, *files):
 def info_targets():
     """The information stages' tables per (text model, data set) that each stage lists."""
     return info_paths("aro", "aro.csv") + info_paths("localize", "localization.csv") + info_paths(
-        "intervene", "intervention.csv") + info_paths("maps", "word_maps.csv")
+        "intervene", "intervention.csv") + info_paths("maps", "word_maps.csv") + info_paths("mmse", "mmse_curves.csv")
 
 
 def shard_plan(w):
@@ -349,6 +356,7 @@ def report_inputs(key):
         "localization": lambda: info_paths("localize", "localization.csv", "localization_maps.npz"),
         "intervention": lambda: info_paths("intervene", "intervention.csv", "intervention_items.csv",
                                            "intervention_maps.npz"),
+        "mmse": lambda: info_paths("mmse", "mmse_curves.csv"),
     }
     return {kind: kinds[kind]() for kind in PAPER_ITEMS[key].needs}
 
@@ -367,7 +375,8 @@ def item_unavailable(key):
         return "no accuracy tables (no extraction data set)"
     if it.name == "fig10" and not pca_pngs():
         return "no PCA views (pca.views, or extraction.datasets, is empty)"
-    for kind, section in (("aro", "aro"), ("localization", "localize"), ("intervention", "intervene")):
+    for kind, section in (("aro", "aro"), ("localization", "localize"), ("intervention", "intervene"),
+                          ("mmse", "mmse")):
         if kind in it.needs and not (INFO[section]["datasets"] and info_models(config)):
             return f"no information run (infodecomp.models and infodecomp.{section}.datasets)"
     if it.family == "shapes" and not any(config["datasets"][d]["source"] == "shapes" for d in EX["datasets"]):

@@ -12,7 +12,7 @@ INFO_ESTIMATOR = pick(INFO, ["loc", "scale", "clip", "stratified", "n_draws", "b
 ARO_SHARD = pick(INFO["aro"], ["split", "max_items", "n_shards"])
 LOCALIZE_ROWS = ["split", "calibration_split", "max_images"]  # the keys localize_rows reads
 INTERVENE_JOB = pick(INFO["intervene"], ["split", "max_images", "words_per_image", "steps", "solver", "swaps",
-                                         "n_boot"])
+                                         "n_boot", "omit"])
 
 
 localrules:
@@ -61,6 +61,7 @@ rule collect_aro:
         plot=f"{R}/info/{{model}}/{{dataset}}/aro_margins.png",
     params:
         min_group=INFO["aro"]["min_group"],
+        ties=INFO["aro"]["ties"],
         title=lambda w: f"{w.model} on {w.dataset}: per-item caption margins",
     log:
         f"{R}/logs/collect_aro/{{model}}/{{dataset}}.log",
@@ -106,7 +107,8 @@ rule localize_words:
         dtype=lambda w: info_model_params(w)["dtype"],
         options=lambda w: info_model_params(w)["options"],
         estimator=INFO_ESTIMATOR,
-        localize=pick(INFO["localize"], LOCALIZE_ROWS + ["n_thresholds"]),  # n_shards: read from the plan
+        localize=pick(INFO["localize"], LOCALIZE_ROWS + ["n_thresholds", "ddim_steps"]),  # n_shards: in the plan
+        counts=DRAW_COUNTS,  # the smaller draw counts of a list are kept too, from the same draws
         seed=config["seed"],
     threads: 1
     resources:
@@ -115,7 +117,8 @@ rule localize_words:
         # the model's weights, the shard's rows, one caption's estimator tensors and the IoU step's chunk
         # (difflens.info.memory); a denoiser batch's activations where the GPU rules run on the CPU
         mem_mb=lambda w, input, attempt: maps_job_mb(w.model, localize_memory.shard_held_mb(
-            input.plan, w.shard, model_sizes(w.model)[2], INFO["n_draws"], INFO["localize"]["n_thresholds"]), attempt),
+            input.plan, w.shard, model_sizes(w.model)[2], INFO["n_draws"], INFO["localize"]["n_thresholds"],
+            len(DRAW_COUNTS) - 1), attempt),
     log:
         f"{R}/logs/localize_words/{{model}}/{{dataset}}/shard-{{shard}}.log",
     benchmark:
@@ -137,12 +140,13 @@ rule collect_localization:
         per_item=f"{R}/info/{{model}}/{{dataset}}/localization_items.csv",
         maps=f"{R}/info/{{model}}/{{dataset}}/localization_maps.npz",
     params:
-        localize=pick(INFO["localize"], LOCALIZE_ROWS),
+        localize=pick(INFO["localize"], LOCALIZE_ROWS + ["ddim_steps"]),
+        draws=INFO["n_draws"],  # written beside the mIoU: the paper's numbers are per step count
         seed=config["seed"],
     resources:
         mem_mb=lambda w, input, attempt: resources_lib.request_mb(  # every row's maps and IoU curves
-            localize_memory.collect_held_mb(input.plan, model_sizes(w.model)[2], INFO["localize"]["n_thresholds"]),
-            attempt),
+            localize_memory.collect_held_mb(input.plan, model_sizes(w.model)[2], INFO["localize"]["n_thresholds"],
+                                            len(DRAW_COUNTS) - 1), attempt),
     log:
         f"{R}/logs/collect_localization/{{model}}/{{dataset}}.log",
     benchmark:
@@ -218,3 +222,33 @@ rule intervene_words:
         "../envs/torch.yaml"
     script:
         "../scripts/intervene_words.py"
+
+
+rule mmse_curves:
+    input:
+        model=get_model_marker,
+        data=lambda w: dataset_json(w.dataset),
+    output:
+        f"{R}/info/{{model}}/{{dataset}}/mmse_curves.csv",
+    params:
+        kind=lambda w: info_model_params(w)["kind"],
+        source=lambda w: info_model_params(w)["source"],
+        dtype=lambda w: info_model_params(w)["dtype"],
+        options=lambda w: info_model_params(w)["options"],
+        estimator=pick(INFO, ["batch_size"]),  # its own draws and levels: the log-SNR proposal plays no part
+        mmse=pick(INFO["mmse"], ["split", "max_images", "n_levels", "n_draws", "reference_images"]),
+        seed=config["seed"],
+    threads: 1
+    resources:
+        **gpu_job(),
+        runtime=lambda w, attempt: 120 * attempt,
+        # the model and one level's draws of one image (the reference's variances are summed batch by batch)
+        mem_mb=denoiser_job_mem(lambda w: min(INFO["mmse"]["n_draws"], INFO["batch_size"])),
+    log:
+        f"{R}/logs/mmse_curves/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/mmse_curves/{{model}}/{{dataset}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/mmse_curves.py"

@@ -8,8 +8,8 @@ from difflens.runlog import start_log
 log = start_log(snakemake.log[0])
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.info.localize import MAP_METHODS, evaluate_curves  # noqa: E402
-from difflens.info.localize_shards import join_shards, localize_rows, write_maps  # noqa: E402
+from difflens.info.localize import evaluate_curves  # noqa: E402
+from difflens.info.localize_shards import curves_of, join_shards, localize_rows, write_maps  # noqa: E402
 from difflens.info.memory import read_plan  # noqa: E402
 
 p, out = snakemake.params, snakemake.output
@@ -27,10 +27,11 @@ if "thresholds" not in joined:
     rows.assign(**totals).to_csv(out.per_item, index=False)
     Path(out.table).write_text("word_type,n,threshold_source\n")
 else:
-    per_row, summary = evaluate_curves(rows, {m: joined[f"iou:{m}"] for m in MAP_METHODS}, joined["whole"],
+    per_row, summary = evaluate_curves(rows, curves_of(joined), joined["whole"],
                                        calibration_split=loc["calibration_split"], seed=p.seed,
                                        thresholds=joined["thresholds"])
     per_row.assign(**totals).to_csv(out.per_item, index=False)
+    summary = summary.assign(draws=p.draws, ddim_steps=loc["ddim_steps"])  # what the paper's columns are per
     summary.to_csv(out.table, index=False, lineterminator="\n")
     log.info("%d rows from %d shards; mIoU (held-out threshold; ':oracle' = best threshold on the evaluation "
              "rows):\n%s", len(rows), len(snakemake.input.shards), summary.to_string(index=False))

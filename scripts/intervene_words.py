@@ -1,6 +1,7 @@
 """Rule intervene_words: invert images of one (model, data set), regenerate them with a word omitted or swapped,
-and correlate the change with the word's CMI and attention maps, and with the mask baselines where the data set has
-masks for every edited word -> intervention_items.csv (one line per edit), intervention.csv (image- and pixel-level
+and correlate the change with the word's CMI maps (i^o and i^s) and attention maps (traced during the regeneration and
+on the estimator's draws), and with the mask baselines where the data set has masks for every edited word ->
+intervention_items.csv (one line per edit), intervention.csv (image- and pixel-level
 Pearson correlations with bootstrap intervals, and each map's paired difference with each mask baseline; layout in
 ``difflens.info.intervene``) and intervention_maps.npz (the change, CMI, attention and mask maps)."""
 from pathlib import Path
@@ -26,12 +27,13 @@ rows = word_rows(ds, [cfg["split"]], cfg["max_images"], need_masks=False)
 rows = drop_unreadable(rows, unreadable_images(ds, rows["sample_id"]), "intervention", log).reset_index(drop=True)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(info, model)
-log.info("%d images of %s, %d word(s) each, %s %d steps, %d draws for the maps", rows["sample_id"].nunique(),
-         ds.name, cfg["words_per_image"], cfg["solver"], cfg["steps"], info["n_draws"])
+log.info("%d images of %s, %d word(s) each (omitted: %s), %s %d steps, %d draws for the maps",
+         rows["sample_id"].nunique(), ds.name, cfg["words_per_image"], cfg["omit"], cfg["solver"], cfg["steps"],
+         info["n_draws"])
 edits, change, preds, table = run_intervention(
     model, ds, rows, swaps=cfg["swaps"], words_per_image=cfg["words_per_image"], steps=cfg["steps"],
     solver=cfg["solver"], n_draws=info["n_draws"], sampler=sampler, seed=p.seed, batch_size=info["batch_size"],
-    n_boot=cfg["n_boot"])
+    n_boot=cfg["n_boot"], omit=cfg["omit"])
 edits.to_csv(snakemake.output.per_item, index=False, lineterminator="\n")
 table.to_csv(snakemake.output.table, index=False, lineterminator="\n")
 np.savez_compressed(snakemake.output.maps, change=change.astype(np.float32), **{k: v.astype(np.float32)

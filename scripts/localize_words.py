@@ -24,11 +24,12 @@ plan = read_plan(snakemake.input.plan)
 rows = planned_shard(localize_rows(ds, loc, plan["skipped"]), int(w.shard), plan, snakemake.input.plan)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(est, model)
-log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each, %s", w.shard, plan["n_shards"], len(rows),
-         rows["sample_id"].nunique(), ds.name, est["n_draws"], sampler)
+log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each (maps kept at %s draws), %s; attention "
+         "baseline by DDIM inversion: %s steps", w.shard, plan["n_shards"], len(rows), rows["sample_id"].nunique(),
+         ds.name, est["n_draws"], p.counts, sampler, loc["ddim_steps"] or "off")
 if ds.objects is None:
     log.warning("%s has no objects.csv (no masks): maps only, no IoU", ds.name)
 result = localize_shard(model, ds, rows, snakemake.output[0], n_draws=est["n_draws"], sampler=sampler, seed=p.seed,
                         n_thresholds=loc["n_thresholds"], batch_size=est["batch_size"],
-                        identity=job_identity(p, snakemake.input))
+                        identity=job_identity(p, snakemake.input), counts=p.counts, ddim_steps=loc["ddim_steps"])
 log.info("wrote %d rows", len(result["row"]))

@@ -35,7 +35,7 @@ totals.to_csv(out.table, index=False, lineterminator="\n")
 with np.load(out.maps) as z:
     maps = {k: z[k] for k in z.files}
 shown = pick_map_rows(maps)
-images = {sid: model_view(ds.load_image(sid)) for sid in dict.fromkeys(maps["sample_id"][shown])}
+images = {sid: model_view(ds.load_image(sid), model.geometry) for sid in dict.fromkeys(maps["sample_id"][shown])}
 plot_heat_maps(maps, shown, images, out.plot, None, f"{w.model} on {w.dataset}: word maps")
 log.info("the words the images support most, by i^s CMI (nats; negative: the image contradicts the word):\n%s",
          totals.sort_values("cmi_s_nats", ascending=False).head(10).to_string(index=False))

@@ -40,6 +40,30 @@ def one_thread():
     yield from _torch_threads(1)
 
 
+#: the shapes-world model shipped with difflens
+SHIPPED_SHAPES = Path(__file__).resolve().parents[1] / "resources" / "shapes_model"
+
+
+def make_shapes_world(tmp_path_factory, name: str, n_images: int):
+    """A shapes world of ``n_images`` (the default world's other settings) generated in a fresh temp folder, loaded."""
+    from difflens.data.common import Dataset
+    from difflens.data.shapes import ShapesConfig, generate
+
+    root = tmp_path_factory.mktemp(name)
+    generate(root, ShapesConfig(n_images=n_images), progress=False)
+    return Dataset.load(root)
+
+
+def load_shipped_shapes():
+    """The shipped shapes model on the CPU, torch on the test process's threads."""
+    import torch
+
+    from difflens.models import load_model
+
+    torch.set_num_threads(THREADS)
+    return load_model("shapes", str(SHIPPED_SHAPES), device="cpu")
+
+
 SCIENCE_LAYERS = ["down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2"]
 SCIENCE_TIMESTEPS = [25, 500, 900]
 

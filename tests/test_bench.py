@@ -219,9 +219,9 @@ def test_gpu_hours_arithmetic(gpu_hours):
     assert not lines["Diff-C"].in_total and grouped.in_total and "2 jobs of 2 classifiers" in grouped.work
     assert grouped.count == lines["Diff-C"].count and grouped.ref == lines["Diff-C"].ref
     assert grouped.ours == pytest.approx((36 - 3.8) / 19 / 2 + 3.8 / 19)
-    info = {"infodecomp": {"n_draws": 10, "models": ["m"],
+    info = {"infodecomp": {"n_draws": [5, 10], "models": ["m"],  # a list of counts runs its largest
                            "aro": {"datasets": ["a"], "max_items": 5},
-                           "localize": {"datasets": ["b"], "max_images": 0},
+                           "localize": {"datasets": ["b"], "max_images": 0, "ddim_steps": 5},
                            "intervene": {"datasets": ["b"], "solver": "heun", "steps": 4, "words_per_image": 1,
                                          "max_images": 2}},
             "datasets": {"a": {"source": "aro_coco_order"}, "b": {"source": "coco100_it"}}}
@@ -229,7 +229,7 @@ def test_gpu_hours_arithmetic(gpu_hours):
                                "reference_s_per_item": 8.0, "reference_rows_per_item": 40}}
     aro, loc, iv = gpu_hours.infodecomp_lines(info, measured)
     assert (aro.count, aro.ours, aro.ref) == (5, pytest.approx(6 * 10 * 0.1), pytest.approx(10 * 10 * 0.2))
-    assert (loc.count, loc.ours) == (100, pytest.approx(4 * 10 * 0.1))
+    assert (loc.count, loc.ours) == (100, pytest.approx((4 * 10 + 2 * 5) * 0.1))  # + the DDIM attention's calls
     # Heun: 2 calls x 4 steps for the inversion, the reconstruction and 2 edits; CMI: caption + context x 10 draws
     assert (iv.count, iv.ours) == (2, pytest.approx((8 * 4 + 2 * 10) * 0.1))
     with pytest.raises(ValueError, match="'shapes' has no benchmark row"):

@@ -203,7 +203,7 @@ def test_a_captioned_image_folder_gets_word_maps_through_the_workflow(tmp_path):
         with np.load(info / ds / "word_maps.npz") as z:
             maps = {k: z[k] for k in z.files}
         assert list(maps["sample_id"]) == list(totals["sample_id"]) and list(maps["word"]) == list(totals["word"])
-        for key in ("mi", "cmi", "cmi_s", "attention"):
+        for key in ("mi", "cmi", "cmi_s", "attention_itd"):
             assert maps[key].shape == (len(totals), 16, 16) and np.isfinite(maps[key]).all(), key
         assert (maps["mi"] >= 0).all() and (maps["cmi"] >= 0).all()
         np.testing.assert_allclose(maps["cmi"].sum((1, 2)), totals["cmi_nats"], rtol=1e-4)

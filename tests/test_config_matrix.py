@@ -223,13 +223,20 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     maps = np.load(info / "localization_maps.npz")
     assert maps["cmi"].shape == (len(loc_items), 8, 8)  # one map per word row, on the latent grid
     assert (maps["mi"] >= 0).all()  # i^o maps: non-negative
+    # n_draws [2, 3]: the maps after the first 2 draws kept beside the 3-draw ones; the DDIM-inversion attention row
+    assert maps["cmi@2"].shape == maps["attention_ddim"].shape == maps["cmi"].shape
+    assert {"cmi@2", "cmi@2:oracle", "attention_itd", "attention_ddim:oracle"} <= set(loc.columns)
+    assert loc.loc["all", "draws"] == 3 and loc.loc["all", "ddim_steps"] == 2
     edits = pd.read_csv(info / "intervention_items.csv")
     assert set(edits["edit"]) <= {"omit", "swap"} and "omit" in set(edits["edit"])
+    omits = edits[edits["edit"] == "omit"]  # omit: delete: the prompt is the words.csv context
+    assert (omits["prompt"] == omits["context"]).all() and {"cmi_s_nats", "attention_regen_total"} <= set(edits)
     assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
     assert not (results / "info" / "dit").exists()  # infodecomp.models: the SD model alone
     assert not (fetched / "safety_checker").exists()
     check_report_stage(results, expected={"revelio/table2d", "revelio/fig9", "revelio/table5", "infodecomp/table4",
-                                          "infodecomp/fig3", "shapes/attributes"}, absent={"revelio/fig4"})
+                                          "infodecomp/fig3", "infodecomp/mmse", "infodecomp/micmi",
+                                          "shapes/attributes"}, absent={"revelio/fig4"})
     blocks = pd.read_csv(results / "figures/revelio/table2d.csv")
     assert list(blocks["block"]) == [0, 1] and set(blocks["model"]) == {"dit"}
     # sae.sigma: public_code headlined, the sparse definition beside it; a tiny DiT is not the paper's: no number

@@ -367,14 +367,37 @@ def test_vg_attribution_groups_and_malformed(tmp_path):
         convert("aro_vg_attribution", tmp_path / "raw", tmp_path / "out2")
 
 
-def test_order_perturbations_differ_keep_words_and_are_seeded():
+def test_vg_skips_cases_whose_captions_are_the_same(tmp_path, caplog):
+    """A test case with nothing to choose (true caption = false caption, up to outer spaces) is skipped; one warning
+    gives the count and names the first five; the other cases keep their ids (position in the file)."""
+    import logging
+
+    info = fx.build_vg(tmp_path / "raw")
+    same = {**info["relation"][1], "true_caption": "the cup is near the cup",
+            "false_caption": "the cup is near the cup "}
+    cases = info["relation"][:1] + [same] * 6 + info["relation"][1:]
+    (tmp_path / "raw" / "visual_genome_relation.json").write_text(json.dumps(cases))
+    with caplog.at_level(logging.WARNING, logger="difflens.data.aro"):
+        ds = convert("aro_vg_relation", tmp_path / "raw", tmp_path / "out")
+    assert list(ds.samples["sample_id"]) == ["vgr-00000", "vgr-00007", "vgr-00008"]
+    assert list(ds.aro["caption"]) == [c["true_caption"] for c in info["relation"]]
+    [record] = [r for r in caplog.records if r.name == "difflens.data.aro" and r.levelno == logging.WARNING]
+    assert record.getMessage() == (
+        f"{tmp_path / 'raw' / 'visual_genome_relation.json'}: skipped 6 test case(s) whose true and false captions "
+        "are the same: " + ", ".join(f"vgr-0000{i} (test case {i}, image_id 2340001)" for i in range(1, 6)) + ", ...")
+    (tmp_path / "raw" / "visual_genome_relation.json").write_text(json.dumps([same]))
+    with pytest.raises(DatasetError, match=r"visual_genome_relation\.json: no test cases"):
+        convert("aro_vg_relation", tmp_path / "raw", tmp_path / "out2")
+
+
+def test_order_perturbations_keep_words_and_are_seeded():
     caption = aro.clean_caption("A large red bus parked next to a white building!")
     tokens = aro.tokenize(caption)
     assert caption == "a large red bus parked next to a white building"
     negs = aro.order_negatives(caption, np.random.default_rng([0, 1, 2]))
     assert len(negs) == 4 and len(set(negs)) >= 3
     for neg in negs:
-        assert neg != caption and Counter(aro.tokenize(neg)) == Counter(tokens)
+        assert Counter(aro.tokenize(neg)) == Counter(tokens)
     # nouns/adjectives move only among their own positions, every other word stays
     noun_adj = aro.tokenize(negs[0])
     for t, u in zip(tokens, noun_adj):
@@ -387,10 +410,17 @@ def test_order_perturbations_differ_keep_words_and_are_seeded():
     assert all(Counter(within[i:i + 3]) == Counter(tokens[i:i + 3]) for i in range(0, len(tokens), 3))
     assert negs == aro.order_negatives(caption, np.random.default_rng([0, 1, 2]))
     assert negs != aro.order_negatives(caption, np.random.default_rng([1, 1, 2]))
-    assert aro.order_negatives("dog", np.random.default_rng(0)) is None
-    # a caption without two nouns still gets a first negative that differs (fallback to a full shuffle)
-    assert aro.order_negatives("running and jumping quickly", np.random.default_rng(0))[0] != \
-        "running and jumping quickly"
+
+
+def test_order_perturbations_equal_to_the_caption_are_kept():
+    """As in ARO, each perturbation is one draw, kept when it leaves the caption as it was: no noun or adjective to
+    move, a single word, or (about half the draws) two nouns drawn in their own order."""
+    assert aro.order_negatives("dog", np.random.default_rng(0)) == ["dog"] * 4
+    assert aro.order_negatives("running and jumping quickly", np.random.default_rng(0))[0] == \
+        "running and jumping quickly"  # no noun or adjective
+    same = sum(aro.order_negatives("a dog chasing a cat", np.random.default_rng([s, 0, 0]))[0] == "a dog chasing a cat"
+               for s in range(400))
+    assert 160 <= same <= 240  # 1 in 2 (a redraw until different would give 0)
     assert [aro.word_class(w) for w in ("dog", "red", "sitting", "on", "two", "sits", "building")] == \
         ["noun", "adj", "other", "other", "other", "other", "noun"]
 
@@ -407,12 +437,31 @@ def test_order_datasets(tmp_path, name, source):
                                      "two dogs play with a frisbee in the green grass"]
     for _, r in ds.aro.iterrows():
         negs = json.loads(r["negatives"])
-        assert len(negs) == 4 and r["caption"] not in negs and r["kind"] == "order"
+        assert len(negs) == 4 and r["kind"] == "order"
+        assert all(Counter(aro.tokenize(n)) == Counter(aro.tokenize(r["caption"])) for n in negs)
     ds.load_image(first)
     again = convert(name, tmp_path / "raw", tmp_path / "out2", seed=5)
     other = convert(name, tmp_path / "raw", tmp_path / "out3", seed=6)
     assert list(again.aro["negatives"]) == list(ds.aro["negatives"])
     assert list(other.aro["negatives"]) != list(ds.aro["negatives"])
+
+
+def test_order_keeps_identical_perturbations_and_drops_empty_captions(tmp_path, caplog):
+    import logging
+
+    info = fx.build_order(tmp_path / "raw", "coco")
+    info["entries"][1]["caption"] = ["Dogs!", "...", "Two dogs."]
+    info["json"].write_text(json.dumps(info["entries"]))
+    with caplog.at_level(logging.INFO, logger="difflens.data.aro"):
+        ds = convert("aro_coco_order", tmp_path / "raw", tmp_path / "out", seed=3)
+    assert len(ds.aro) == 5  # 3 + 2: the caption "..." is empty once cleaned
+    assert list(ds.aro["case"])[3:] == ["COCO_val2014_000000000002-0", "COCO_val2014_000000000002-2"]
+    assert json.loads(ds.aro["negatives"].iloc[3]) == ["dogs"] * 4  # nothing to reorder: four ties, kept
+    same = sum(n == r.caption for r in ds.aro.itertuples() for n in json.loads(r.negatives))
+    messages = [r.getMessage() for r in caplog.records if r.name == "difflens.data.aro"]
+    assert "aro_coco_order: dropped 1 caption(s) with no words left after cleaning" in messages
+    assert f"aro_coco_order: {same} of 20 perturbations equal their caption (kept, as ARO keeps them: each ties " \
+           "with its caption)" in messages and same >= 4
 
 
 def test_order_missing_image(tmp_path):

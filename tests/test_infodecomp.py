@@ -14,10 +14,10 @@ from difflens.info.estimators import LogSNRSampler, information_scores, mmse_cur
 from difflens.info.intervene import (bootstrap_ci, correlations, edits_of, mask_maps, ode_path, pearson, swap_word,
                                      why_no_masks)
 from difflens.info import memory
-from difflens.info.localize import (MAP_METHODS, compute_maps, daam_map, evaluate, evaluate_curves, ground_truth,
-                                    iou_curves, row_curves, threshold_grid, threshold_passes)
-from difflens.info.localize_shards import (MAP_KEYS, join_shards, localize_rows, localize_shard, planned_shard,
-                                           shard_plan)
+from difflens.info.localize import (BASE_MAPS, PAPER_GRID, compute_maps, daam_map, evaluate, evaluate_curves,
+                                    ground_truth, iou_curves, row_curves, threshold_grid, threshold_passes)
+from difflens.info.localize_shards import (MAP_KEYS, curves_of, join_shards, localize_rows, localize_shard,
+                                           planned_shard, shard_plan)
 from difflens.info.records import append_record, read_records
 from difflens.info.toy import GaussianToyModel, linear_alphas_cumprod
 from difflens.models.catalog import ModelConfigError, schedule_log_snr
@@ -196,20 +196,40 @@ def test_a_model_without_an_unconditional_branch_is_refused():
 
 
 # ---- ARO bookkeeping -------------------------------------------------------------------------------------------
-def outcome_rows(kind, group, correct_list):
+def outcome_rows(kind, group, correct_list, n_ties=0):
+    """Outcomes of one group; the last ``n_ties`` items tie (margin 0, counted wrong)."""
+    n = len(correct_list)
     return [{"item": i, "sample_id": f"s{i}", "kind": kind, "group": group, "score": "i_o", "n_candidates": 2,
-             "margin_nats": 1.0 if c else -1.0, "correct": c} for i, c in enumerate(correct_list)]
+             "margin_nats": 0.0 if i >= n - n_ties else 1.0 if c else -1.0, "tie": i >= n - n_ties,
+             "correct": c} for i, c in enumerate(correct_list)]
 
 
 def test_aggregate_reports_aro_macro_accuracies():
-    rows = (outcome_rows("relation", "on", [True] * 3 + [False]) + outcome_rows("relation", "next to", [False] * 4)
-            + outcome_rows("relation", SYMMETRIC_RELATIONS[0], [False] * 10)
+    rows = (outcome_rows("relation", "on", [True] * 3 + [False], n_ties=1)
+            + outcome_rows("relation", "riding", [False] * 4)
+            + outcome_rows("relation", "next to", [False] * 10, n_ties=2)
             + outcome_rows("attribute", "red_blue", [True] * 30) + outcome_rows("attribute", "big_small", [False] * 3))
     table = aggregate(pd.DataFrame(rows), min_group=25).set_index(["kind", "metric"])
     assert table.loc[("relation", "accuracy"), "accuracy"] == pytest.approx(3 / 18)
-    # macro over "on" and "next to" (the symmetric relation is left out): (0.75 + 0) / 2
+    # macro over "on" and "riding" ("next to" is one of the reference notebook's symmetric relations): (0.75 + 0) / 2
     assert table.loc[("relation", "macro"), "accuracy"] == pytest.approx(0.375)
+    assert table.loc[("relation", "macro"), "group"] == "2 groups"
+    # ties per line: all relation items, the kept groups only
+    assert table.loc[("relation", "accuracy"), "n_ties"] == 3 and table.loc[("relation", "macro"), "n_ties"] == 1
     assert table.loc[("attribute", "macro"), "accuracy"] == 1.0  # only the group with >= 25 items
+
+
+def test_symmetric_relations_are_the_reference_notebooks_list():
+    """The ``symmetric`` list of ARO's notebook "Replicate ARO! VG-Relation, VG-Attribution": 157 relations, no
+    duplicates, ending with the eight common ones a shorter copy of it lacks."""
+    assert len(SYMMETRIC_RELATIONS) == len(set(SYMMETRIC_RELATIONS)) == 157
+    assert SYMMETRIC_RELATIONS[-8:] == ("by", "of", "near", "next to", "with", "beside", "on the side of", "around")
+    assert SYMMETRIC_RELATIONS[:3] == ("adjusting", "attached to", "between")
+    assert "on" not in SYMMETRIC_RELATIONS and "sitting on" not in SYMMETRIC_RELATIONS
+    rows = sum((outcome_rows("relation", g, [k % 2 == 0] * 4) for k, g in enumerate(SYMMETRIC_RELATIONS[-8:])),
+               outcome_rows("relation", "on", [True, False]))
+    table = aggregate(pd.DataFrame(rows)).set_index("metric")
+    assert table.loc["macro", "group"] == "1 groups" and table.loc["macro", "accuracy"] == 0.5  # "on" alone
 
 
 def test_item_outcomes_precision_at_one_and_ties():
@@ -221,8 +241,18 @@ def test_item_outcomes_precision_at_one_and_ties():
     out = item_outcomes(scores).set_index(["item", "score"])
     assert not out.loc[(0, "i_o"), "correct"] and out.loc[(1, "i_o"), "correct"]
     assert out.loc[(0, "i_o"), "margin_nats"] == pytest.approx(-1.0)
-    assert not out.loc[(1, "i_s"), "correct"]  # a tie is not a win
+    assert out.loc[(1, "i_s"), "tie"] and out["tie"].sum() == 1
+    assert not out.loc[(1, "i_s"), "correct"]  # the authors' rule (true caption last, first maximum): a tie is wrong
     assert out.loc[(1, "err"), "correct"]  # lower error wins
+    # ARO's own order: the Order sets list the true caption first (a tie is right), VG-R / VG-A list it last
+    aro = item_outcomes(scores, ties="aro").set_index(["item", "score"])
+    assert aro.loc[(1, "i_s"), "correct"] and aro.drop((1, "i_s"))["correct"].equals(out.drop((1, "i_s"))["correct"])
+    vg = item_outcomes(scores.assign(kind="relation"), ties="aro").set_index(["item", "score"])
+    assert vg.loc[(1, "i_s"), "tie"] and not vg.loc[(1, "i_s"), "correct"]
+    table = aggregate(item_outcomes(scores)).set_index(["score", "metric"])
+    assert table.loc[("i_s", "accuracy"), "n_ties"] == 1 and table.loc[("i_o", "accuracy"), "n_ties"] == 0
+    with pytest.raises(ValueError, match="infodecomp.aro.ties must be one of"):
+        item_outcomes(scores, ties="first")
 
 
 class StopAfter(GaussianToyModel):
@@ -279,6 +309,20 @@ def test_aro_shards_resume_and_do_not_change_the_numbers(tmp_path, toy_aro):
     assert not (tmp_path / "r.csv.partial").exists()
 
 
+def test_a_negative_identical_to_the_caption_ties(tmp_path, toy_aro):
+    """ARO keeps a word-order perturbation that leaves the caption unchanged: it gets exactly the caption's scores (one
+    prompt, the same draws), a tie on every score, counted wrong by default and right by ARO's order rule."""
+    ds, rows = toy_aro
+    captions = rows["caption"][:2]  # the first with one identical negative, the second with two
+    rows = rows.head(2).assign(kind="order", negatives=[json.dumps([c] * k) for k, c in enumerate(captions, 1)])
+    scores = score_shard(GaussianToyModel(V, 0.5), ds, rows, tmp_path / "s.csv", n_draws=4,
+                         sampler=LogSNRSampler(0, 2, 3), seed=0, batch_size=4, progress=False)
+    out = item_outcomes(scores)
+    assert len(out) == 6 and out["tie"].all() and (out["margin_nats"] == 0).all() and not out["correct"].any()
+    assert item_outcomes(scores, ties="aro")["correct"].all()
+    assert (aggregate(out).query("metric == 'accuracy'")["n_ties"] == 2).all()
+
+
 # ---- localization and intervention bookkeeping -----------------------------------------------------------------
 def test_iou_and_threshold_chosen_on_held_out_rows():
     masks = np.zeros((4, 8, 8), bool)
@@ -291,34 +335,37 @@ def test_iou_and_threshold_chosen_on_held_out_rows():
     rows = pd.DataFrame({"sample_id": list("abcd"), "word": "w", "word_type": "object",
                          "split": ["val", "val", "test", "test"]})
     # on the held-out rows the halo is brighter (0.9): their best threshold (>= 0.9) is worse on the test rows
-    maps_all = {k: maps.copy() for k in ("mi", "cmi", "attention")}
+    maps_all = {k: maps.copy() for k in ("mi", "cmi", "attention_itd")}
     for m in maps_all.values():
         m[:2, :, :][:, 4:6] = 0.95
     per_row, summary = evaluate(rows, maps_all, masks, calibration_split="val", seed=0, n_thresholds=19)
     s = summary.set_index("word_type").loc["all"]
     assert s["threshold_source"] == "val split" and s["n"] == 2
-    assert s["cmi:oracle"] == 1.0 and s["cmi"] == 1.0  # 0.95 threshold also separates the test rows
+    assert s["cmi"] == 1.0  # 0.95 threshold also separates the test rows
+    # the oracle is the public code's: the best of its grid (0.1 .. 0.5), which never cuts the halo (0.6) off
+    assert s["cmi:oracle"] == pytest.approx(32 / 48)
     assert s["whole_image"] == pytest.approx(0.5)
     rows["split"] = "test"  # no held-out split: a 2-fold cross-fit, every row evaluated
     _, summary = evaluate(rows, maps_all, masks, calibration_split="val", seed=0, n_thresholds=19)
     assert summary.iloc[0]["threshold_source"] == "2-fold cross-fit" and summary.iloc[0]["n"] == 4
 
 
-def dense_curves(maps: dict, masks: np.ndarray, thresholds: np.ndarray) -> dict:
+def dense_curves(maps: dict, masks: np.ndarray, thresholds: np.ndarray, strict: bool = False) -> dict:
     """The simple reference: every map upsampled at once, min-max normalised, compared with every threshold in one
-    (N, T, R, R) array."""
+    (N, T, R, R) array (``>=``; ``>`` with ``strict``)."""
     up = {m: torch.nn.functional.interpolate(torch.from_numpy(maps[m])[:, None], size=masks.shape[-2:],
                                              mode="bilinear", align_corners=False)[:, 0].numpy()
-          for m in ("mi", "cmi", "attention")}
+          for m in BASE_MAPS}
 
     def norm(x):
         return np.stack([(m - float(m.min())) / (float(m.max()) - float(m.min())) if m.max() > m.min()
                          else np.zeros_like(m) for m in x])
 
-    up["attention+cmi"] = (norm(up["attention"]) + norm(up["cmi"])) / 2
+    up["attention+cmi"] = (norm(up["attention_itd"]) + norm(up["cmi"])) / 2
     out = {}
     for m, v in up.items():
-        pred = norm(v)[:, None] >= thresholds[None, :, None, None]
+        t = thresholds[None, :, None, None]
+        pred = norm(v)[:, None] > t if strict else norm(v)[:, None] >= t
         inter, union = (pred & masks[:, None]).sum((2, 3)), (pred | masks[:, None]).sum((2, 3))
         out[m] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return out
@@ -327,18 +374,20 @@ def dense_curves(maps: dict, masks: np.ndarray, thresholds: np.ndarray) -> dict:
 def test_chunked_iou_equals_the_dense_reference():
     rng = np.random.default_rng(3)
     n, side, res = 23, 6, 24
-    maps = {k: rng.gamma(0.5, size=(n, side, side)).astype(np.float32) for k in ("mi", "cmi", "attention")}
+    maps = {k: rng.gamma(0.5, size=(n, side, side)).astype(np.float32) for k in BASE_MAPS}
     maps["cmi"][2] = 0.0  # a constant map (exactly so after upsampling) normalises to zeros
     maps["mi"][4] = np.round(maps["mi"][4] * 4) / 4  # ties: whole plateaus on one value
     masks = rng.random((n, res, res)) < rng.random((n, 1, 1))
     masks[5], masks[6] = False, True  # empty and full masks
     thresholds = threshold_grid(50)
     ref = dense_curves(maps, masks, thresholds)
+    ref.update({f"{m}:paper": c for m, c in dense_curves(maps, masks, PAPER_GRID, strict=True).items()})
     for chunk in (1, 4, 23, 100):
         calls = []
         curves, whole = row_curves(maps, lambda a, b: calls.append((a, b)) or masks[a:b], res, thresholds, chunk)
         assert max(b - a for a, b in calls) == min(chunk, n) and calls[-1][1] == n
-        for m in MAP_METHODS:
+        assert sorted(curves) == sorted(ref) and len(ref) == 10  # five methods, each on both grids
+        for m in ref:
             np.testing.assert_array_equal(curves[m], ref[m], err_msg=f"{m}, chunk {chunk}")
         np.testing.assert_array_equal(whole, masks.reshape(n, -1).mean(1))
     assert masks[2].any() and (ref["cmi"][2] == 0).all()  # a constant map passes no threshold
@@ -402,8 +451,8 @@ def test_localization_shards_resume_and_match_the_one_job_run(tmp_path, word_wor
     joined = join_shards(paths, rows)
     for key in MAP_KEYS:
         np.testing.assert_array_equal(joined[key], maps[key], err_msg=key)
-    got = evaluate_curves(rows, {m: joined[f"iou:{m}"] for m in MAP_METHODS}, joined["whole"],
-                          calibration_split="val", seed=0, thresholds=joined["thresholds"])
+    got = evaluate_curves(rows, curves_of(joined), joined["whole"], calibration_split="val", seed=0,
+                          thresholds=joined["thresholds"])
     for a, b in zip(got, ref):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
     with pytest.raises(ValueError, match=r"hold \d+ rows, the data set's selection \d+; first difference"):
@@ -477,7 +526,7 @@ def test_localization_memory_grows_with_the_shard_not_the_data_set(tmp_path):
 def test_daam_map_drops_the_lowest_resolution_and_clamps():
     maps = {"hi": torch.ones(1, 2, 8, 8), "mid": torch.full((1, 2, 4, 4), 3.0), "low": torch.full((1, 2, 2, 2), 99.)}
     out = daam_map(maps, (8, 8))
-    assert out.shape == (2, 8, 8)
+    assert out.shape == (1, 2, 8, 8)
     np.testing.assert_allclose(out.numpy(), 2.0, rtol=1e-5)
     neg = daam_map({"a": -torch.ones(1, 1, 4, 4)}, (8, 8))  # a single resolution is kept; negatives clamp to 0
     assert float(neg.min()) == 0.0
@@ -515,25 +564,26 @@ def test_mask_baselines_and_their_paired_differences():
     n = 12
     change, noise = rng.gamma(1.0, size=(n, 4, 4)), rng.normal(size=(n, 4, 4))
     edits = pd.DataFrame({"edit": ["omit"] * n})
-    preds = {"cmi": change.copy(), "attention": noise, "object_mask": change.copy(), "all_objects_mask": noise + change}
+    preds = {"cmi": change.copy(), "attention_itd": noise, "object_mask": change.copy(),
+             "all_objects_mask": noise + change}
     table = correlations(edits, change, preds, n_boot=200, seed=0).set_index(["predictor", "level"])
     assert list(dict.fromkeys(table.index.get_level_values(0))) == [
-        "cmi", "attention", "object_mask", "all_objects_mask", "cmi-object_mask", "cmi-all_objects_mask",
-        "attention-object_mask", "attention-all_objects_mask"]
+        "cmi", "attention_itd", "object_mask", "all_objects_mask", "cmi-object_mask", "cmi-all_objects_mask",
+        "attention_itd-object_mask", "attention_itd-all_objects_mask"]
     cols = ["pearson", "ci_low", "ci_high"]
     for level in ("image", "pixel"):
         assert table.loc[("cmi", level), cols].tolist() == pytest.approx([1, 1, 1])
         assert table.loc[("cmi-object_mask", level), cols].tolist() == [0, 0, 0]
-    d = table.loc[("attention-all_objects_mask", "pixel")]
-    assert d["pearson"] == pytest.approx(table.loc[("attention", "pixel"), "pearson"]
+    d = table.loc[("attention_itd-all_objects_mask", "pixel")]
+    assert d["pearson"] == pytest.approx(table.loc[("attention_itd", "pixel"), "pearson"]
                                          - table.loc[("all_objects_mask", "pixel"), "pearson"])
     resamples = np.random.default_rng(0).integers(0, n, (200, n))  # bootstrap_ci's resamples, one per row
     per_item = {k: np.array([pearson(c.ravel(), m.ravel()) for c, m in zip(change, preds[k])])
-                for k in ("attention", "all_objects_mask")}
-    diffs = [per_item["attention"][i].mean() - per_item["all_objects_mask"][i].mean() for i in resamples]
+                for k in ("attention_itd", "all_objects_mask")}
+    diffs = [per_item["attention_itd"][i].mean() - per_item["all_objects_mask"][i].mean() for i in resamples]
     assert [d["ci_low"], d["ci_high"]] == pytest.approx(np.percentile(diffs, [2.5, 97.5]).tolist())
-    plain = correlations(edits, change, {"cmi": change, "attention": noise}, n_boot=200, seed=0)
-    assert set(plain["predictor"]) == {"cmi", "attention"}
+    plain = correlations(edits, change, {"cmi": change, "attention_itd": noise}, n_boot=200, seed=0)
+    assert set(plain["predictor"]) == {"cmi", "attention_itd"}
 
 
 def test_mask_baseline_maps_keep_the_masks_area(word_world):

@@ -47,10 +47,9 @@ from difflens.extract.store import FeatureStore, read_rows, target_columns, writ
 from difflens.info.estimators import LogSNRSampler
 from difflens.info.inputs import encode_samples, word_rows
 from difflens.info.intervene import change_maps, edits_of, ode_path, word_maps
-from difflens.info.localize import (MAP_METHODS, compute_maps, evaluate_curves, ground_truth, row_curves,
-                                    threshold_grid)
-from difflens.info.localize_shards import (MAP_KEYS, join_shards, localize_rows, localize_shard, planned_shard,
-                                           shard_plan)
+from difflens.info.localize import compute_maps, evaluate_curves, ground_truth, row_curves, threshold_grid
+from difflens.info.localize_shards import (MAP_KEYS, curves_of, join_shards, localize_rows, localize_shard,
+                                           planned_shard, shard_plan)
 from difflens.models.sampling import sampling_timesteps
 from difflens.sae.analysis import attribute_auroc, image_scores, indicator_columns, latent_table, live_latents
 from difflens.sae.data import load_vectors
@@ -317,7 +316,8 @@ def test_localization_does_not_depend_on_the_denoiser_batch(shapes_model, locali
     for key in MAP_KEYS:
         assert_close_to_scale(maps[3][key], maps[64][key], 1e-4, key)
     pixel = 1 / masks.reshape(len(masks), -1).sum(1)[:, None]  # the IoU step of one pixel, per row
-    for method in MAP_METHODS:
+    assert sorted(curves[3][0]) == sorted(curves[64][0])
+    for method in curves[64][0]:  # every method, on our grid and on the paper's
         got, want = curves[3][0][method], curves[64][0][method]
         assert (np.abs(got - want) <= 2 * pixel).all(), method
         assert (got != want).mean() <= 0.02, method
@@ -410,8 +410,8 @@ def test_localization_does_not_depend_on_the_number_of_shards(shapes_model, loca
         joined[n] = localize_in_shards(shapes_model, ds, rows, n, tmp_path / str(n))
     assert shard_plan(rows, 3)["n_shards"] == 3 and len(joined[1]["row"]) == len(rows)
     assert_identical(joined[1], joined[3], "joined")
-    tables = [evaluate_curves(rows, {m: j[f"iou:{m}"] for m in MAP_METHODS}, j["whole"], calibration_split="val",
-                              seed=0, thresholds=j["thresholds"]) for j in (joined[1], joined[3])]
+    tables = [evaluate_curves(rows, curves_of(j), j["whole"], calibration_split="val", seed=0,
+                              thresholds=j["thresholds"]) for j in (joined[1], joined[3])]
     for a, b in zip(*tables):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
 
@@ -428,16 +428,19 @@ def edits(shapes_model, dataset):
 
 def test_intervention_does_not_depend_on_the_denoiser_batch(shapes_model, edits):
     """Change maps (4 Heun steps each way) with batch 64 (every image inverted in one chunk) and 4 (a chunk of one
-    image, its prompts in batches of 4), and the CMI and attention maps with batch 64 and 3: equal to 1e-3 of the
-    largest change (rounding carried along 8 ODE steps and squared in the change: measured 2.3e-5) and to 1e-4 of
-    the largest predictor value (measured 5e-6)."""
+    image, its prompts in batches of 4), with the attention traced during the regeneration, and the CMI and
+    attention maps with batch 64 and 3: equal to 1e-3 of the largest change (rounding carried along 8 ODE steps and
+    squared in the change: measured 2.4e-5), to 1e-4 of the largest regeneration attention (measured 2.5e-6) and of
+    the largest predictor value (cmi, cmi_s, attention_itd: measured 5e-6 at most)."""
     table, latents_of = edits
     change = {b: change_maps(shapes_model, latents_of, table, steps=4, solver="heun", batch_size=b, progress=False)
               for b in (64, 4)}
-    assert change[64].shape[0] == len(table) and change[64].max() > 0
-    assert_close_to_scale(change[4], change[64], 1e-3, "change")
+    assert change[64][0].shape[0] == len(table) and change[64][0].max() > 0 and change[64][1].max() > 0
+    assert_close_to_scale(change[4][0], change[64][0], 1e-3, "change")
+    assert_close_to_scale(change[4][1], change[64][1], 1e-4, "attention_regen")
     predictors = {b: word_maps(shapes_model, latents_of, table, batch_size=b, progress=False, **INFO) for b in (64, 3)}
-    for key in ("cmi", "attention"):
+    assert sorted(predictors[64]) == ["attention_itd", "cmi", "cmi_s"]
+    for key in predictors[64]:
         assert_close_to_scale(predictors[3][key], predictors[64][key], 1e-4, key)
 
 

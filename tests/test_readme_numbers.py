@@ -86,7 +86,7 @@ def aro_rows() -> list[dict]:
 
 
 def localization_rows() -> list[dict]:
-    methods = ("whole_image", "mi", "cmi", "attention", "attention+cmi")
+    methods = ("whole_image", "mi", "cmi", "attention_itd", "attention_ddim", "attention+cmi")
     return [{"word_type": w, "n": n, "threshold_source": "val split",
              **{m: 0.1 * (k + 1) + add for k, m in enumerate(methods)},
              **{f"{m}:oracle": 0.1 * (k + 1) + add for k, m in enumerate(methods) if m != "whole_image"}}
@@ -96,8 +96,8 @@ def localization_rows() -> list[dict]:
 def intervention_rows() -> list[dict]:
     rows = []
     for edit in ("omit", "swap"):
-        for k, predictor in enumerate(("cmi", "attention", "object_mask", "all_objects_mask", "cmi-object_mask",
-                                       "cmi-all_objects_mask")):
+        for k, predictor in enumerate(("cmi", "cmi_s", "attention_regen", "attention_itd", "object_mask",
+                                       "all_objects_mask", "cmi-object_mask", "cmi-all_objects_mask")):
             for level, add in (("image", 0.0), ("pixel", 0.05)):
                 r = 0.33 - 0.1 * k + add + (0.01 if edit == "swap" else 0)
                 rows.append({"edit": edit, "predictor": predictor, "level": level, "n": 6, "pearson": r,
@@ -183,11 +183,12 @@ def test_the_block_is_rewritten_from_the_results_and_nothing_else(results, readm
         # information
         "8 test images", "relation swap / colour swap / word order: i^s 1.00 / 0.75 / 0.50; denoising error "
         "1.00 / 0.75 / 0.50; i^o 0.25 / 0.50 / 0.00", "i^o 0.00 (above), 0.50 (left); i^s 1.00 on every relation",
-        "threshold chosen on the val split", "all words (10 rows) 0.10, 0.20, 0.30, 0.40, 0.50; object words (6 rows) "
-        "0.11, 0.21, 0.31, 0.41, 0.51; relation words (4 rows) 0.12",
-        "6 edits with a word omitted: image level CMI 0.33 [0.12, 0.52], attention 0.23 [0.02, 0.42]; pixel level "
-        "CMI 0.38 [0.17, 0.57]", "CMI - all objects -0.12 [-0.33, 0.07]",
-        "Swapped words (6 edits): image level CMI 0.34 [0.13, 0.53]",
+        "threshold chosen on the val split", "all words (10 rows) 0.10, 0.20, 0.30, 0.40, 0.50, 0.60; object words "
+        "(6 rows) 0.11, 0.21, 0.31, 0.41, 0.51, 0.61; relation words (4 rows) 0.12",
+        "6 edits with a word omitted: image level CMI as i^s (the authors' score) 0.23 [0.02, 0.42], as i^o 0.33 "
+        "[0.12, 0.52], attention during regeneration 0.13 [-0.08, 0.32]; pixel level CMI (i^o) 0.38 [0.17, 0.57], "
+        "attention during regeneration 0.18 [-0.03, 0.37], on the draws 0.08 [-0.13, 0.27].",
+        "CMI - all objects -0.32 [-0.53, -0.13]", "Swapped words (6 edits): image level CMI 0.24 [0.03, 0.43]",
     ]
     missing = [e for e in expected if e not in flat]
     assert not missing, f"{missing}\n{block}"

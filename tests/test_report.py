@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from difflens.report import attributes, browser, information, revelio
+from difflens.report import attributes, browser, information, paper, revelio
 from difflens.report.catalog import ITEMS, UnknownItem, item
 from difflens.report.inputs import MissingInput, producer, require
 from difflens.report.style import Palette, note_figure
@@ -160,12 +160,28 @@ def test_aro_and_localization_tables():
     t2 = information.aro_table(aro, per_group=True)
     assert list(t2["group"]) == ["left"] and t2["i_o"].iloc[0] == 0.3
     assert t2["i_o_stderr"].iloc[0] == pytest.approx(np.sqrt(0.3 * 0.7 / 10))  # binomial, where aro.csv has none
-    loc = pd.DataFrame([{"word_type": "object", "n": 5, "threshold_source": "val split", "whole_image": 0.1,
-                         "cmi": 0.4, "cmi:oracle": 0.45, "attention": 0.5, "attention:oracle": 0.5}])
+    loc = pd.DataFrame([{"word_type": "all", "n": 5, "threshold_source": "val split", "whole_image": 0.1,
+                         "cmi@50": 0.35, "cmi@50:oracle": 0.38, "cmi": 0.4, "cmi:oracle": 0.45,
+                         "attention_itd": 0.5, "attention_itd:oracle": 0.5, "attention_ddim": 0.3,
+                         "attention_ddim:oracle": 0.33, "draws": 100, "ddim_steps": 50}])
     long = information.localization_table(loc.assign(model="m", dataset="d"))
-    cmi = long[long["method"] == "cmi"].set_index("threshold")["miou"]
-    assert cmi["held-out"] == 0.4 and cmi["oracle (test-set pick)"] == 0.45
+    cmi = long[(long["method"] == "cmi") & (long["draws"] == "")].set_index("threshold")["miou"]
+    assert cmi["held-out"] == 0.4 and cmi[information.ORACLE] == 0.45
     assert long[long["method"] == "whole_image"]["threshold"].tolist() == ["none"]
+    # the paper's Table 3 beside the oracle column of the same method at the same step count (draws; DDIM steps)
+    ident = {"models": {"m": {"source": "stabilityai/stable-diffusion-2-1-base", "paper": "sd21"}},
+             "datasets": {"d": {"source": "coco_it", "protocol": ""}}}
+    keyed = paper.compare_keyed(long, paper.load_numbers(), ident, "paper_key", "steps", "miou")
+    got = keyed.set_index(["method", "draws", "threshold"])
+    assert got.loc[("cmi", "", information.ORACLE), "paper_value"] == pytest.approx(0.3324)  # 100 draws
+    assert got.loc[("cmi", "50", information.ORACLE), "paper_value"] == pytest.approx(0.3231)
+    assert got.loc[("attention_ddim", "", information.ORACLE), "paper_value"] == pytest.approx(0.3452)  # 50 steps
+    assert got.loc[("attention_itd", "", information.ORACLE), "paper_value"] == pytest.approx(0.4271)
+    assert got.loc[("whole_image", "", "none"), "paper_value"] == pytest.approx(0.1494)
+    assert got.loc[("cmi", "", "held-out"), "paper_differs"] == "no paper number for this row"
+    other = paper.compare_keyed(long.assign(steps=24), paper.load_numbers(), ident, "paper_key", "steps", "miou")
+    assert other.set_index(["method", "draws", "threshold"]).loc[("cmi", "", information.ORACLE),
+                                                                 "paper_differs"] == "24 steps (the paper's: 100, 200, 50)"
 
 
 def test_map_rows_prefer_one_word_of_each_type():
@@ -235,9 +251,19 @@ def test_summary_marks_the_shapes_world_beside_the_papers(tmp_path):
     sd21 = {"models": {"shapes": {"source": "stabilityai/stable-diffusion-2-1-base", "paper": "sd21"}}}
     paired = headline_rows({"aro": [str(aro)]}, {"shapes": "sd"}, sd21)
     r = paired.iloc[0]
-    assert r["paper"] == "69.1% (vg_relation)" and r["paper source"] == "Kong et al. Table 1, VG-Relation (macro), i^o"
+    assert r["paper"] == "69.1% (aro_vg_relation, 100 steps)"
+    assert r["paper source"] == "Kong et al. Table 1, VG-R (macro), Info. (Ours, Logistic)"
     write_html(paired, tmp_path / "s.html")
-    assert "<td>69.1% (vg_relation)</td>" in (tmp_path / "s.html").read_text()
+    assert "<td>69.1% (aro_vg_relation, 100 steps)</td>" in (tmp_path / "s.html").read_text()
+    # Table 3 only beside the oracle column at the paper's step counts
+    loc = tmp_path / "info" / "shapes" / "coco" / "localization.csv"
+    loc.parent.mkdir(parents=True)
+    pd.DataFrame([{"word_type": "all", "n": 9, "threshold_source": "2-fold cross-fit", "whole_image": 0.15,
+                   "cmi": 0.3, "cmi:oracle": 0.33, "draws": 24, "ddim_steps": 50}]).to_csv(loc, index=False)
+    lines = headline_rows({"localization": [str(loc)]}, {"shapes": "sd"}, sd21).set_index("quantity")["paper"]
+    assert lines["mIoU % (CMI, all words, held-out threshold)"] == "-"
+    assert lines["mIoU % (whole image, all words)"] == "14.94% (coco_it)"
+    assert lines["mIoU % (CMI, all words, best threshold of the paper's grid on the test rows, 24 steps)"] == "-"
 
 
 def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_path):

@@ -26,7 +26,7 @@ TINY = {
     "pca": {"views": []},
     "infodecomp": {"n_draws": 2, "batch_size": 8, "models": ["shapes"],
                    "aro": {"datasets": ["shapes"], "max_items": 1},
-                   "localize": {"datasets": ["shapes"], "max_images": 1, "n_thresholds": 4},
+                   "localize": {"datasets": ["shapes"], "max_images": 1, "n_thresholds": 4, "ddim_steps": 2},
                    "intervene": {"datasets": []}},
 }
 TARGETS = ["classify/shapes/shapes/probes.csv", "classify/shapes/shapes/diffc/label/t25/mid_block.json",

@@ -59,7 +59,7 @@ def outcomes_by_hand(scores: pd.DataFrame) -> pd.DataFrame:
             margin = (true[col] - best) if higher else (best - true[col])
             out.append({"item": item, "sample_id": true["sample_id"], "kind": true["kind"], "group": true["group"],
                         "score": name, "n_candidates": len(g), "margin_nats": float(margin),
-                        "correct": bool(margin > 0)})
+                        "tie": bool(margin == 0), "correct": bool(margin > 0)})  # a tie is wrong (the authors')
     return pd.DataFrame(out)
 
 

@@ -123,13 +123,15 @@ def test_intervention_bars_are_seaborn_with_the_bootstrap_intervals(tmp_path, dr
             for k, p in enumerate(information.INTERVENTION_COLOURS)]
     information.plot_intervention(pd.DataFrame(rows), tmp_path / "t4.png", tmp_path / "t4.pdf", "Table 4")
     (maps, top), (diffs, bottom) = drawn["barplot"]
-    assert len(maps) == len(diffs) == 16 and not maps["predictor"].str.contains("-").any()
+    # 4 maps + 2 masks, and 4 x 2 paired differences, at 4 (edit, level) groups
+    assert len(maps) == 24 and len(diffs) == 32 and not maps["predictor"].str.contains("-").any()
     for long, kws in ((maps, top), (diffs, bottom)):
         assert bar_heights(kws["ax"]) == sorted(round(v, 6) for v in long["pearson"])
         assert sorted((lo, hi) for _, lo, hi in whiskers(kws["ax"])) == sorted(
             zip(long["ci_low"].round(6), long["ci_high"].round(6)))
     labels = top["ax"].get_legend_handles_labels()[1]
-    assert "CMI" in labels and "the word's object mask" in labels
+    assert "CMI (i^s)" in labels and "attention during regeneration (DAAM)" in labels
+    assert "the word's object mask" in labels
 
 
 def test_localization_bars_and_oracle_marks_line_up(tmp_path, drawn):
@@ -140,22 +142,22 @@ def test_localization_bars_and_oracle_marks_line_up(tmp_path, drawn):
     table = information.localization_table(loc)
     information.plot_localization(table, tmp_path / "l.png", tmp_path / "l.pdf", "Table 3")
     [(long, kws)] = drawn["barplot"]
-    assert len(long) == 10 and set(long["threshold"]) == {"held-out", "none"}
+    assert len(long) == 2 * len(information.METHODS) and set(long["threshold"]) == {"held-out", "none"}
     ax = kws["ax"]
     centres = {round(p.get_x() + p.get_width() / 2, 6) for p in bars(ax)}
     marks = np.concatenate([c.get_offsets() for c in ax.collections
                             if isinstance(c, matplotlib.collections.PathCollection)])
     marks = marks[np.isfinite(marks[:, 1])]
-    assert len(marks) == 8 and {round(float(x), 6) for x in marks[:, 0]} <= centres
+    assert len(marks) == 2 * (len(information.METHODS) - 1) and {round(float(x), 6) for x in marks[:, 0]} <= centres
 
 
 def test_fig3_fits_a_line_to_each_edits_change_against_cmi(tmp_path, drawn):
     rng = np.random.default_rng(0)
     n = 9
     items = pd.DataFrame({"sample_id": [f"s{i % 3}" for i in range(n)], "edit": ["omit"] * 6 + ["swap"] * 3,
-                          "word": "w", "cmi_nats": rng.uniform(0, 2, n)})
-    items["change_total"] = 3 * items["cmi_nats"] + rng.normal(0, 0.1, n)
-    maps = {k: rng.uniform(0, 1, (n, 4, 4)) for k in ("change", "cmi", "attention")}
+                          "word": "w", "cmi_s_nats": rng.uniform(0, 2, n)})
+    items["change_total"] = 3 * items["cmi_s_nats"] + rng.normal(0, 0.1, n)
+    maps = {k: rng.uniform(0, 1, (n, 4, 4)) for k in ("change", "cmi", "attention_regen")}
     images = {f"s{i}": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for i in range(3)}
     pick = information.intervention_examples(items)
     out = information.plot_intervention_examples(items, pick, maps, images, tmp_path / "f3.png", tmp_path / "f3.pdf",
@@ -166,7 +168,7 @@ def test_fig3_fits_a_line_to_each_edits_change_against_cmi(tmp_path, drawn):
     ax = fits[0][1]["ax"]
     line = ax.lines[0].get_xydata()
     slope = (line[-1, 1] - line[0, 1]) / (line[-1, 0] - line[0, 0])
-    assert slope == pytest.approx(np.polyfit(items["cmi_nats"][:6], items["change_total"][:6], 1)[0], rel=1e-6)
+    assert slope == pytest.approx(np.polyfit(items["cmi_s_nats"][:6], items["change_total"][:6], 1)[0], rel=1e-6)
     assert ax.get_legend_handles_labels()[1] == ["omit (6)", "swap (3)"]
 
 

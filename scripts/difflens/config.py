@@ -235,6 +235,13 @@ def check_task_dataset(task: str, name: str, dataset: dict) -> None:
                       f"(docs/own-data.md)")
 
 
+def draw_counts(info: dict) -> list[int]:
+    """``infodecomp.n_draws`` as the ascending list of its draw counts (one count: ``[n]``). The estimators run the
+    largest; the localization also reports the maps of the smaller ones, from the first draws of the same run."""
+    n = info["n_draws"]
+    return sorted({int(v) for v in n}) if isinstance(n, list) else [int(n)]
+
+
 def check_infodecomp(cfg: dict) -> None:
     """infodecomp names text models and configured data sets that write the table each task reads; the log-SNR
     interval stays inside the trained range of every model an estimator runs on (the information stages' models,
@@ -255,6 +262,14 @@ def check_infodecomp(cfg: dict) -> None:
                 raise ConfigError(f"config key infodecomp.{stage}.datasets: {ds!r} is not a configured data set; "
                                   f"allowed: {list(cfg['datasets'])}")
             check_task_dataset(stage, ds, cfg["datasets"][ds])
+    for ds in info.get("mmse", {}).get("datasets", []):  # captions come from samples.csv: any data set
+        if ds not in cfg["datasets"]:
+            raise ConfigError(f"config key infodecomp.mmse.datasets: {ds!r} is not a configured data set; allowed: "
+                              f"{list(cfg['datasets'])}")
+    if len(draw_counts(info)) > 1 and info["stratified"]:
+        raise ConfigError(f"config key infodecomp.n_draws = {info['n_draws']} asks for nested draw counts, which "
+                          f"need independent draws (the first 50 of 100 are the 50-draw estimate); stratified draws "
+                          f"depend on the count: set infodecomp.stratified: false, or give one count")
     lo, hi = info["loc"] - info["clip"] * info["scale"], info["loc"] + info["clip"] * info["scale"]
     for name in dict.fromkeys(info_models(cfg) + [n for n, m in cfg["models"].items() if m["kind"] == "shapes"]):
         mn, mx = static_log_snr_range(cfg["models"][name]["source"], cfg["models"][name]["kind"])

@@ -8,7 +8,9 @@ VG-Relation / VG-Attribution (one raw folder for both)
     ``false_caption`` and ``relation_name`` (VG-R) or ``attributes`` (VG-A, the two swapped attributes);
     ``images/`` from ``vgr_vga_images.zip``. The image is cropped to the box at conversion, as ARO's loader does
     (PIL ``crop``, so a box past the border is padded black), and saved under ``crops/`` (one file per distinct
-    image and box). ``group`` is the relation name, or ``"<attr0>_<attr1>"`` as ARO groups VG-A.
+    image and box). ``group`` is the relation name, or ``"<attr0>_<attr1>"`` as ARO groups VG-A. A test case whose
+    true and false captions are the same is skipped, and the skipped ones are counted and named in one warning (ARO
+    keeps them: scored alike, they tie, and ARO's and the authors' evaluations count such a tie as wrong).
 COCO-Order / Flickr30k-Order
     ``coco_karpathy_test.json`` / ``flickr30k_test.json`` (BLIP's retrieval annotations): a list of
     ``{"image": "<path relative to raw_dir>", "caption": [5 captions]}``; images under ``val2014/`` (COCO) or
@@ -20,9 +22,10 @@ COCO-Order / Flickr30k-Order
 Deviation from ARO (documented): ARO finds nouns and adjectives with spaCy's tagger and tokenises with NLTK. No
 NLP model is downloaded here, so a small rule-based tagger (:func:`word_class`: closed-class word lists, verb and
 adverb suffixes, a list of common adjectives) stands in; it is close on the short, literal COCO/Flickr captions but
-not identical. Perturbations are seeded (``seed``, image index, caption index) and, unlike ARO's, never equal the
-caption: a draw that leaves the token order unchanged is redrawn, then replaced by a full shuffle; a caption that
-cannot be reordered at all (a single repeated word) is dropped and counted in the log.
+not identical. Perturbations are seeded (``seed``, image index, caption index): one draw each, kept even when it
+leaves the caption unchanged, as ARO keeps it (its ``TextShuffler`` draws once from the global random state, which
+``main_aro.py`` seeds); such a negative ties with the caption (``difflens.info.aro.TIE_RULES`` decides the tie), and
+the log counts them. A caption that is empty after cleaning is dropped and counted in the log.
 """
 from __future__ import annotations
 
@@ -143,11 +146,8 @@ def _vg_case(item, path: Path, index: int, kind: str) -> dict:
         if not isinstance(attrs, list) or len(attrs) != 2:
             raise DatasetError(f"{where}: 'attributes' must be a list of two attributes, got {attrs!r}")
         group = f"{attrs[0]}_{attrs[1]}"
-    true, false = str(item["true_caption"]), str(item["false_caption"])
-    if true.strip() == false.strip():
-        raise DatasetError(f"{where}: true and false captions are the same ({true!r})")
-    return {"image_path": str(item["image_path"]), "box": box, "true": true, "false": false, "group": group,
-            "image_id": str(item.get("image_id", ""))}
+    return {"image_path": str(item["image_path"]), "box": box, "true": str(item["true_caption"]),
+            "false": str(item["false_caption"]), "group": group, "image_id": str(item.get("image_id", ""))}
 
 
 def _crop_name(image_path: str, box: list[float], ext: str) -> str:
@@ -164,10 +164,13 @@ def _convert_vg(kind: str, raw_dir: Path, out_dir: Path, limit: int | None, crop
     image_dir = require_dir(Path(raw_dir) / "images", "VG images folder")
     (out_dir / "crops").mkdir(parents=True, exist_ok=True)
     fmt, save_kw = CROP_FORMATS[crop_format]
-    samples, aro, written = [], [], set()
+    samples, aro, written, same = [], [], set(), []
     for i, item in enumerate(tqdm(items, desc=name, mininterval=5)):
         case = _vg_case(item, path, i, kind)
         sid = f"{prefix}-{i:05d}"
+        if case["true"].strip() == case["false"].strip():  # no choice to make: skipped, and named below
+            same.append(f"{sid} (test case {i}, image_id {case['image_id'] or '?'})")
+            continue
         crop = _crop_name(case["image_path"], case["box"], crop_format)
         if crop not in written:
             src = image_dir / case["image_path"]
@@ -183,6 +186,9 @@ def _convert_vg(kind: str, raw_dir: Path, out_dir: Path, limit: int | None, crop
                         "bbox": json.dumps(case["box"])})
         aro.append({"sample_id": sid, "kind": kind, "group": case["group"], "caption": case["true"],
                     "negatives": json.dumps([case["false"]])})
+    if same:
+        log.warning("%s: skipped %d test case(s) whose true and false captions are the same: %s%s", path, len(same),
+                    ", ".join(same[:5]), ", ..." if len(same) > 5 else "")
     if not samples:
         raise DatasetError(f"{path}: no test cases")
     log.info("%s: %d test cases, %d crops, %d groups", name, len(samples), len(written),
@@ -312,27 +318,15 @@ def shuffle_trigrams(tokens: list[str], rng: np.random.Generator) -> list[str]:
     return [t for k in rng.permutation(len(tris)) for t in tris[k]]
 
 
-def shuffle_all(tokens: list[str], rng: np.random.Generator) -> list[str]:
-    return [tokens[k] for k in rng.permutation(len(tokens))]
-
-
 PERTURBATIONS: list[Callable[[list[str], np.random.Generator], list[str]]] = [
     shuffle_nouns_and_adj, shuffle_allbut_nouns_and_adj, shuffle_within_trigrams, shuffle_trigrams]
 
 
-def order_negatives(caption: str, rng: np.random.Generator, max_tries: int = 20) -> list[str] | None:
-    """The four perturbations of ``caption`` (already cleaned), each different from it; None if impossible."""
+def order_negatives(caption: str, rng: np.random.Generator) -> list[str]:
+    """The four perturbations of ``caption`` (already cleaned), one draw each from ``rng``, in ARO's order; as in
+    ARO, a draw that leaves the caption unchanged is kept."""
     tokens = tokenize(caption)
-    out = []
-    for fn in PERTURBATIONS:
-        for attempt in range(2 * max_tries):
-            cand = (fn if attempt < max_tries else shuffle_all)(tokens, rng)
-            if cand != tokens:
-                out.append(detokenize(cand))
-                break
-        else:
-            return None
-    return out
+    return [detokenize(fn(tokens, rng)) for fn in PERTURBATIONS]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,7 +340,7 @@ def _convert_order(source: str, raw_dir: Path, out_dir: Path, seed: int, split: 
         raise ValueError(f"split must be one of {list(ORDER_SPLITS)}, got {split!r}")
     path = raw_dir / spec["json"].format(split=split)
     items = _load_json_list(path)[:limit]
-    samples, aro, dropped = [], [], 0
+    samples, aro, dropped, same = [], [], 0, 0
     for i, item in enumerate(tqdm(items, desc=spec["name"], mininterval=5)):
         if not isinstance(item, dict) or not isinstance(item.get("image"), str):
             raise DatasetError(f"{path}: entry {i}: expected an object with an 'image' path")
@@ -360,11 +354,12 @@ def _convert_order(source: str, raw_dir: Path, out_dir: Path, seed: int, split: 
         kept = []
         for k, raw in enumerate(caps):
             caption = detokenize(tokenize(clean_caption(raw, max_words)))
-            negatives = order_negatives(caption, np.random.default_rng([seed, i, k]))
-            if negatives is None:
+            if not caption:
                 dropped += 1
                 continue
-            negatives = [clean_caption(n, max_words) for n in negatives]
+            rng = np.random.default_rng([seed, i, k])
+            negatives = [clean_caption(n, max_words) for n in order_negatives(caption, rng)]
+            same += sum(n == caption for n in negatives)
             kept.append(caption)
             aro.append({"sample_id": sid, "kind": "order", "group": "shuffle", "caption": caption,
                         "negatives": json.dumps(negatives), "case": f"{sid}-{k}",
@@ -374,7 +369,9 @@ def _convert_order(source: str, raw_dir: Path, out_dir: Path, seed: int, split: 
     if not aro:
         raise DatasetError(f"{path}: no test cases")
     if dropped:
-        log.warning("%s: dropped %d caption(s) that no word-order change can alter", spec["name"], dropped)
+        log.warning("%s: dropped %d caption(s) with no words left after cleaning", spec["name"], dropped)
+    log.info("%s: %d of %d perturbations equal their caption (kept, as ARO keeps them: each ties with its caption)",
+             spec["name"], same, len(NEGATIVE_KINDS) * len(aro))
     df = pd.DataFrame(samples)
     if df["sample_id"].duplicated().any():
         raise DatasetError(f"{path}: image {df['sample_id'][df['sample_id'].duplicated()].iloc[0]!r} listed twice")

@@ -1,8 +1,9 @@
 """Step 1 of extraction: one shard of a data set -> the model's latents, HDF5 (layout: ``difflens.extract.layout``).
 
-Each image is read, preprocessed for the model (resize / centre crop to its resolution, [-1, 1]) and encoded (VAE
-posterior mode x scaling factor, or the shapes model's space-to-depth). An unreadable image keeps its row (NaN
-latents, ``valid`` False, ``skip_reason``); the rest goes on. Files are written atomically (``h5io``).
+Each image is read, preprocessed for the model (resized to its resolution through its geometry, crop or squash,
+[-1, 1]) and encoded (VAE posterior mode x scaling factor, or the shapes model's space-to-depth). An unreadable image
+keeps its row (NaN latents, ``valid`` False, ``skip_reason``); the rest goes on. Files are written atomically
+(``h5io``).
 """
 from __future__ import annotations
 
@@ -118,4 +119,4 @@ def encode_latents(model, dataset: Dataset, out: str | Path, *, shard: int = 0, 
 
 def model_attrs(model) -> dict:
     return {"kind": model.kind, "source": str(model.source), "dtype": str(model.dtype).replace("torch.", ""),
-            "resolution": int(model.resolution)}
+            "resolution": int(model.resolution), "geometry": model.geometry}

@@ -14,8 +14,8 @@ Layout under the results folder (``{layer}`` as configured, e.g. ``mid_block`` o
 ``activations/{model}/{dataset}/t{timestep}/{layer}/shard-{k}.h5``
     the same row columns, ``pooled`` (N, C) float32 (spatial mean, averaged over noise draws) and, when maps were
     asked for, ``maps`` (N, C, H, W) float16, chunked one row per chunk and compressed. Attributes: model, kind,
-    source, dataset, layer, module, timestep, prompt, seed, noise_draws, dtype, resolution, shard, row_offset,
-    n_rows, n_valid, versions, created, format_version.
+    source, dataset, layer, module, timestep, prompt, seed, noise_draws, dtype, resolution, geometry, shard,
+    row_offset, n_rows, n_valid, versions, created, format_version.
 ``activations/{model}/{dataset}/index.json``
     written once every shard of every (timestep, layer) is complete: what exists, with row counts.
 

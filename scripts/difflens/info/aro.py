@@ -3,7 +3,9 @@
 Every row of a data set's ``aro.csv`` is an item: a true caption and its negatives. Each candidate gets i^o (the
 paper's score), i^s and the denoising error against the empty prompt, from draws shared by every candidate of the
 image (an image's rows of several kinds run in one batch). An item counts as right for a score when the true caption
-scores best (highest information, lowest error; ties count as wrong).
+scores best (highest information, lowest error). A tie (the true caption scores exactly as well as its best negative:
+a negative identical to the caption gets the very same score, as every prompt is scored once) is decided as the
+public code decides it (``TIE_RULES``) and counted.
 
 Per-item scores are written in shards (``score_shard``): a shard appends each finished image to a partial file (its
 lines in one write) and a restarted job skips what that file holds, so a run stopped half-way resumes. The partial
@@ -33,7 +35,13 @@ log = logging.getLogger(__name__)
 
 #: the scores, and whether higher is better
 SCORES = {"i_o": True, "i_s": True, "err": False}
-#: relations the ARO reference evaluation leaves out of the VG-Relation macro accuracy (its ``symmetric`` list)
+#: how a tie is counted: ``authors`` as Kong et al.'s evaluation (their copy of ARO's loaders lists the true caption
+#: last, for the Order sets by reversing the options, and argmax takes the first maximum: a tie is wrong for every
+#: kind); ``aro`` as ARO's own loaders (COCO/Flickr30k-Order list the true caption first: a tie of kind ``order`` is
+#: right; VG-Relation / VG-Attribution list the false caption first: a tie of any other kind is wrong)
+TIE_RULES = {"authors": (), "aro": ("order",)}
+#: relations the ARO reference evaluation leaves out of the VG-Relation macro accuracy: the ``symmetric`` list of its
+#: notebook "Replicate ARO! VG-Relation, VG-Attribution" (157 relations, in its order)
 SYMMETRIC_RELATIONS = (
     "adjusting", "attached to", "between", "bigger than", "biting", "boarding", "brushing", "chewing", "cleaning",
     "climbing", "close to", "coming from", "coming out of", "contain", "crossing", "dragging", "draped over",
@@ -55,7 +63,7 @@ SYMMETRIC_RELATIONS = (
     "stuck in", "surrounding", "swimming in", "swinging", "talking to", "topped with", "touching", "traveling down",
     "traveling on", "tying", "typing on", "underneath", "wading in", "waiting for", "walking across", "walking by",
     "walking down", "walking next to", "walking through", "working in", "working on", "worn on", "wrapped around",
-    "wrapped in")
+    "wrapped in", "by", "of", "near", "next to", "with", "beside", "on the side of", "around")
 ITEM_COLUMNS = ["sample_id", "item", "kind", "group", "candidate", "caption"]
 
 
@@ -204,10 +212,13 @@ def score_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws:
     return result
 
 
-def item_outcomes(scores: pd.DataFrame) -> pd.DataFrame:
+def item_outcomes(scores: pd.DataFrame, ties: str = "authors") -> pd.DataFrame:
     """One line per (item, score), items in order and scores in ``SCORES`` order: whether the true caption (the
-    item's first candidate) won, and its margin over the best negative (positive = right, in nats). Vectorised over
-    the items (a table of ARO's ~83k items takes about a second and memory linear in its rows)."""
+    item's first candidate) won, its margin over the best negative (positive = right, in nats) and whether it tied
+    (margin exactly 0), a tie counted right or wrong by the rule ``ties`` (``TIE_RULES``). Vectorised over the items
+    (a table of ARO's ~83k items takes about a second and memory linear in its rows)."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"infodecomp.aro.ties must be one of {list(TIE_RULES)}, got {ties!r}")
     s = scores.sort_values(["item", "candidate"], kind="stable")
     first = ~s["item"].duplicated()
     true, neg = s[first.to_numpy()].set_index("item"), s[(~first).to_numpy()]
@@ -217,11 +228,13 @@ def item_outcomes(scores: pd.DataFrame) -> pd.DataFrame:
         col = f"{name}_nats"
         best = neg.groupby("item", sort=True)[col].max() if higher else neg.groupby("item", sort=True)[col].min()
         best = best.reindex(true.index)
-        margin = (true[col] - best) if higher else (best - true[col])
+        margin = ((true[col] - best) if higher else (best - true[col])).to_numpy(float)
+        tie = margin == 0
+        tie_wins = true["kind"].isin(TIE_RULES[ties]).to_numpy()
         parts.append(pd.DataFrame({"item": true.index, "sample_id": true["sample_id"].to_numpy(),
                                    "kind": true["kind"].to_numpy(), "group": true["group"].to_numpy(),
                                    "score": name, "n_candidates": counts.reindex(true.index).to_numpy(),
-                                   "margin_nats": margin.to_numpy(float), "correct": (margin > 0).to_numpy()}))
+                                   "margin_nats": margin, "tie": tie, "correct": (margin > 0) | (tie & tie_wins)}))
     out = pd.concat(parts, ignore_index=True)
     order = np.lexsort((out["score"].map({n: i for i, n in enumerate(SCORES)}).to_numpy(), out["item"].to_numpy()))
     return out.iloc[order].reset_index(drop=True)
@@ -233,17 +246,19 @@ def aggregate(outcomes: pd.DataFrame, *, min_group: int = 25,
 
     Metrics: ``accuracy`` (all items; Precision@1 for kinds with several negatives), ``group`` accuracy per
     relation / attribute, and ``macro`` (mean of group accuracies): for kind relation without the symmetric
-    relations, for kind attribute over groups with at least ``min_group`` items (ARO's reporting).
+    relations, for kind attribute over groups with at least ``min_group`` items (ARO's reporting). ``n_ties``: the
+    line's items whose true caption tied with its best negative (``item_outcomes``).
     """
     lines = []
     for (kind, score), g in outcomes.groupby(["kind", "score"], sort=True):
         lines.append({"kind": kind, "score": score, "metric": "accuracy", "group": "", "n": len(g),
                       "accuracy": float(g["correct"].mean()),
-                      "stderr": float(g["correct"].std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else np.nan})
-        groups = g.groupby("group")["correct"].agg(["mean", "size"])
+                      "stderr": float(g["correct"].std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else np.nan,
+                      "n_ties": int(g["tie"].sum())})
+        groups = g.groupby("group").agg(mean=("correct", "mean"), size=("correct", "size"), ties=("tie", "sum"))
         for name, row in groups.iterrows():
             lines.append({"kind": kind, "score": score, "metric": "group", "group": name, "n": int(row["size"]),
-                          "accuracy": float(row["mean"]), "stderr": np.nan})
+                          "accuracy": float(row["mean"]), "stderr": np.nan, "n_ties": int(row["ties"])})
         if kind == "relation":
             kept = groups[~groups.index.isin(exclude_relations)]
         elif kind == "attribute":
@@ -252,5 +267,6 @@ def aggregate(outcomes: pd.DataFrame, *, min_group: int = 25,
             kept = groups.iloc[:0]
         if len(kept):
             lines.append({"kind": kind, "score": score, "metric": "macro", "group": f"{len(kept)} groups",
-                          "n": int(kept["size"].sum()), "accuracy": float(kept["mean"].mean()), "stderr": np.nan})
+                          "n": int(kept["size"].sum()), "accuracy": float(kept["mean"].mean()), "stderr": np.nan,
+                          "n_ties": int(kept["ties"].sum())})
     return pd.DataFrame(lines)

@@ -77,16 +77,21 @@ class LogSNRSampler:
         a = self.logsnr(torch.rand(n, generator=generator, dtype=torch.float64))
         return a, self.weight(a)
 
-    def item_draws(self, n: int, shape: tuple[int, ...], seed: int, item) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                      torch.Tensor]:
-        """(a (n,), w (n,), eps (n, *shape)) of one item: draw ``j`` seeded by ``(seed, "info", item, j)``."""
+    def item_draws(self, n: int, shape: tuple[int, ...], seed: int, item,
+                   first: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a (n,), w (n,), eps (n, *shape)) of one item: draws ``first .. first + n - 1``, draw ``j`` seeded by
+        ``(seed, "info", item, j)``, so that independent draws nest (the first 50 of 100 are the 50-draw estimate's).
+        Stratified draws do not nest (their grid depends on ``n``): ``first`` > 0 is refused for them."""
+        if self.stratified and first:
+            raise ValueError(f"stratified draws do not nest: draws from {first} on are not the continuation of the "
+                             f"first {first} (infodecomp.stratified: false for nested draw counts)")
         p = torch.empty(n, dtype=torch.float64)
         eps = torch.empty((n, *shape))
         gen = torch.Generator()
-        for j in range(n):
+        for k, j in enumerate(range(first, first + n)):
             gen.manual_seed(derive_seed(int(seed), "info", item, j))
-            p[j] = torch.rand(1, generator=gen, dtype=torch.float64)
-            eps[j] = torch.randn(shape, generator=gen)
+            p[k] = torch.rand(1, generator=gen, dtype=torch.float64)
+            eps[k] = torch.randn(shape, generator=gen)
         if self.stratified:
             gen.manual_seed(derive_seed(int(seed), "info-shift", item))
             shift = torch.rand(1, generator=gen, dtype=torch.float64)
@@ -150,26 +155,53 @@ def run_in_batches(batch_size: int, n: int, fn) -> list:
         _BACKED_OFF[batch_size] = batcher.size
 
 
-def denoise_rows(model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``model.denoise`` of every row (on the CPU), in batches as ``run_in_batches`` cuts them."""
-    return torch.cat(run_in_batches(batch_size, len(x_t), lambda a, b: model.denoise(x_t[a:b], t[a:b],
-                                                                                     cond[a:b]).cpu()))
+def recorded(recorder, call):
+    """``call()`` with what ``recorder`` (a cross-attention recorder, or None) holds restored when it raises (an out
+    of memory error part-way through a batch: the batch is retried smaller and must not be counted twice)."""
+    kept = None if recorder is None else ({k: v.clone() for k, v in recorder.maps.items()}, dict(recorder.calls))
+    try:
+        return call()
+    except RuntimeError:
+        if kept is not None:
+            recorder.maps.clear()
+            recorder.maps.update(kept[0])
+            recorder.calls = kept[1]
+        raise
+
+
+def denoise_rows(model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, batch_size: int, recorder=None,
+                 slots: torch.Tensor | None = None) -> torch.Tensor:
+    """``model.denoise`` of every row (on the CPU), in batches as ``run_in_batches`` cuts them. With a ``recorder``
+    (``models.attention.record_cross_attention(..., n_slots)``), row ``i``'s cross-attention is summed into slot
+    ``slots[i]`` (-1: not recorded)."""
+    def rows_out(a: int, b: int) -> torch.Tensor:
+        if recorder is not None:
+            recorder.slots = slots[a:b]
+        return recorded(recorder, lambda: model.denoise(x_t[a:b], t[a:b], cond[a:b]).cpu())
+
+    try:
+        return torch.cat(run_in_batches(batch_size, len(x_t), rows_out))
+    finally:
+        if recorder is not None:
+            recorder.slots = None
 
 
 def score_item(model, x0: torch.Tensor, pairs: list[tuple[str, str]], *, n_draws: int, sampler: LogSNRSampler,
                seed: int, item, batch_size: int = 256, pixelwise: bool = False, noise_at: str = "timestep",
-               recorder=None, attention_prompt: str | None = None) -> ItemScores:
+               recorder=None, attention_prompt: str | None = None, first_draw: int = 0) -> ItemScores:
     """Estimates of one image (latents (C, h, w)) for each ``(prompt, base)`` pair, from shared draws.
 
     Every distinct prompt of ``pairs`` runs once per draw, all rows in batches of ``batch_size``. With a
     cross-attention ``recorder`` (``models.attention.record_cross_attention``), the rows of ``attention_prompt``
-    are recorded, summed over draws (DAAM's sum over noise levels, here the estimator's own draws).
+    are recorded, summed over draws (DAAM's sum over noise levels, here the estimator's own draws). ``first_draw``:
+    the draws are ``first_draw .. first_draw + n_draws - 1`` (``LogSNRSampler.item_draws``: a run continued
+    from where a shorter one stopped).
     """
     if noise_at not in ("timestep", "draw"):
         raise ValueError(f"noise_at {noise_at!r} is not one of ['timestep', 'draw']")
     prompts = list(dict.fromkeys(p for pair in pairs for p in pair))
     index = {p: i for i, p in enumerate(prompts)}
-    a, w, eps = sampler.item_draws(n_draws, tuple(x0.shape), seed, item)
+    a, w, eps = sampler.item_draws(n_draws, tuple(x0.shape), seed, item, first_draw)
     t = model.timestep_for_logsnr(a)
     a_noise = model.log_snr[t] if noise_at == "timestep" else a
     x_a = model.add_noise_logsnr(x0[None].float().expand(n_draws, *x0.shape), eps, a_noise)
@@ -180,17 +212,9 @@ def score_item(model, x0: torch.Tensor, pairs: list[tuple[str, str]], *, n_draws
 
     def rows_out(s: int, e: int) -> torch.Tensor:
         r = torch.arange(s, e)
-        kept = None if recorder is None else ({k: v.clone() for k, v in recorder.maps.items()}, dict(recorder.calls))
-        try:
-            if recorder is not None:
-                recorder.select = (r % m) == rec_index
-            return model.denoise(x_a[r // m], t[r // m], cond[r % m]).cpu()
-        except RuntimeError:  # out of memory part-way: what this slice recorded is undone before it is retried
-            if kept is not None:
-                recorder.maps.clear()
-                recorder.maps.update(kept[0])
-                recorder.calls = kept[1]
-            raise
+        if recorder is not None:
+            recorder.select = (r % m) == rec_index
+        return recorded(recorder, lambda: model.denoise(x_a[r // m], t[r // m], cond[r % m]).cpu())
 
     outs = run_in_batches(batch_size, rows, rows_out)
     if recorder is not None:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..data.common import SPLITS, DatasetError
-from ..models.base import fit_square
+from ..models.base import check_geometry, fit_square
 
 #: the value of a task's ``split`` key that selects every image
 ALL_SPLITS = "all"
@@ -33,17 +33,20 @@ def encode_samples(model, ds, sample_ids: list[str], batch_size: int = 256) -> t
     return torch.cat(out)
 
 
-def preprocess_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
-    """A bool mask (H, W) of an image, through the geometry of ``DiffusionModel.preprocess`` (shorter side resized
-    to ``resolution``, centre crop): the ground truth on the pixels the model sees."""
-    im = fit_square(Image.fromarray(mask.astype(np.uint8) * 255), resolution, Image.BILINEAR)
+def preprocess_mask(mask: np.ndarray, resolution: int, geometry: str = "crop") -> np.ndarray:
+    """A bool mask (H, W) of an image, through the geometry of ``DiffusionModel.preprocess`` (``geometry``: the
+    model's; ``crop``, shorter side resized to ``resolution`` and centre crop, or ``squash``, the whole mask resized
+    to ``resolution`` x ``resolution``; bilinear, then >= 1/2): the ground truth on the pixels the model sees."""
+    im = fit_square(Image.fromarray(mask.astype(np.uint8) * 255), resolution, Image.BILINEAR, geometry)
     return np.asarray(im) >= 128
 
 
-def model_view(image: Image.Image) -> np.ndarray:
-    """The part of an image the model sees (``DiffusionModel.preprocess``: the centred square) at the image's own
-    resolution, RGB: what a map on the latent grid lies over."""
-    return np.asarray(fit_square(image.convert("RGB"), min(image.size)))
+def model_view(image: Image.Image, geometry: str = "crop") -> np.ndarray:
+    """The part of an image the model sees, RGB, at the image's own resolution: what a map on the latent grid lies
+    over, once stretched to it. ``crop``: the centred square (``DiffusionModel.preprocess``); ``squash``: the whole
+    image (the model sees all of it, squashed to a square)."""
+    rgb = image.convert("RGB")
+    return np.asarray(rgb if check_geometry(geometry) == "squash" else fit_square(rgb, min(image.size)))
 
 
 def has_word(caption: str, word: str) -> bool:

@@ -1,11 +1,23 @@
-"""Prompt intervention: invert a real image under its caption, regenerate it with a word omitted or swapped, and
-ask which map (CMI or attention) predicts where the image changed.
+"""Prompt intervention (Kong et al.'s Table 4): invert a real image under its caption, regenerate it with a word
+omitted or swapped, and ask which map predicts where the image changed.
 
-The probability-flow ODE is solved in ``xbar = x_t / sqrt(abar_t)`` against ``sigma_t = sqrt(1 / abar_t - 1)``,
-where ``d xbar / d sigma = eps_hat(x_t, t | prompt)``: an Euler step is exactly a DDIM step (eta 0), and ``heun``
-adds the second-order correction (Kong et al. used Heun). No guidance: inversion and regeneration use the plain
-conditional prediction, so regenerating under the caption itself reconstructs the image, and the change a word makes
-is measured against that reconstruction (the per-pixel squared difference, summed over latent channels).
+Inversion and regeneration follow the probability-flow ODE (``ode.ode_path``; Kong et al. used Heun) without
+guidance, so regenerating under the caption itself reconstructs the image, and the change an edit makes is measured
+against that reconstruction (the per-pixel squared difference, summed over latent channels). Each (image, caption)
+is inverted under its own caption: the word rows of one image may come from different captions (COCO-IT).
+
+Edits: ``omit`` replaces the word by ``"_"`` (``omit: placeholder``, the public code's ``image_edit.py``) or deletes
+it (``omit: delete``, the words.csv context); ``swap`` replaces it by its entry in the swap table.
+
+Predictors (``PREDICTORS``), each a map per edit on the latent grid:
+
+* ``cmi``: pixel-wise i^o of the caption against the edit's prompt: for an omit edit the word's CMI given the rest
+  of the caption; for a swap edit the public code's ``cmi_pixel_swap`` (caption against swapped caption);
+* ``cmi_s``: the same with i^s. The public code's image-level score is the i^s total (``ll_ratio_pixel.sum()``) and
+  its pixel-level map i^o: Table 4's image row is ``cmi_s``, its pixel row ``cmi``; both are reported at both levels;
+* ``attention_regen``: DAAM of the word traced while regenerating the image under its caption from the inversion
+  (the paper's attention "during generation", Table 4's attention row), raw (not normalised);
+* ``attention_itd``: DAAM of the word on the estimator's own draws (as in the localization).
 
 Correlations (Pearson): at image level across items (total change vs total CMI / total attention), at pixel level
 within each item (change map vs CMI map), averaged over the items where it is defined (a constant map has none);
@@ -20,7 +32,7 @@ area (its latent pixels, summed shares) correlated across items with the total c
 set has objects.csv and every edited word names its objects; otherwise the table has no mask rows (not NaN rows).
 
 The table (``correlations``): columns edit, predictor, level, n, pearson, ci_low, ci_high. ``predictor`` is a map
-(``cmi``, ``attention``, ``object_mask``, ``all_objects_mask``): ``pearson`` is its correlation with the change.
+(``PREDICTORS``, ``object_mask``, ``all_objects_mask``): ``pearson`` is its correlation with the change.
 ``predictor`` ``<map>-<baseline>`` (``cmi-object_mask``, ...; every non-mask map against every baseline) is a
 paired difference: ``pearson`` is r(map) - r(baseline), and its interval is the percentile interval of that
 difference over the same resamples (each resample scores both maps on the same items), so an interval above 0 says
@@ -35,61 +47,55 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..models.sampling import sampling_timesteps
-from .estimators import LogSNRSampler, denoise_rows, require_unconditional
+from ..models.attention import record_cross_attention
+from .estimators import LogSNRSampler, require_unconditional, score_item
 from .inputs import encode_samples, preprocess_mask
-from .localize import image_maps
+from .localize import word_attention
+from .ode import SOLVERS, daam_map, ode_grid, ode_path  # noqa: F401 (SOLVERS: re-exported)
 
-SOLVERS = ("ddim", "heun")
 #: the maps that know where the objects are and nothing about the model (module docstring)
 MASK_BASELINES = ("object_mask", "all_objects_mask")
 
 
-def ode_path(model, x: torch.Tensor, prompts: list[str], timesteps: torch.Tensor, solver: str = "ddim",
-             batch_size: int = 256) -> torch.Tensor:
-    """Carry latents ``x`` (B, C, h, w), given at ``timesteps[0]``, to ``timesteps[-1]`` along the ODE under
-    ``prompts`` (one per row). Increasing timesteps invert (image -> noise), decreasing ones generate. A clean image
-    enters (and leaves) at timestep 0, whose noise level (sigma about 0.01) is the path's end."""
-    if solver not in SOLVERS:
-        raise ValueError(f"intervention solver {solver!r} is not one of {list(SOLVERS)}")
-    abar = model.alphas_cumprod.to(torch.float64)
-    cond = model.encode_text(prompts)
+#: what the omit edit puts where the word was (infodecomp.intervene.omit: placeholder), as the public code does
+PLACEHOLDER = "_"
+#: how the omit edit removes the word (infodecomp.intervene.omit)
+OMIT_MODES = ("placeholder", "delete")
+#: the predictor maps of each edit (module docstring), besides the mask baselines
+PREDICTORS = ("cmi", "cmi_s", "attention_regen", "attention_itd")
 
-    def eps(xbar, t):
-        a = float(abar[int(t)])
-        x_t = (xbar * a ** 0.5).float()
-        tt = torch.full((len(x_t),), int(t), dtype=torch.long)
-        return denoise_rows(model, x_t, tt, cond, batch_size).double()
 
-    sigma = lambda t: float((1 / abar[int(t)] - 1) ** 0.5)  # noqa: E731
-    xbar = x.double() / float(abar[int(timesteps[0])]) ** 0.5
-    for t0, t1 in zip(timesteps[:-1], timesteps[1:]):
-        d = sigma(t1) - sigma(t0)
-        e0 = eps(xbar, t0)
-        nxt = xbar + d * e0
-        if solver == "heun":
-            nxt = xbar + d * (e0 + eps(nxt, t1)) / 2
-        xbar = nxt
-    return (xbar * float(abar[int(timesteps[-1])]) ** 0.5).float()
+def replace_word(caption: str, word: str, new: str) -> str:
+    """``caption`` with every whole-word, case-insensitive ``word`` replaced by ``new``."""
+    return re.sub(rf"(?<![\w-]){re.escape(word)}(?![\w-])", new, caption, flags=re.IGNORECASE)
 
 
 def swap_word(caption: str, word: str, swaps: dict[str, str]) -> str | None:
     """The caption with every whole-word ``word`` replaced by ``swaps[word]`` (None when the table has no entry)."""
     new = swaps.get(word) or swaps.get(word.lower())
-    if not new:
-        return None
-    return re.sub(rf"(?<![\w-]){re.escape(word)}(?![\w-])", new, caption, flags=re.IGNORECASE)
+    return replace_word(caption, word, new) if new else None
 
 
-def edits_of(rows: pd.DataFrame, swaps: dict[str, str], words_per_image: int) -> pd.DataFrame:
-    """The edits to make: for each image, its first ``words_per_image`` word rows, each omitted (the context) and,
-    when the swap table names it, swapped. Each edit keeps its row's ``objects`` ("" when ``rows`` has none)."""
+def omitted(caption: str, word: str, context: str, omit: str) -> str:
+    """The omit edit's prompt: the caption with ``word`` replaced by ``PLACEHOLDER`` (``omit`` placeholder) or the
+    word row's ``context`` (delete)."""
+    if omit not in OMIT_MODES:
+        raise ValueError(f"infodecomp.intervene.omit {omit!r} is not one of {list(OMIT_MODES)}")
+    return replace_word(caption, word, PLACEHOLDER) if omit == "placeholder" else context
+
+
+
+def edits_of(rows: pd.DataFrame, swaps: dict[str, str], words_per_image: int,
+             omit: str = "placeholder") -> pd.DataFrame:
+    """The edits to make: for each image, its first ``words_per_image`` word rows, each omitted (``omitted``) and,
+    when the swap table names it, swapped; each edit under its own row's caption (an image's rows may come from
+    different captions). Each edit keeps its row's ``objects`` ("" when ``rows`` has none)."""
     out = []
     for sid, g in rows.groupby("sample_id", sort=False):
         for r in g.head(words_per_image).itertuples():
             row = {"sample_id": sid, "word": r.word, "word_type": r.word_type, "caption": r.caption,
                    "context": r.context, "objects": str(getattr(r, "objects", ""))}
-            out.append({**row, "edit": "omit", "prompt": r.context})
+            out.append({**row, "edit": "omit", "prompt": omitted(r.caption, r.word, r.context, omit)})
             swapped = swap_word(r.caption, r.word, swaps)
             if swapped is not None:
                 out.append({**row, "edit": "swap", "prompt": swapped})
@@ -99,47 +105,61 @@ def edits_of(rows: pd.DataFrame, swaps: dict[str, str], words_per_image: int) ->
 
 
 def change_maps(model, latents_of: dict, edits: pd.DataFrame, *, steps: int, solver: str, batch_size: int = 256,
-                progress: bool = True) -> np.ndarray:
-    """(n_edits, h, w) squared change (channels summed) of each edit's regeneration against the image's own
-    reconstruction, all images inverted and regenerated in batches along the same ODE grid (``latents_of``: sample
-    id -> latents (C, h, w))."""
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(n_edits, h, w) each: the squared change (channels summed) of each edit's regeneration against the
+    reconstruction of its (image, caption), and the edited word's DAAM map traced during that reconstruction (Kong
+    et al.'s attention "during generation", ``attention_regen``). Every (image, caption) is inverted under its own
+    caption and regenerated, in batches along the same ODE grid (``latents_of``: sample id -> latents (C, h, w))."""
     from tqdm import tqdm
 
-    grid = sampling_timesteps(model.num_train_timesteps, steps + 1).flip(0)  # 0 .. T-1, increasing
-    images = list(dict.fromkeys(edits["sample_id"]))
-    captions = edits.drop_duplicates("sample_id").set_index("sample_id")["caption"]
-    out = np.zeros((len(edits), *latents_of[images[0]].shape[-2:]))
+    grid = ode_grid(model, steps)
+    keys = list(dict.fromkeys(zip(edits["sample_id"], edits["caption"])))
+    edit_keys = list(zip(edits["sample_id"], edits["caption"]))
+    out = np.zeros((len(edits), *latents_of[keys[0][0]].shape[-2:]))
+    att = np.zeros_like(out)
     chunk = max(1, batch_size // 4)
-    for s in tqdm(range(0, len(images), chunk), desc="invert + regenerate", disable=not progress):
-        ids = images[s:s + chunk]
-        x0 = torch.stack([latents_of[i] for i in ids])
-        noise = ode_path(model, x0, [captions[i] for i in ids], grid, solver, batch_size)
-        sub = edits[edits["sample_id"].isin(ids)]
-        at = {sid: k for k, sid in enumerate(ids)}
-        rows = [at[sid] for sid in ids] + [at[sid] for sid in sub["sample_id"]]
-        prompts = [captions[i] for i in ids] + list(sub["prompt"])
-        regen = ode_path(model, noise[rows], prompts, grid.flip(0), solver, batch_size)
-        recon, edited = regen[:len(ids)], regen[len(ids):]
-        change = ((edited - recon[[at[sid] for sid in sub["sample_id"]]]) ** 2).sum(1)
-        out[np.flatnonzero(edits["sample_id"].isin(ids).to_numpy())] = change.numpy()
-    return out
+    for s in tqdm(range(0, len(keys), chunk), desc="invert + regenerate", disable=not progress):
+        mine = keys[s:s + chunk]
+        at = {k: i for i, k in enumerate(mine)}
+        sel = np.flatnonzero([k in at for k in edit_keys])
+        x0 = torch.stack([latents_of[sid] for sid, _ in mine])
+        noise = ode_path(model, x0, [c for _, c in mine], grid, solver, batch_size)
+        rows = list(range(len(mine))) + [at[edit_keys[i]] for i in sel]
+        prompts = [c for _, c in mine] + list(edits["prompt"].iloc[sel])
+        slots = torch.tensor(list(range(len(mine))) + [-1] * len(sel))
+        with record_cross_attention(model, n_slots=len(mine)) as rec:
+            regen = ode_path(model, noise[rows], prompts, grid.flip(0), solver, batch_size, rec, slots)
+        tokens = daam_map(rec.maps, tuple(x0.shape[-2:]))
+        recon, edited = regen[:len(mine)], regen[len(mine):]
+        own = [at[edit_keys[i]] for i in sel]
+        out[sel] = ((edited - recon[own]) ** 2).sum(1).numpy()
+        for j, i in enumerate(sel):
+            att[i] = word_attention(model, tokens[own[j]], edits["caption"].iloc[i], [edits["word"].iloc[i]],
+                                    edits["sample_id"].iloc[i])[0]
+    return out, att
 
 
 def word_maps(model, latents_of: dict, edits: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler, seed: int,
               batch_size: int = 256, progress: bool = True) -> dict[str, np.ndarray]:
-    """CMI (pixel-wise i^o) and attention maps of each edit's word, (n_edits, h, w), from one estimator call per
-    image."""
+    """Per edit (n_edits, h, w): the pixel-wise information of its caption against its edit's prompt, ``cmi``
+    (i^o) and ``cmi_s`` (i^s) (for an omit edit the word's CMI given the rest of the caption; for a swap edit the
+    public code's ``cmi_pixel_swap``), and ``attention_itd`` (the word's DAAM map on the estimator's draws); one
+    estimator call per (image, caption)."""
     from tqdm import tqdm
 
-    words = edits.drop_duplicates(["sample_id", "word"])
-    got = {}
-    for sid, g in tqdm(list(words.groupby("sample_id", sort=False)), desc="CMI maps", disable=not progress):
-        maps = image_maps(model, latents_of[sid], g["caption"].iloc[0], list(g["word"]), list(g["context"]),
-                          n_draws=n_draws, sampler=sampler, seed=seed, item=sid, batch_size=batch_size,
-                          with_mi=False)
-        for k, w in enumerate(g["word"]):
-            got[(sid, w)] = {"cmi": maps["cmi"][k], "attention": maps["attention"][k]}
-    return {m: np.stack([got[(r.sample_id, r.word)][m] for r in edits.itertuples()]) for m in ("cmi", "attention")}
+    got = {m: np.zeros((len(edits), *latents_of[edits["sample_id"].iloc[0]].shape[-2:])) for m in
+           ("cmi", "cmi_s", "attention_itd")}
+    groups = list(edits.reset_index(drop=True).groupby(["sample_id", "caption"], sort=False))
+    for (sid, caption), g in tqdm(groups, desc="CMI maps", disable=not progress):
+        pairs = [(caption, p) for p in g["prompt"]]
+        with record_cross_attention(model) as rec:
+            sc = score_item(model, latents_of[sid], pairs, n_draws=n_draws, sampler=sampler, seed=seed, item=sid,
+                            batch_size=batch_size, pixelwise=True, recorder=rec, attention_prompt=caption)
+        tokens = daam_map(rec.maps, tuple(latents_of[sid].shape[-2:]))[0]
+        got["cmi"][g.index] = sc.maps["i_o"]
+        got["cmi_s"][g.index] = sc.maps["i_s"]
+        got["attention_itd"][g.index] = word_attention(model, tokens, caption, list(g["word"]), sid)
+    return got
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -156,10 +176,10 @@ def bootstrap_ci(n: int, stat, n_boot: int, seed: int) -> tuple[float, float]:
     return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if len(vals) else (np.nan, np.nan)
 
 
-def latent_mask(mask: np.ndarray, resolution: int, grid: tuple[int, int]) -> np.ndarray:
+def latent_mask(mask: np.ndarray, resolution: int, grid: tuple[int, int], geometry: str = "crop") -> np.ndarray:
     """The share (0..1) of each latent pixel of ``grid`` that a bool image mask (H, W) covers: the mask on the
     model's input grid (``preprocess_mask``), area-averaged onto the latent grid."""
-    m = torch.from_numpy(preprocess_mask(mask, resolution).astype(np.float32))[None, None]
+    m = torch.from_numpy(preprocess_mask(mask, resolution, geometry).astype(np.float32))[None, None]
     return F.interpolate(m, size=grid, mode="area")[0, 0].numpy().astype(np.float64)
 
 
@@ -175,14 +195,16 @@ def why_no_masks(ds, edits: pd.DataFrame) -> str:
     return ""
 
 
-def mask_maps(ds, edits: pd.DataFrame, resolution: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:
+def mask_maps(ds, edits: pd.DataFrame, resolution: int, grid: tuple[int, int],
+              geometry: str = "crop") -> dict[str, np.ndarray]:
     """The mask baselines (``MASK_BASELINES``) of every edit, (n_edits, *grid) each: ``object_mask`` the edited
     word's objects (the edit's ``objects``), ``all_objects_mask`` every object of its image. Empty (no baselines)
     when ``why_no_masks`` gives a reason, so that no edit is left out of them."""
     if why_no_masks(ds, edits):
         return {}
-    whole = {sid: latent_mask(ds.object_mask(sid), resolution, grid) for sid in dict.fromkeys(edits["sample_id"])}
-    own = [latent_mask(ds.object_mask(r.sample_id, r.objects), resolution, grid) for r in edits.itertuples()]
+    whole = {sid: latent_mask(ds.object_mask(sid), resolution, grid, geometry)
+             for sid in dict.fromkeys(edits["sample_id"])}
+    own = [latent_mask(ds.object_mask(r.sample_id, r.objects), resolution, grid, geometry) for r in edits.itertuples()]
     return {"object_mask": np.stack(own), "all_objects_mask": np.stack([whole[s] for s in edits["sample_id"]])}
 
 
@@ -241,19 +263,21 @@ def correlations(edits: pd.DataFrame, change: np.ndarray, predictors: dict[str, 
 
 def run_intervention(model, ds, rows: pd.DataFrame, *, swaps: dict[str, str], words_per_image: int, steps: int,
                      solver: str, n_draws: int, sampler: LogSNRSampler, seed: int, batch_size: int = 256,
-                     n_boot: int = 1000, progress: bool = True):
-    """(edits table with totals, change maps, predictor maps (CMI, attention and, where the data set has the masks,
+                     n_boot: int = 1000, progress: bool = True, omit: str = "placeholder"):
+    """(edits table with totals, change maps, predictor maps (``PREDICTORS`` and, where the data set has the masks,
     the mask baselines), correlation table)."""
     require_unconditional(model)
-    edits = edits_of(rows, swaps, words_per_image)
+    edits = edits_of(rows, swaps, words_per_image, omit)
     images = list(dict.fromkeys(edits["sample_id"]))
     latents_of = dict(zip(images, encode_samples(model, ds, images)))  # each image encoded once, for both parts
-    change = change_maps(model, latents_of, edits, steps=steps, solver=solver, batch_size=batch_size,
-                         progress=progress)
+    change, regen_attention = change_maps(model, latents_of, edits, steps=steps, solver=solver,
+                                          batch_size=batch_size, progress=progress)
     preds = word_maps(model, latents_of, edits, n_draws=n_draws, sampler=sampler, seed=seed, batch_size=batch_size,
                       progress=progress)
-    preds.update(mask_maps(ds, edits, model.resolution, tuple(change.shape[-2:])))
-    edits = edits.assign(change_total=change.reshape(len(edits), -1).sum(1),
-                         cmi_nats=preds["cmi"].reshape(len(edits), -1).sum(1),
-                         attention_total=preds["attention"].reshape(len(edits), -1).sum(1))
+    preds["attention_regen"] = regen_attention
+    preds = {m: preds[m] for m in PREDICTORS}
+    preds.update(mask_maps(ds, edits, model.resolution, tuple(change.shape[-2:]), model.geometry))
+    total = {f"{m}_total": preds[m].reshape(len(edits), -1).sum(1) for m in PREDICTORS}
+    edits = edits.assign(change_total=change.reshape(len(edits), -1).sum(1), cmi_nats=total.pop("cmi_total"),
+                         cmi_s_nats=total.pop("cmi_s_total"), **total)
     return edits, change, preds, correlations(edits, change, preds, n_boot=n_boot, seed=seed)

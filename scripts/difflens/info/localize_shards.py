@@ -6,8 +6,9 @@ images whose rank among the sorted sample ids is the shard's number modulo the s
 of each image's rows and, against the masks, each row's IoU curve, appends the image as one record to
 ``<shard>.partial`` (``records``) and, restarted with the same settings (``records.shard_settings``, checked by
 ``records.check_partial``), skips the images that file holds; its output ``shard-<k>.npz`` holds per row (key
-``row``: the row's position among the data set's word rows) the latent-grid maps (``MAP_KEYS``), and with masks the
-curves ``iou:<method>`` (rows, thresholds) and ``whole`` (the mask's share of the image). ``join_shards`` puts the
+``row``: the row's position among the data set's word rows) the latent-grid maps and totals (``map_keys``), and with
+masks the curves ``iou:<method>`` (rows, thresholds; ``iou:<method>:paper`` on the paper's grid) and ``whole`` (the
+mask's share of the image). ``join_shards`` puts the
 shards back in row order for ``evaluate_curves``: the join needs neither masks nor full-resolution maps.
 """
 from __future__ import annotations
@@ -22,14 +23,22 @@ import pandas as pd
 from .aro import shard_of
 from .estimators import LogSNRSampler, require_unconditional
 from .inputs import word_rows
-from .localize import compute_maps, ground_truth, row_curves, threshold_grid
+from .localize import compute_maps, ground_truth, row_curves, split_count, threshold_grid
 from .memory import CHUNK_ROWS
 from .records import append_record, check_partial, read_records, remove_partial, shard_settings
 
 log = logging.getLogger(__name__)
 
-#: the latent-grid maps and totals of every row (localization_maps.npz holds them, float32)
-MAP_KEYS = ("cmi", "cmi_s", "attention", "cmi_nats", "mi", "mi_nats")
+#: the latent-grid maps and totals every row has (localization_maps.npz holds them, float32); ``map_keys`` adds
+#: ``attention_ddim`` and the maps at smaller draw counts where they were computed
+MAP_KEYS = ("cmi", "cmi_s", "attention_itd", "cmi_nats", "mi", "mi_nats")
+
+
+def map_keys(arrays: dict) -> list[str]:
+    """The map and total keys of a record, shard or joined set of arrays: ``MAP_KEYS``, then the optional maps
+    (``attention_ddim``, ``<map>@<n>``) it holds, in a fixed order."""
+    extra = sorted(k for k in arrays if k == "attention_ddim" or (":" not in k and split_count(k)[1] is not None))
+    return list(MAP_KEYS) + extra
 
 
 def rows_with_masks(ds, rows: pd.DataFrame) -> pd.DataFrame:
@@ -79,16 +88,18 @@ def planned_shard(rows: pd.DataFrame, shard: int, plan: dict, plan_path) -> pd.D
 
 
 def image_record(model, ds, rows: pd.DataFrame, *, n_draws: int, sampler: LogSNRSampler, seed: int, batch_size: int,
-                 thresholds: np.ndarray | None, chunk_rows: int = CHUNK_ROWS) -> dict[str, np.ndarray]:
-    """One image's rows: their keys, maps and (``thresholds`` given: the data set has masks) IoU curves."""
+                 thresholds: np.ndarray | None, chunk_rows: int = CHUNK_ROWS, counts=(),
+                 ddim_steps: int = 0) -> dict[str, np.ndarray]:
+    """One image's rows: their keys, maps (``counts``, ``ddim_steps``: ``localize.image_maps``) and (``thresholds``
+    given: the data set has masks) IoU curves."""
     rows = rows.sort_index()  # compute_maps returns the maps in index order
     maps = compute_maps(model, ds, rows, n_draws=n_draws, sampler=sampler, seed=seed, batch_size=batch_size,
-                        progress=False)
+                        progress=False, counts=counts, ddim_steps=ddim_steps)
     out = {"row": rows.index.to_numpy(np.int64), "sample_id": rows["sample_id"].to_numpy(str),
-           "word": rows["word"].to_numpy(str), **{k: maps[k].astype(np.float32) for k in MAP_KEYS}}
+           "word": rows["word"].to_numpy(str), **{k: maps[k].astype(np.float32) for k in map_keys(maps)}}
     if thresholds is not None:
-        curves, whole = row_curves(maps, lambda a, b: ground_truth(ds, rows.iloc[a:b], model.resolution),
-                                   model.resolution, thresholds, chunk_rows)
+        masks_of = lambda a, b: ground_truth(ds, rows.iloc[a:b], model.resolution, model.geometry)  # noqa: E731
+        curves, whole = row_curves(maps, masks_of, model.resolution, thresholds, chunk_rows)
         out.update({f"iou:{m}": c for m, c in curves.items()}, whole=whole)
     return out
 
@@ -113,21 +124,23 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws: int, sampler: LogSNRSampler,
                    seed: int, n_thresholds: int, batch_size: int = 256, chunk_rows: int = CHUNK_ROWS,
-                   progress: bool = True, identity: dict | None = None,
-                   score_masks: bool = True) -> dict[str, np.ndarray]:
+                   progress: bool = True, identity: dict | None = None, score_masks: bool = True, counts=(),
+                   ddim_steps: int = 0) -> dict[str, np.ndarray]:
     """Maps and, when the data set has masks (and ``score_masks``), IoU curves of every row of ``rows`` (one shard's,
     indexed by row position) into ``out_path`` (.npz), image by image through ``<out_path>.partial``: a restarted
     job resumes from it when it was made with the same settings (``records.shard_settings``; ``identity``: what
     else the numbers depend on, the job's ``records.job_identity``), and raises a ValueError naming both settings
-    when not."""
+    when not. ``counts`` (smaller draw counts whose maps are kept too) and ``ddim_steps`` (the DDIM-inversion
+    attention baseline, 0: off): ``localize.image_maps``."""
     from tqdm import tqdm
 
     require_unconditional(model)
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     masks = score_masks and ds.objects is not None
+    more = {"counts": sorted(int(c) for c in counts if int(c) < n_draws), "ddim_steps": int(ddim_steps)}
     check_partial(partial, shard_settings(model, rows, n_draws=n_draws, sampler=sampler, seed=seed,
-                                          n_thresholds=n_thresholds if masks else None, identity=identity))
+                                          n_thresholds=n_thresholds if masks else None, identity=identity, **more))
     finished = {str(r["sample_id"][0]) for r in read_records(partial)}
     if finished:
         log.info("resuming %s: %d images already localized", partial, len(finished))
@@ -136,7 +149,8 @@ def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_dra
     todo = [s for s in sorted(by_image) if s not in finished]
     for sid in tqdm(todo, desc="localized images", disable=not progress, mininterval=5):
         append_record(partial, image_record(model, ds, by_image[sid], n_draws=n_draws, sampler=sampler, seed=seed,
-                                            batch_size=batch_size, thresholds=thresholds, chunk_rows=chunk_rows))
+                                            batch_size=batch_size, thresholds=thresholds, chunk_rows=chunk_rows,
+                                            counts=counts, ddim_steps=ddim_steps))
     result = stack_records(read_records(partial))
     if thresholds is not None:
         result["thresholds"] = thresholds
@@ -147,9 +161,15 @@ def localize_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_dra
 
 def write_maps(path: str | Path, rows: pd.DataFrame, joined: dict[str, np.ndarray]) -> None:
     """The maps file of word rows (localization_maps.npz, word_maps.npz), compressed: per row its ``sample_id``,
-    ``word`` and ``word_type``, and its latent-grid maps and totals (``MAP_KEYS``, from ``joined`` in row order)."""
+    ``word`` and ``word_type``, and its latent-grid maps and totals (``map_keys``, from ``joined`` in row order)."""
     np.savez_compressed(path, sample_id=rows["sample_id"].to_numpy(str), word=rows["word"].to_numpy(str),
-                        word_type=rows["word_type"].to_numpy(str), **{k: joined[k] for k in MAP_KEYS})
+                        word_type=rows["word_type"].to_numpy(str), **{k: joined[k] for k in map_keys(joined)})
+
+
+def curves_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The IoU curves of a shard or of joined shards, by method (``iou:<method>`` keys: ``evaluate_curves``'s
+    input)."""
+    return {k[len("iou:"):]: v for k, v in arrays.items() if k.startswith("iou:")}
 
 
 def join_shards(paths: list[str | Path], rows: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -26,16 +26,20 @@ from pathlib import Path
 MB = 1e6
 #: rows upsampled to the input resolution (and masks built) at once by ``info.localize.row_curves``
 CHUNK_ROWS = 16
-#: per chunk row and input pixel: the mi, cmi, attention and attention+cmi maps (float32, numpy and torch's
-#: interpolation output), the combined map's per-row parts, the mask (bool)
-CHUNK_BYTES_PER_PIXEL = 32
+#: per chunk row and input pixel: the mi, cmi, attention_itd, attention_ddim and attention+cmi maps (float32, numpy
+#: and torch's interpolation output), the combined map's per-row parts, the mask (bool)
+CHUNK_BYTES_PER_PIXEL = 40
 #: per input pixel, for the one row being counted: its normalised map and the first guess of its bins (float32),
 #: each pixel's bin (int64), the thresholds compared with it (float32) and the comparisons (bool)
 ROW_BYTES_PER_PIXEL = 32
-#: latent-grid maps kept per row (mi, cmi, cmi_s, attention), float32
-MAP_KINDS = 4
-#: maps scored against the masks (mi, cmi, attention, attention+cmi): one IoU per threshold each, float64
-CURVE_METHODS = 4
+#: latent-grid maps kept per row (mi, cmi, cmi_s, attention_itd, attention_ddim), float32, and per smaller draw
+#: count of a list (infodecomp.n_draws) the maps that depend on the draws (mi, cmi, attention_itd)
+MAP_KINDS, MAP_KINDS_PER_COUNT = 5, 3
+#: maps scored against the masks (mi, cmi, attention_itd, attention_ddim, attention+cmi; per smaller draw count all
+#: but attention_ddim): one IoU per threshold each, float64, on our grid and on the paper's (PAPER_THRESHOLDS)
+CURVE_METHODS, CURVE_METHODS_PER_COUNT = 5, 4
+#: the paper's threshold grid (``localize.PAPER_GRID``)
+PAPER_THRESHOLDS = 50
 #: latent channels (Stable Diffusion's VAE; the shapes model's 12 channels on 16 x 16 are a few MB at any count)
 LATENT_CHANNELS = 4
 #: estimator tensors alive at once, in units of (draws x prompts x latent values)
@@ -47,9 +51,12 @@ def latent_side(resolution: int) -> int:
     return max(1, int(resolution) // 8)
 
 
-def row_bytes(resolution: int, n_thresholds: int) -> int:
-    """Bytes one finished row holds: its latent-grid maps, two totals, its IoU curves and mask share, its row key."""
-    return MAP_KINDS * latent_side(resolution) ** 2 * 4 + 2 * 4 + CURVE_METHODS * n_thresholds * 8 + 8 + 8
+def row_bytes(resolution: int, n_thresholds: int, extra_counts: int = 0) -> int:
+    """Bytes one finished row holds: its latent-grid maps, two totals, its IoU curves (none without thresholds: no
+    masks) and mask share, its row key; ``extra_counts``: the smaller draw counts of a list."""
+    maps = (MAP_KINDS + MAP_KINDS_PER_COUNT * extra_counts) * latent_side(resolution) ** 2 * 4
+    grids = n_thresholds + PAPER_THRESHOLDS if n_thresholds else 0
+    return maps + 2 * 4 + (CURVE_METHODS + CURVE_METHODS_PER_COUNT * extra_counts) * grids * 8 + 8 + 8
 
 
 def iou_step_bytes(resolution: int, chunk_rows: int = CHUNK_ROWS) -> int:
@@ -69,19 +76,20 @@ def read_plan(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def shard_held_mb(plan_path: str | Path, shard: int, resolution: int, n_draws: int, n_thresholds: int) -> float:
+def shard_held_mb(plan_path: str | Path, shard: int, resolution: int, n_draws: int, n_thresholds: int,
+                  extra_counts: int = 0) -> float:
     """MB a ``localize_words`` job holds for shard ``shard`` of a plan: its finished rows twice (read back, stacked),
     one (image, caption) group's estimator tensors, the IoU step."""
     planned = read_plan(plan_path)["shards"][int(shard)]
-    held = 2 * int(planned["rows"]) * row_bytes(resolution, n_thresholds)
+    held = 2 * int(planned["rows"]) * row_bytes(resolution, n_thresholds, extra_counts)
     held += estimator_bytes(resolution, n_draws, int(planned["max_words_per_caption"]))
     return (held + iou_step_bytes(resolution)) / MB
 
 
-def collect_held_mb(plan_path: str | Path, resolution: int, n_thresholds: int) -> float:
+def collect_held_mb(plan_path: str | Path, resolution: int, n_thresholds: int, extra_counts: int = 0) -> float:
     """MB ``collect_localization`` holds: every row's maps and curves three times (the shards read, joined, and the
     compressed output's buffers), and its per-row table (about 1 kB a row in pandas)."""
-    return read_plan(plan_path)["n_rows"] * (3 * row_bytes(resolution, n_thresholds) + 1000) / MB
+    return read_plan(plan_path)["n_rows"] * (3 * row_bytes(resolution, n_thresholds, extra_counts) + 1000) / MB
 
 
 def maps_held_mb(words_csv: str | Path, max_images: int, resolution: int, n_draws: int) -> float:

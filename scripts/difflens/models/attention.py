@@ -42,11 +42,16 @@ class CrossAttentionRecorder:
 
     With ``select`` set to a (B,) bool mask before a call, only the selected rows of that call are recorded, summed
     into one row: ``maps[layer]`` is then (1, n_tokens, h, w) whatever the batches looked like (a caller that
-    mixes several prompts in one batch records one prompt's rows, over as many calls as it takes).
+    mixes several prompts in one batch records one prompt's rows, over as many calls as it takes). With ``slots``
+    set instead to a (B,) long tensor (``n_slots`` given), row ``i`` of a call is summed into slot ``slots[i]`` (-1:
+    not recorded): ``maps[layer]`` is (n_slots, n_tokens, h, w), each slot one image's sum over the calls and
+    batches of a sampling run.
     """
 
-    def __init__(self, tokens_of_interest: list[int] | None = None):
+    def __init__(self, tokens_of_interest: list[int] | None = None, n_slots: int | None = None):
         self.tokens = list(tokens_of_interest) if tokens_of_interest is not None else None
+        self.n_slots = n_slots
+        self.slots: torch.Tensor | None = None
         self.maps: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
         self.latent_size: tuple[int, int] | None = None
@@ -68,6 +73,12 @@ class CrossAttentionRecorder:
             p = p[..., self.tokens]
         h, w = _grid(p.shape[1], self.latent_size)
         m = p.transpose(1, 2).reshape(p.shape[0], p.shape[2], h, w)
+        if self.slots is not None:
+            keep = self.slots >= 0
+            if not bool(keep.any()):
+                return
+            slotted = torch.zeros((self.n_slots, *m.shape[1:]), dtype=m.dtype, device=m.device)
+            m = slotted.index_add_(0, self.slots[keep].to(m.device), m[keep.to(m.device)])
         if layer in self.maps:
             if self.maps[layer].shape != m.shape:
                 raise ValueError(f"cross-attention map of {layer} changed shape from {tuple(self.maps[layer].shape)} "
@@ -141,17 +152,18 @@ def cross_attention_modules(unet) -> dict[str, torch.nn.Module]:
 
 
 @contextmanager
-def record_cross_attention(model, tokens_of_interest: list[int] | None = None):
+def record_cross_attention(model, tokens_of_interest: list[int] | None = None, n_slots: int | None = None):
     """Record cross-attention maps of every forward pass inside the block; yields a ``CrossAttentionRecorder``.
 
     ``model``: a UNet text model adapter (anything with ``.unet``) or a ``UNet2DConditionModel``.
-    ``tokens_of_interest``: token positions to keep (default: all). The original processors come back on exit.
+    ``tokens_of_interest``: token positions to keep (default: all); ``n_slots``: the recorder's slot count (rows
+    recorded by ``CrossAttentionRecorder.slots``). The original processors come back on exit.
     """
     unet = getattr(model, "unet", model)
     modules = cross_attention_modules(unet)
     if not modules:
         raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) modules to record")
-    rec = CrossAttentionRecorder(tokens_of_interest)
+    rec = CrossAttentionRecorder(tokens_of_interest, n_slots)
 
     def note_size(_module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]

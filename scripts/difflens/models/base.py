@@ -83,11 +83,30 @@ def nearest_timestep(logsnr: torch.Tensor, log_snr_table: torch.Tensor) -> torch
     return (logsnr.to(torch.float64)[:, None] - table[None, :]).abs().argmin(dim=1)
 
 
-def fit_square(im: Image.Image, r: int, resample=Image.BICUBIC) -> Image.Image:
-    """The image geometry every model input goes through: shorter side resized to ``r``, then a centre crop."""
+#: how an image becomes the model's R x R input (config ``models.<name>.geometry``): ``crop``, the shorter side
+#: resized to R and the centre kept (difflens's default); ``squash``, the whole image resized to R x R, its aspect
+#: ratio not kept (the Info-Decomp code's 512 x 512 resize of COCO images and masks)
+GEOMETRIES = ("crop", "squash")
+
+
+def check_geometry(geometry: str, source: str = "") -> str:
+    """``geometry`` if it is one of ``GEOMETRIES``, else a ModelConfigError naming the config key."""
+    if geometry not in GEOMETRIES:
+        model = f"model {source!r}: " if source else ""
+        raise ModelConfigError(f"{model}geometry {geometry!r} (config key models.<name>.geometry) is not one of "
+                               f"{list(GEOMETRIES)}")
+    return geometry
+
+
+def fit_square(im: Image.Image, r: int, resample=Image.BICUBIC, geometry: str = "crop") -> Image.Image:
+    """The image geometry every model input goes through (``GEOMETRIES``): ``crop``, shorter side resized to ``r``,
+    then a centre crop; ``squash``, the whole image resized to ``r`` x ``r``."""
+    check_geometry(geometry)
     w, h = im.size
     if (w, h) == (r, r):
         return im
+    if geometry == "squash":
+        return im.resize((r, r), resample)
     scale = r / min(w, h)
     im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), resample)
     w, h = im.size
@@ -100,8 +119,9 @@ class DiffusionModel(ABC):
 
     kind: ClassVar[str]
     def __init__(self, *, scheduler, device: torch.device, dtype: torch.dtype, resolution: int,
-                 classes: list[str] | None = None, source: str = "", components=COMPONENTS):
+                 classes: list[str] | None = None, source: str = "", components=COMPONENTS, geometry: str = "crop"):
         self.components = tuple(components)
+        self.geometry = check_geometry(geometry, source)
         self.scheduler = scheduler
         self.device = device
         self.dtype = dtype
@@ -142,8 +162,10 @@ class DiffusionModel(ABC):
 
     # ---- encoders -----------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> (B, 3, R, R) float32 in [-1, 1]: shorter side resized to R (bicubic), centre crop."""
-        out = [np.asarray(fit_square(im.convert("RGB"), self.resolution), dtype=np.float32) for im in images]
+        """PIL images -> (B, 3, R, R) float32 in [-1, 1], bicubic, through the model's ``geometry`` (``crop``:
+        shorter side resized to R, centre crop; ``squash``: the whole image resized to R x R)."""
+        out = [np.asarray(fit_square(im.convert("RGB"), self.resolution, geometry=self.geometry), dtype=np.float32)
+               for im in images]
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
     @abstractmethod

@@ -69,7 +69,7 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
     """DiT (facebook/DiT-XL-2-256 / -512); ``kind: dit``. Layers: transformer_blocks.0 .. transformer_blocks.27."""
 
     kind = "dit"
-    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes", "components")
+    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes", "components", "geometry")
 
     def __init__(self, *, transformer, vae, transformer_config, **kwargs):
         super().__init__(**kwargs)
@@ -89,7 +89,8 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, source, *, dtype="auto", device=None, local_files_only: bool = False,
-                        resolution: int | None = None, classes=None, components=None, **unknown) -> "DiTModel":
+                        resolution: int | None = None, classes=None, components=None, geometry: str = "crop",
+                        **unknown) -> "DiTModel":
         """Load from a hub id (``facebook/DiT-XL-2-256``) or a DiTPipeline folder; see the module doc for names.
 
         ``components``: a subset of ``("vae", "denoiser", "text")`` (None = all); "text" (class names) needs no
@@ -116,7 +117,8 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
             transformer_config["sample_size"] * cls.config_scale_factor(vae_config)
         return cls(transformer=transformer, vae=vae, transformer_config=transformer_config,
                    scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **load),
-                   device=device, dtype=dtype, resolution=res, classes=names, source=src, components=components)
+                   device=device, dtype=dtype, resolution=res, classes=names, source=src, components=components,
+                   geometry=geometry)
 
     # ---- conditions ---------------------------------------------------------------------------------------
     def label_id(self, name: str) -> int:

@@ -17,7 +17,7 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
     """Stable Diffusion; ``kind: sd``. Layers: down_blocks.i, mid_block (alias bottleneck), up_blocks.i (up_fti)."""
 
     kind = "sd"
-    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes", "components")
+    OPTIONS = ("dtype", "device", "local_files_only", "resolution", "classes", "components", "geometry")
 
     def __init__(self, *, vae, **kwargs):
         super().__init__(**kwargs)
@@ -26,11 +26,12 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
     @classmethod
     def from_pretrained(cls, source, *, dtype="auto", device=None, local_files_only: bool = False,
                         resolution: int | None = None, classes: list[str] | None = None, components=None,
-                        **unknown) -> "StableDiffusionModel":
+                        geometry: str = "crop", **unknown) -> "StableDiffusionModel":
         """Load from a hub id (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a pipeline folder.
 
         ``resolution`` defaults to the UNet's sample_size x the VAE's scale factor (512 for SD 1.5 and
         SD 2.1-base, 768 for SD 2.1). ``components``: a subset of ``("vae", "denoiser", "text")``; None = all.
+        ``geometry``: how images become the R x R input (``base.GEOMETRIES``: crop, squash).
         """
         device, dtype = cls._load_settings(source, device, dtype, unknown)
         components = check_components(components, source)
@@ -51,4 +52,5 @@ class StableDiffusionModel(VAELatentsMixin, TextUNetModel):
                    if text else None,
                    tokenizer=CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **load) if text else None,
                    scheduler=DDPMScheduler.from_pretrained(src, subfolder="scheduler", **load),
-                   device=device, dtype=dtype, resolution=res, classes=classes, source=src, components=components)
+                   device=device, dtype=dtype, resolution=res, classes=classes, source=src, components=components,
+                   geometry=geometry)

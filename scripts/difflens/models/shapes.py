@@ -14,14 +14,15 @@ from .unet import TextUNetModel
 
 class ShapesModel(TextUNetModel):
     kind = "shapes"
-    OPTIONS = ("dtype", "device", "components")
+    OPTIONS = ("dtype", "device", "components", "geometry")
 
     def __init__(self, *, space_to_depth: int, **kwargs):
         super().__init__(**kwargs)
         self.space_to_depth = space_to_depth
 
     @classmethod
-    def from_pretrained(cls, source, *, dtype="auto", device=None, components=None, **unknown) -> "ShapesModel":
+    def from_pretrained(cls, source, *, dtype="auto", device=None, components=None, geometry: str = "crop",
+                        **unknown) -> "ShapesModel":
         """Load a trained shapes model folder; ``components`` as for the other adapters (the "vae" is a reshape)."""
         from diffusers import DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, PreTrainedTokenizerFast
@@ -41,7 +42,8 @@ class ShapesModel(TextUNetModel):
                    tokenizer=PreTrainedTokenizerFast.from_pretrained(root / "tokenizer") if text else None,
                    scheduler=DDPMScheduler.from_pretrained(root / "scheduler"),
                    device=device, dtype=dtype, resolution=arch["image_size"], classes=card.get("classes"),
-                   source=str(source), space_to_depth=arch["space_to_depth"], components=components)
+                   source=str(source), space_to_depth=arch["space_to_depth"], components=components,
+                   geometry=geometry)
 
     def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         return super()._encode_prompts([p.lower() for p in prompts])  # the word-level vocabulary is lower case

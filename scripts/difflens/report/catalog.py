@@ -48,11 +48,14 @@ def _items() -> dict[str, Item]:
         ("table2", INFO, "Kong et al. Table 2", "ARO accuracy per relation and attribute", ("aro",)),
         ("fig2", INFO, "Kong et al. Fig. 2", "MI, CMI and attention maps over the image",
          ("localization", "datasets")),
-        ("table3", INFO, "Kong et al. Table 3", "word localization mIoU (held-out and oracle thresholds)",
-         ("localization",)),
-        ("table4", INFO, "Kong et al. Table 4", "prompt intervention: correlation of the change with CMI and "
-         "attention", ("intervention",)),
+        ("table3", INFO, "Kong et al. Table 3", "word localization mIoU (held-out and oracle thresholds; attention on "
+         "the draws and by DDIM inversion)", ("localization",)),
+        ("table4", INFO, "Kong et al. Table 4", "prompt intervention: correlation of the change with CMI (i^s, i^o) "
+         "and attention", ("intervention",)),
         ("fig3", INFO, "Kong et al. Fig. 3", "prompt intervention examples", ("intervention", "datasets")),
+        ("mmse", INFO, "Kong et al. Appendix", "MMSE against log-SNR: caption, empty prompt and the Gaussian "
+         "reference", ("mmse",)),
+        ("micmi", INFO, "Kong et al. Appendix C", "image-level MI of each word against its CMI", ("localization",)),
         ("attributes", SHAPES, "shapes world", "which attribute is readable where: Diff-C, probes, SAE",
          ("accuracy", "sae_summary")),
     ]

@@ -26,8 +26,8 @@ WIDTH = 120
 ARO_KINDS = {"relation": "relation swap", "attribute": "colour swap", "order": "word order"}
 ARO_SCORES = {"i_s": "i^s", "err": "denoising error", "i_o": "i^o"}
 #: localization.csv's methods, as the README names them
-METHODS = {"whole_image": "whole image", "mi": "MI", "cmi": "CMI", "attention": "attention",
-           "attention+cmi": "attention + CMI"}
+METHODS = {"whole_image": "whole image", "mi": "MI", "cmi": "CMI", "attention_itd": "attention on the draws",
+           "attention_ddim": "attention by DDIM inversion", "attention+cmi": "attention + CMI"}
 
 
 class BlockError(ValueError):
@@ -231,9 +231,11 @@ def intervention_lines(iv: pd.DataFrame) -> list[str]:
 
     n = int(iv["n"].iloc[0])
     out = [f"**Intervention** (`intervention.csv`, Pearson r of each map with the change, 95% bootstrap interval; "
-           f"Kong et al. Table 4), {n} edits with a word omitted: image level CMI {r('omit', 'cmi', 'image')}, "
-           f"attention {r('omit', 'attention', 'image')}; pixel level CMI {r('omit', 'cmi', 'pixel')}, attention "
-           f"{r('omit', 'attention', 'pixel')}."]
+           f"Kong et al. Table 4), {n} edits with a word omitted: image level CMI as i^s (the authors' score) "
+           f"{r('omit', 'cmi_s', 'image')}, as i^o {r('omit', 'cmi', 'image')}, attention during regeneration "
+           f"{r('omit', 'attention_regen', 'image')}; pixel level CMI (i^o) {r('omit', 'cmi', 'pixel')}, attention "
+           f"during regeneration {r('omit', 'attention_regen', 'pixel')}, on the draws "
+           f"{r('omit', 'attention_itd', 'pixel')}."]
     if ("omit", "object_mask", "image") in t.index:
         out.append(f"Mask baselines (no model at all): the edited word's object mask "
                    f"{r('omit', 'object_mask', 'image')} image level, {r('omit', 'object_mask', 'pixel')} pixel level; "
@@ -243,8 +245,9 @@ def intervention_lines(iv: pd.DataFrame) -> list[str]:
                    f"{r('omit', 'cmi-all_objects_mask', 'pixel')}.")
     if ("swap", "cmi", "image") in t.index:
         out.append(f"Swapped words ({int(iv[iv['edit'] == 'swap']['n'].iloc[0])} edits): image level CMI "
-                   f"{r('swap', 'cmi', 'image')}, attention {r('swap', 'attention', 'image')}; pixel level CMI "
-                   f"{r('swap', 'cmi', 'pixel', False)}, attention {r('swap', 'attention', 'pixel', False)}.")
+                   f"{r('swap', 'cmi_s', 'image')} (i^s of caption against swapped caption), attention "
+                   f"{r('swap', 'attention_regen', 'image')}; pixel level CMI {r('swap', 'cmi', 'pixel', False)}, "
+                   f"attention {r('swap', 'attention_regen', 'pixel', False)}.")
     return [bullet(" ".join(out))]
 
 

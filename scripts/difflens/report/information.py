@@ -1,7 +1,8 @@
 """The information-decomposition paper items from ``info/<model>/<data set>/``: Tables 1-2 (ARO overall and per
 relation, i^o beside i^s and the denoising error), Fig. 2 (MI / CMI / attention maps over the image on one colour
-scale), Table 3 (localization mIoU, held-out and oracle thresholds), Table 4 (prompt intervention: CMI and attention
-beside the mask baselines, and their paired differences) and Fig. 3 (intervention examples)."""
+scale), Table 3 (localization mIoU, held-out and oracle thresholds; both attention rows, and every draw count of a
+list), Table 4 (prompt intervention: CMI as i^s and i^o and attention during regeneration and on the draws, beside
+the mask baselines, and their paired differences) and Fig. 3 (intervention examples)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,17 +10,32 @@ import pandas as pd
 import seaborn as sns
 
 from .revelio import ReportError
-from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, grouped_bars, note_figure, plt, save_figure
+from .style import SCORE_COLOURS, SCORE_NAMES, apply_style, grouped_bars, note_figure, plt, save_figure, shade
 
 SCORES = ("i_s", "i_o", "err")
-METHODS = ("whole_image", "mi", "cmi", "attention", "attention+cmi")
-MAP_KINDS = ("mi", "cmi", "attention")
+METHODS = ("whole_image", "mi", "cmi", "attention_itd", "attention_ddim", "attention+cmi")
+MAP_KINDS = ("mi", "cmi", "attention_itd")
+#: the label of the public code's threshold (``info.localize.PAPER_GRID``, chosen on the evaluation rows)
+ORACLE = "oracle (paper grid, test-set pick)"
 
 
 def _bars(ax, table: pd.DataFrame, x: str, hue: str, hues, value: str, **whiskers) -> dict:
     """Grouped bars in the information scores' fixed colours and names (``style.grouped_bars``)."""
     return grouped_bars(ax, table, x, hue, hues, value, colour=SCORE_COLOURS.get,
                         label=lambda h: SCORE_NAMES.get(h, h), **whiskers)
+
+
+def paper_stars(ax, where: dict, table: pd.DataFrame, x: str, hue: str, label: str) -> None:
+    """A star at each bar (``where``: ``grouped_bars``' positions) whose row of ``table`` has a ``paper_value``
+    (``report.paper.compare_keyed``: the paper's number of a row computed the same way)."""
+    if "paper_value" not in table:
+        return
+    xs = list(dict.fromkeys(table[x]))
+    rows = table.dropna(subset=["paper_value"])
+    rows = rows[rows[hue].isin(list(where)) & rows[x].isin(xs)]
+    if len(rows):
+        ax.scatter([where[h][xs.index(v)] for h, v in zip(rows[hue], rows[x])], rows["paper_value"], marker="*",
+                   s=70, color="k", zorder=4, label=label)
 
 
 # ---- Tables 1-2: ARO ----------------------------------------------------------------------------------------------
@@ -46,6 +62,27 @@ def aro_table(aro: pd.DataFrame, per_group: bool) -> pd.DataFrame:
     return wide.merge(n.reset_index(), how="left").reset_index(drop=True)
 
 
+#: the ARO scores the paper's Table 1 reports (i^o, and DiffITM's denoising error)
+PAPER_SCORES = ("i_o", "err")
+
+
+def aro_paper(table: pd.DataFrame, numbers, identity: dict) -> pd.DataFrame:
+    """Table 1 with the paper's numbers of the same rows (``paper_<score>``, ``paper_<score>_differs``, ...): VG-R
+    and VG-A beside the macro accuracy, COCO / Flickr30k-Order beside the accuracy (Precision@1), for the same
+    weights and data set (``paper.compare_keyed``)."""
+    from .paper import COLUMNS, compare_keyed
+
+    paper_row = ((table["metric"] == "macro") & table["kind"].isin(["relation", "attribute"])) | \
+        ((table["metric"] == "accuracy") & (table["kind"] == "order"))
+    for score in PAPER_SCORES:
+        keyed = compare_keyed(table.assign(paper_key=np.where(paper_row, "aro/" + table["kind"] + "/" + score, "")),
+                              numbers, identity, "paper_key")
+        table = table.assign(**{c.replace("paper_", f"paper_{score}_").replace(f"paper_{score}_value",
+                                                                              f"paper_{score}"): keyed[c]
+                                for c in COLUMNS})
+    return table
+
+
 def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None:
     apply_style()
     if table.empty:
@@ -55,6 +92,7 @@ def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None
     fig, axes = plt.subplots(1, len(facets), figsize=(max(6.5, 1.2 * len(facets[0][1])) * len(facets), 3.8),
                              squeeze=False)
     for ax, (key, g) in zip(axes[0], facets):
+        g = g.assign(_row=g.index)
         long = g.melt(id_vars=[c for c in g.columns if c not in SCORES and not c.endswith("_stderr")],
                       value_vars=[s for s in SCORES if s in g], var_name="score", value_name="accuracy")
         errs = g.melt(id_vars=[c for c in g.columns if c not in SCORES and not c.endswith("_stderr")],
@@ -63,7 +101,11 @@ def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None
         errs["score"] = errs["score"].str.removesuffix("_stderr")
         long = long.merge(errs, how="left")
         long["x"] = long["group"] if per_group else long["kind"] + np.where(long["metric"] == "macro", " (macro)", "")
-        _bars(ax, long, "x", "score", SCORES, "accuracy", err="stderr")
+        where = _bars(ax, long, "x", "score", SCORES, "accuracy", err="stderr")
+        if not per_group and any(f"paper_{sc}" in g for sc in PAPER_SCORES):
+            long["paper_value"] = [g.get(f"paper_{sc}", pd.Series(np.nan, g.index)).loc[i] if sc in PAPER_SCORES
+                                   else np.nan for sc, i in zip(long["score"], long["_row"])]
+            paper_stars(ax, where, long, "x", "score", "the paper (same weights and data set)")
         ax.axhline(0.5, color="grey", ls=":", lw=1)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy (true caption scores highest)")
@@ -77,20 +119,26 @@ def plot_aro(table: pd.DataFrame, per_group: bool, png, pdf, title: str) -> None
 
 # ---- Table 3: localization mIoU -----------------------------------------------------------------------------------
 def localization_table(loc: pd.DataFrame) -> pd.DataFrame:
-    """Long form of localization.csv: one row per (model, data set, word type, method, threshold), mIoU in [0, 1];
-    empty when no localized data set has masks (COCO-WL: maps only)."""
+    """Long form of localization.csv: one row per (model, data set, word type, method, draw count, threshold), mIoU
+    in [0, 1] (``draws``: the smaller count of a ``<method>@<n>`` column, empty for the run's full count); empty when
+    no localized data set has masks (COCO-WL: maps only)."""
     out = []
     for r in loc.to_dict("records"):
-        for m in METHODS:
-            if m not in r:
+        for col in r:
+            m, _, n = col.partition("@")
+            if m not in METHODS or ":" in col or pd.isna(r[col]):
                 continue
+            steps = n or (r.get("ddim_steps") if m == "attention_ddim" else r.get("draws"))
             out.append({"model": r["model"], "dataset": r["dataset"], "word_type": r["word_type"], "n": r["n"],
-                        "method": m, "threshold": "held-out" if m != "whole_image" else "none",
-                        "threshold_source": r["threshold_source"], "miou": r[m]})
-            if f"{m}:oracle" in r:
-                out.append({**out[-1], "threshold": "oracle (test-set pick)", "miou": r[f"{m}:oracle"]})
-    return pd.DataFrame(out, columns=["model", "dataset", "word_type", "n", "method", "threshold",
-                                      "threshold_source", "miou"])
+                        "method": m, "draws": n, "steps": steps if m != "whole_image" else "",
+                        "threshold": "held-out" if m != "whole_image" else "none",
+                        "threshold_source": r["threshold_source"], "miou": r[col],
+                        "paper_key": "localization/whole_image" if m == "whole_image" else ""})
+            if pd.notna(r.get(f"{col}:oracle")):
+                out.append({**out[-1], "threshold": ORACLE, "miou": r[f"{col}:oracle"],
+                            "paper_key": f"localization/{m}:oracle" if r["word_type"] == "all" else ""})
+    return pd.DataFrame(out, columns=["model", "dataset", "word_type", "n", "method", "draws", "steps", "threshold",
+                                      "threshold_source", "miou", "paper_key"])
 
 
 def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
@@ -98,8 +146,9 @@ def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
     if table.empty:  # data sets without masks: the maps exist, an mIoU does not
         note_figure(png, pdf, title, "no localized data set has object masks: no mIoU (the maps are in Fig. 2)")
         return
-    held = table[table["threshold"] != "oracle (test-set pick)"]
-    oracle = table[table["threshold"] == "oracle (test-set pick)"]
+    table = table[table["draws"] == ""]  # the full draw count (the smaller ones are in the table)
+    held = table[table["threshold"] != ORACLE]
+    oracle = table[table["threshold"] == ORACLE]
     facets = list(held.groupby(["model", "dataset"], sort=False))
     fig, axes = plt.subplots(1, len(facets), figsize=(6.5 * len(facets), 3.8), squeeze=False)
     for ax, ((model, ds), g) in zip(axes[0], facets):
@@ -109,7 +158,10 @@ def plot_localization(table: pd.DataFrame, png, pdf, title: str) -> None:
         marks = pd.DataFrame([{"method": m, "word_type": w, "x": x} for m, pos in where.items()
                               for w, x in zip(xs, pos)]).merge(o[["method", "word_type", "miou"]]).dropna()
         if len(marks):  # on seaborn's categorical axis: no point without a value (whole_image has no oracle)
-            ax.scatter(marks["x"], marks["miou"], marker="_", s=60, color="k", zorder=3, label="oracle threshold")
+            ax.scatter(marks["x"], marks["miou"], marker="_", s=60, color="k", zorder=3, label=ORACLE)
+        paper_stars(ax, where, table[(table["model"] == model) & (table["dataset"] == ds) &
+                                     (table["threshold"] != "held-out")], "word_type", "method",
+                    "the paper (same method and steps; beside the oracle)")
         ax.set_ylim(0, 1)
         ax.set_ylabel("mIoU (threshold chosen on held-out rows)")
         ax.set_xlabel("word type")
@@ -160,12 +212,12 @@ def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], p
         sid, word = str(maps["sample_id"][i]), str(maps["word"][i])
         image = images[sid]
         vmax = float(max(maps["mi"][i].max(), maps["cmi"][i].max(), 1e-12))
-        att = maps["attention"][i] * (vmax / max(float(maps["attention"][i].max()), 1e-12))
+        att = maps["attention_itd"][i] * (vmax / max(float(maps["attention_itd"][i].max()), 1e-12))
         axes[r, 0].imshow(image)
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
         axes[r, 0].set_ylabel(f"{sid}\n'{word}' ({maps['word_type'][i]})", fontsize=7)
-        for c, (kind, heat) in enumerate((("mi", maps["mi"][i]), ("cmi", maps["cmi"][i]), ("attention", att)), 1):
+        for c, (kind, heat) in enumerate((("mi", maps["mi"][i]), ("cmi", maps["cmi"][i]), ("attention_itd", att)), 1):
             im = overlay(axes[r, c], image, heat, vmax)
             if r == 0:
                 axes[r, c].set_title(SCORE_NAMES[kind])
@@ -174,7 +226,7 @@ def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], p
         shown.append({"sample_id": sid, "word": word, "word_type": str(maps["word_type"][i]),
                       "mi_nats": float(maps["mi_nats"][i]), "cmi_nats": float(maps["cmi_nats"][i]),
                       "mi_max": float(maps["mi"][i].max()), "cmi_max": float(maps["cmi"][i].max()),
-                      "attention_max": float(maps["attention"][i].max()),
+                      "attention_max": float(maps["attention_itd"][i].max()),
                       "grid": "x".join(map(str, maps["mi"][i].shape))})
     axes[0, 0].set_title("image")
     fig.suptitle(title)
@@ -186,10 +238,11 @@ def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], p
 #: Table 4's predictors in plotting order and colour: the maps, the mask baselines (``info.intervene.MASK_BASELINES``,
 #: grey) and each map's paired difference with each baseline (``<map>-<baseline>``, the map's colour, darker for
 #: the all-objects mask)
-INTERVENTION_COLOURS = {"cmi": SCORE_COLOURS["cmi"], "attention": SCORE_COLOURS["attention"],
+INTERVENTION_MAPS = ("cmi_s", "cmi", "attention_regen", "attention_itd")
+INTERVENTION_COLOURS = {**{m: SCORE_COLOURS[m] for m in INTERVENTION_MAPS},
                         "object_mask": "#bdbdbd", "all_objects_mask": "#636363",
-                        "cmi-object_mask": "#f08080", "cmi-all_objects_mask": "#8b1a1a",
-                        "attention-object_mask": "#9be3ec", "attention-all_objects_mask": "#0b6e7a"}
+                        **{f"{m}-{b}": shade(SCORE_COLOURS[m], f) for m in INTERVENTION_MAPS
+                           for b, f in (("object_mask", 1.4), ("all_objects_mask", 0.6))}}
 MASK_NAMES = {"object_mask": "the word's object mask", "all_objects_mask": "all objects' mask"}
 
 
@@ -199,14 +252,15 @@ def predictor_label(predictor: str) -> str:
     return " - ".join(names.get(p, p) for p in predictor.split("-"))
 
 
-def intervention_panel(ax, rows: pd.DataFrame, ylabel: str) -> None:
+def intervention_panel(ax, rows: pd.DataFrame, ylabel: str) -> dict:
     """One Table 4 panel: grouped bars of ``rows`` (x: edit and level, one bar per predictor) with their 95%
-    intervals, a line at 0."""
-    grouped_bars(ax, rows, "x", "predictor", list(INTERVENTION_COLOURS), "pearson", colour=INTERVENTION_COLOURS.get,
-                 label=predictor_label, lo="ci_low", hi="ci_high")
+    intervals, a line at 0; returns the bars' positions (``grouped_bars``)."""
+    where = grouped_bars(ax, rows, "x", "predictor", list(INTERVENTION_COLOURS), "pearson",
+                         colour=INTERVENTION_COLOURS.get, label=predictor_label, lo="ci_low", hi="ci_high")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
+    return where
 
 
 def plot_intervention(table: pd.DataFrame, png, pdf, title: str) -> None:
@@ -221,7 +275,9 @@ def plot_intervention(table: pd.DataFrame, png, pdf, title: str) -> None:
     n_rows = 2 if table["difference"].any() else 1
     fig, axes = plt.subplots(n_rows, len(facets), figsize=(6.5 * len(facets), 3.6 * n_rows), squeeze=False)
     for j, ((model, ds), g) in enumerate(facets):
-        intervention_panel(axes[0, j], g[~g["difference"]], "Pearson r with the change (95% CI)")
+        where = intervention_panel(axes[0, j], g[~g["difference"]], "Pearson r with the change (95% CI)")
+        paper_stars(axes[0, j], where, g[~g["difference"]], "x", "predictor", "the paper (computed the same way)")
+        axes[0, j].legend(fontsize=7)
         axes[0, j].set_title(f"{model} · {ds}")
         if n_rows == 1:
             continue
@@ -257,7 +313,7 @@ def plot_intervention_examples(items: pd.DataFrame, pick: pd.DataFrame, maps: di
     for r, row in enumerate(pick.itertuples()):
         image = images[row.sample_id]
         panels = [("change", maps["change"][row.map_row]), ("cmi", maps["cmi"][row.map_row]),
-                  ("attention", maps["attention"][row.map_row])]
+                  ("attention_regen", maps["attention_regen"][row.map_row])]
         ax = fig.add_subplot(grid[r, 0])
         ax.imshow(image)
         ax.set_xticks([])
@@ -272,10 +328,10 @@ def plot_intervention_examples(items: pd.DataFrame, pick: pd.DataFrame, maps: di
     edits = sorted(set(items["edit"]))
     for edit, colour in zip(edits, sns.color_palette(n_colors=len(edits))):
         g = items[items["edit"] == edit]
-        sns.regplot(g, x="cmi_nats", y="change_total", ax=ax, color=colour, label=f"{edit} ({len(g)})",
-                    fit_reg=g["cmi_nats"].nunique() > 1, seed=0, scatter_kws={"s": 12, "alpha": 0.7},
+        sns.regplot(g, x="cmi_s_nats", y="change_total", ax=ax, color=colour, label=f"{edit} ({len(g)})",
+                    fit_reg=g["cmi_s_nats"].nunique() > 1, seed=0, scatter_kws={"s": 12, "alpha": 0.7},
                     line_kws={"lw": 1})
-    ax.set_xlabel("CMI of the word (nats)")
+    ax.set_xlabel("CMI of the word, i^s total (nats; the public code's image-level score)")
     ax.set_ylabel("image-level change (sum of squared differences)")
     ax.legend(fontsize=7)
     fig.suptitle(title + " (maps scaled to their maximum)")

@@ -23,6 +23,7 @@ PRODUCERS = [
     (r"info/[^/]+/[^/]+/localize/plan\.json$", "plan_localization"),
     (r"info/[^/]+/[^/]+/intervention(_items\.csv|_maps\.npz|\.csv)$", "intervene_words"),
     (r"info/[^/]+/[^/]+/word_maps\.(npz|csv|png)$", "word_maps"),
+    (r"info/[^/]+/[^/]+/mmse_curves\.csv$", "mmse_curves"),
     (r"activations/[^/]+/[^/]+/index\.json$", "index_activations"),
     (r"data/[^/]+/dataset\.json$", "prepare_dataset"),
     (r"models/[^/]+/check\.json$", "check_model"),

@@ -59,7 +59,7 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
     """Draw one paper item from its inputs and write its PNG, PDF and CSV; returns the table. ``identity``
     (``paper.identities`` of the config): which models, data sets and protocols are the papers', so that a paper's
     number is drawn beside ours only like for like (the table's ``paper_*`` columns say what differs elsewhere)."""
-    from . import attributes, information, paper, revelio
+    from . import appendix, attributes, information, paper, revelio
 
     it = item(key)
     what = f"{it.paper} ({it.family}/{it.name})"
@@ -104,10 +104,14 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
                              for r in table.itertuples()], png, pdf, title, cols=1)
     elif it.family == INFO and it.name in ("table1", "table2"):
         table = information.aro_table(concat_csv(inputs["aro"], what, origin=True), per_group=it.name == "table2")
+        if it.name == "table1":
+            table = information.aro_paper(table, paper.load_numbers(), identity or paper.identities({}))
         information.plot_aro(table, it.name == "table2", png, pdf, title)
     elif key == f"{INFO}/table3":
         table = information.localization_table(concat_csv([p for p in inputs["localization"]
                                                             if p.endswith(".csv")], what, origin=True))
+        table = paper.compare_keyed(table, paper.load_numbers(), identity or paper.identities({}), "paper_key",
+                                    "steps", "miou")
         information.plot_localization(table, png, pdf, title)
     elif key == f"{INFO}/fig2":
         npz = [p for p in inputs["localization"] if p.endswith(".npz")][0]
@@ -119,6 +123,9 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
     elif key == f"{INFO}/table4":
         table = concat_csv([p for p in inputs["intervention"] if p.endswith("intervention.csv")], what,
                            origin=True)
+        key = np.where(table["edit"] == "omit", "intervention/" + table["level"] + "/" + table["predictor"], "")
+        table = paper.compare_keyed(table.assign(paper_key=key), paper.load_numbers(),
+                                    identity or paper.identities({}), "paper_key")
         information.plot_intervention(table, png, pdf, title)
     elif key == f"{INFO}/fig3":
         npz = [p for p in inputs["intervention"] if p.endswith(".npz")][0]
@@ -129,6 +136,13 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
         images = _images(results, ds, pick["sample_id"])
         table = information.plot_intervention_examples(items, pick, maps, images, png, pdf,
                                                        f"{title} ({model} on {ds})")
+    elif key == f"{INFO}/mmse":
+        table = appendix.mmse_table(concat_csv(inputs["mmse"], what, origin=True))
+        appendix.plot_mmse(table, png, pdf, title)
+    elif key == f"{INFO}/micmi":
+        table = pd.concat([appendix.micmi_table(read_npz(p, what), *info_folder(p)) for p in inputs["localization"]
+                           if p.endswith(".npz")], ignore_index=True)
+        appendix.plot_micmi(table, png, pdf, title)
     elif key == f"{SHAPES}/attributes":
         table = attributes.readability_table(concat_csv(inputs["accuracy"], what),
                                              concat_csv(inputs["sae_summary"], what))

@@ -107,15 +107,63 @@ def compare(table, numbers, ident: dict, paper: str, items, metric: str, ours: s
     return table.assign(**out)
 
 
-def summary_number(numbers, key: str, model_source: str) -> tuple[str, str]:
-    """(the paper's numbers for a summary-page row ``key``, their source) where the model's weights are the paper's;
-    elsewhere ("-", what differs)."""
+def compare_keyed(table, numbers, ident: dict, key: str, steps: str | None = None, ours: str | None = None):
+    """``table`` (rows with model and dataset) with the ``COLUMNS`` added from the paper rows whose ``summary_key``
+    is the row's ``key`` column (Kong et al.'s tables: a key names the quantity and how it was computed), where the
+    model's weights, the data set's source and (with ``steps``, the row's draw or step count) the step count match;
+    elsewhere ``paper_differs`` names what differs. ``ours``: the column a paper value in % is scaled to."""
+    import pandas as pd
+
+    out = {c: [] for c in COLUMNS}
+    for r in table.to_dict("records"):
+        rows = numbers[numbers["summary_key"] == r.get(key, "")] if r.get(key) else numbers.iloc[:0]
+        model = ident["models"].get(r["model"], {"source": "", "paper": ""})
+        source = ident["datasets"].get(r["dataset"], {"source": r["dataset"]})["source"]
+        why = ""
+        if rows.empty:
+            why = "no paper number for this row"
+        elif model["paper"] not in set(rows["model"]):
+            why = f"model {r['model']} ({model['source'] or 'no hub id'}) is not the paper's"
+        elif source not in set(rows["dataset"]):
+            why = f"data set {r['dataset']} ({source}) is not the paper's ({', '.join(sorted(set(rows['dataset'])))})"
+        else:
+            rows = rows[rows["dataset"] == source]
+            counted = rows[~rows["steps"].isin(["", "any"])]
+            n = r.get(steps) if steps else None
+            if len(counted) and n is not None and pd.notna(n) and str(n) != "":
+                rows = rows[rows["steps"] == str(int(n))]
+                why = "" if len(rows) else f"{int(n)} steps (the paper's: {', '.join(sorted(set(counted['steps'])))})"
+        best = rows.iloc[0] if not why else None
+        scale = 0.01 if best is not None and best["unit"] == "%" and (ours is None or r.get(ours, 1) <= 1) else 1
+        out["paper_value"].append(best["value"] * scale if best is not None else float("nan"))
+        out["paper_source"].append(best["source"] if best is not None else "")
+        out["paper_verified"].append(best["verified"] if best is not None else "")
+        out["paper_differs"].append(why)
+    return table.assign(**out)
+
+
+def summary_number(numbers, key: str, model_source: str, steps: int | None = None,
+                   dataset_source: str | None = None) -> tuple[str, str]:
+    """(the paper's numbers for a summary-page row ``key``, their source) where the model's weights are the paper's,
+    the data set's source (when known) is one the paper reports for it and, for a row whose number depends on a step
+    count (``steps``: draws or DDIM steps; the paper's ``steps`` column), the counts match; elsewhere ("-", what
+    differs)."""
     rows = numbers[numbers["summary_key"] == key]
     if rows.empty:
         return "-", ""
     if paper_model(model_source) not in set(rows["model"]):
         papers = ", ".join(" / ".join(PAPER_MODELS[m]) if m in PAPER_MODELS else m for m in sorted(set(rows["model"])))
         return "-", f"differs: model {model_source or '(no hub id)'} is not the paper's ({papers})"
-    text = " / ".join(f"{v:g}{u} ({d})" for v, u, d in zip(rows["value"], rows["unit"], rows["dataset"]))
+    if dataset_source and dataset_source not in set(rows["dataset"]):
+        return "-", f"differs: data set {dataset_source} (the paper's: {', '.join(sorted(set(rows['dataset'])))})"
+    if dataset_source:
+        rows = rows[rows["dataset"] == dataset_source]
+    counted = rows[~rows["steps"].isin(["", "any"])]
+    if steps is not None and len(counted):
+        rows = rows[rows["steps"] == str(int(steps))]
+        if rows.empty:
+            return "-", f"differs: {steps} steps (the paper's: {', '.join(sorted(set(counted['steps']), key=int))})"
+    text = " / ".join(f"{v:g}{u} ({d}{', ' + n + ' steps' if n not in ('', 'any') else ''})"
+                      for v, u, d, n in zip(rows["value"], rows["unit"], rows["dataset"], rows["steps"]))
     return text, "; ".join(sorted(set(f"{p.capitalize()} et al. {s}" if p == "kong" else s
                                        for p, s in zip(rows["paper"], rows["source"]))))

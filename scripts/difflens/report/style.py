@@ -19,11 +19,20 @@ RC = {"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 1
       "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False}
 #: fixed colours of the information scores and map kinds (the same in every information figure)
 SCORE_COLOURS = {"i_s": "#1f77b4", "i_o": "#ff7f0e", "err": "#2ca02c", "whole_image": "#7f7f7f", "mi": "#9467bd",
-                 "cmi": "#d62728", "attention": "#17becf", "attention+cmi": "#8c564b"}
+                 "cmi": "#d62728", "cmi_s": "#e377c2", "attention_itd": "#17becf", "attention_ddim": "#bcbd22",
+                 "attention_regen": "#bcbd22", "attention+cmi": "#8c564b"}
 SCORE_NAMES = {"i_s": "i^s (standard)", "i_o": "i^o (orthogonal)", "err": "denoising error",
-               "whole_image": "whole image", "mi": "MI", "cmi": "CMI", "attention": "attention (DAAM)",
-               "attention+cmi": "attention + CMI"}
+               "whole_image": "whole image", "mi": "MI", "cmi": "CMI (i^o)", "cmi_s": "CMI (i^s)",
+               "attention_itd": "attention on the draws (DAAM)", "attention_ddim": "attention, DDIM inversion (DAAM)",
+               "attention_regen": "attention during regeneration (DAAM)", "attention+cmi": "attention + CMI"}
 BASELINE = "#555555"
+
+
+def shade(colour: str, factor: float) -> str:
+    """``colour`` (hex) lighter (``factor`` > 1: towards white) or darker (< 1: towards black)."""
+    rgb = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    out = [1 - (1 - c) / factor if factor > 1 else c * factor for c in rgb]
+    return "#" + "".join(f"{round(255 * c):02x}" for c in out)
 
 
 #: the seaborn theme under ``RC`` (which wins where both set a value): white background with a light grid, paper-sized

@@ -14,13 +14,15 @@ from .inputs import info_folder, read_csv, read_json
 from .paper import compare, load_numbers, summary_number
 from .revelio import argmax_rows, best_by_validation
 
-def _row(section, quantity, value, model, dataset, key, kinds, identity=None, paper=None):
+def _row(section, quantity, value, model, dataset, key, kinds, identity=None, paper=None, steps=None):
     """One headline row; the paper's number for ``key`` (``docs/paper_numbers.csv``'s ``summary_key``, parts
-    joined by "/") only where the model's weights are the paper's (``paper.summary_number``), else what differs;
-    ``paper``: a (value, source) pair computed by the caller instead."""
+    joined by "/") only where the model's weights are the paper's and the step count ``steps`` (where the number
+    depends on one) is the paper's (``paper.summary_number``), else what differs; ``paper``: a (value, source) pair
+    computed by the caller instead."""
     source = ((identity or {}).get("models", {}).get(model) or {}).get("source", "")
+    data = ((identity or {}).get("datasets", {}).get(dataset) or {}).get("source")
     if paper is None:
-        paper = summary_number(numbers(), "/".join(key), source) if key else ("-", "")
+        paper = summary_number(numbers(), "/".join(key), source, steps, data) if key else ("-", "")
     world = "shapes world (not Stable Diffusion)" if kinds.get(model) == "shapes" else kinds.get(model, "")
     return {"section": section, "quantity": quantity, "this run": value, "model": model, "dataset": dataset,
             "model kind": world, "paper": paper[0], "paper source": paper[1]}
@@ -93,6 +95,36 @@ def control_verdict(sae: pd.DataFrame) -> str:
         verdict += (f". The untrained SAE does as well by {' and '.join(weak)}: by that measure these features cannot "
                     "show that the SAE learned anything")
     return verdict
+
+
+#: localization.csv's methods in the summary's order, with the words for each
+LOCALIZATION_METHODS = {"whole_image": "whole image", "mi": "MI", "cmi": "CMI", "attention_itd": "attention on the "
+                        "estimator's draws (the paper's attention + information)", "attention_ddim": "attention by "
+                        "DDIM inversion (the paper's attention)", "attention+cmi": "mean of attention and CMI"}
+
+
+def localization_rows(sel: pd.Series, model: str, ds: str, kinds: dict, identity: dict | None) -> list[dict]:
+    """The summary's rows of one localization.csv line (all words): per method (and smaller draw count of a list),
+    the mIoU at the held-out threshold (no paper number: the paper picks its threshold on the test set) and at the
+    paper's oracle threshold, set beside the paper's number of the same method and step count (draws; DDIM steps
+    for the attention baseline)."""
+    out = []
+    for col in sel.index:
+        method, _, count = col.partition("@")
+        if method not in LOCALIZATION_METHODS or ":" in col or pd.isna(sel[col]):
+            continue
+        steps = int(count) if count else (sel.get("ddim_steps") if method == "attention_ddim" else sel.get("draws"))
+        steps = None if method == "whole_image" or steps is None or pd.isna(steps) else int(steps)
+        name = LOCALIZATION_METHODS[method] + (f", {count} draws" if count else "")
+        threshold = ", held-out threshold" if method != "whole_image" else ""
+        out.append(_row("Information: localization", f"mIoU % ({name}, all words{threshold})",
+                        f"{100 * sel[col]:.1f}", model, ds, ("localization", col), kinds, identity))
+        if pd.notna(sel.get(f"{col}:oracle")):
+            out.append(_row("Information: localization", f"mIoU % ({name}, all words, best threshold of the paper's "
+                            f"grid on the test rows{f', {steps} steps' if steps else ''})",
+                            f"{100 * sel[f'{col}:oracle']:.1f}", model, ds, ("localization", f"{method}:oracle"),
+                            kinds, identity, steps=steps))
+    return out
 
 
 def intervention_quantity(predictor: str, level: str) -> str:
@@ -168,11 +200,8 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str], identity: dict
             rows.append(_row("Information: localization", "mIoU %", "none: the data set has no masks (maps only)",
                              model, ds, (), kinds))
             continue
-        sel = loc[loc["word_type"] == "all"] if (loc["word_type"] == "all").any() else loc.head(1)
-        for method in ("whole_image", "mi", "cmi", "attention", "attention+cmi"):
-            if method in sel:
-                rows.append(_row("Information: localization", f"mIoU % ({method}, all words, held-out threshold)",
-                                 f"{100 * sel[method].iloc[0]:.1f}", model, ds, ("localization", method), kinds, identity))
+        sel = (loc[loc["word_type"] == "all"] if (loc["word_type"] == "all").any() else loc.head(1)).iloc[0]
+        rows += localization_rows(sel, model, ds, kinds, identity)
     for path in tables.get("intervention", []):
         model, ds = info_folder(path)
         t = read_csv(path, "the summary page")
