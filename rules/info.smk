@@ -9,7 +9,9 @@ from difflens.info import memory as localize_memory
 #: read: a job's params hold only these, so that changing another stage's settings (or adding a data set, or a
 #: collect-only key such as aro.min_group) reruns none of its denoiser jobs
 INFO_ESTIMATOR = pick(INFO, ["loc", "scale", "clip", "stratified", "n_draws", "batch_size"])
-ARO_SHARD = pick(INFO["aro"], ["split", "max_items", "n_shards"])
+ARO_SHARD = pick(INFO["aro"], ["split", "max_items", "n_shards", "n_draws"])
+#: the draws per ARO image (infodecomp.aro.n_draws, else the estimators' count)
+ARO_DRAWS = INFO["aro"]["n_draws"] or INFO["n_draws"]
 LOCALIZE_ROWS = ["split", "calibration_split", "max_images"]  # the keys localize_rows reads
 INTERVENE_JOB = pick(INFO["intervene"], ["split", "max_images", "words_per_image", "steps", "solver", "swaps",
                                          "n_boot", "omit"])
@@ -62,6 +64,7 @@ rule collect_aro:
     params:
         min_group=INFO["aro"]["min_group"],
         ties=INFO["aro"]["ties"],
+        draws=ARO_DRAWS,  # written beside the accuracies: the paper's Table 1 is at 100 draws
         title=lambda w: f"{w.model} on {w.dataset}: per-item caption margins",
     log:
         f"{R}/logs/collect_aro/{{model}}/{{dataset}}.log",

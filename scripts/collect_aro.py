@@ -14,7 +14,7 @@ ties = snakemake.params.ties
 scores = pd.concat([pd.read_csv(p, keep_default_na=False, dtype={"sample_id": str}) for p in snakemake.input],
                    ignore_index=True)
 outcomes = item_outcomes(scores, ties=ties)
-table = aggregate(outcomes, min_group=snakemake.params.min_group)
+table = aggregate(outcomes, min_group=snakemake.params.min_group).assign(draws=snakemake.params.draws)
 outcomes.to_csv(snakemake.output.per_item, index=False, lineterminator="\n")
 table.to_csv(snakemake.output.table, index=False, lineterminator="\n")
 margin_scatter(outcomes, snakemake.output.plot, title=snakemake.params.title)

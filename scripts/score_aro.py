@@ -25,7 +25,7 @@ rows = drop_unreadable(rows, unreadable_images(ds, rows["sample_id"]), f"ARO sha
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(info, model)
 log.info("shard %s of %d: %d items on %d images of %s (split %s), %d draws each, %s", w.shard, aro["n_shards"],
-         len(rows), rows["sample_id"].nunique(), ds.name, aro["split"], info["n_draws"], sampler)
-result = score_shard(model, ds, rows, snakemake.output[0], n_draws=info["n_draws"], sampler=sampler, seed=p.seed,
-                     batch_size=info["batch_size"], identity=job_identity(p, snakemake.input))
+         len(rows), rows["sample_id"].nunique(), ds.name, aro["split"], aro["n_draws"] or info["n_draws"], sampler)
+result = score_shard(model, ds, rows, snakemake.output[0], n_draws=aro["n_draws"] or info["n_draws"], sampler=sampler,
+                     seed=p.seed, batch_size=info["batch_size"], identity=job_identity(p, snakemake.input))
 log.info("wrote %d candidate lines", len(result))

@@ -181,7 +181,7 @@ def test_aro_and_localization_tables():
     assert got.loc[("cmi", "", "held-out"), "paper_differs"] == "no paper number for this row"
     other = paper.compare_keyed(long.assign(steps=24), paper.load_numbers(), ident, "paper_key", "steps", "miou")
     assert other.set_index(["method", "draws", "threshold"]).loc[("cmi", "", information.ORACLE),
-                                                                 "paper_differs"] == "24 steps (the paper's: 100, 200, 50)"
+                                                                 "paper_differs"] == "24 steps (the paper's: 50, 100, 200)"
 
 
 def test_map_rows_prefer_one_word_of_each_type():
@@ -264,6 +264,15 @@ def test_summary_marks_the_shapes_world_beside_the_papers(tmp_path):
     assert lines["mIoU % (CMI, all words, held-out threshold)"] == "-"
     assert lines["mIoU % (whole image, all words)"] == "14.94% (coco_it)"
     assert lines["mIoU % (CMI, all words, best threshold of the paper's grid on the test rows, 24 steps)"] == "-"
+    # Table 4 only beside edits made as the public code made them (Heun, 100 steps, the word replaced by "_")
+    iv = tmp_path / "info" / "shapes" / "coco" / "intervention.csv"
+    made = {"edit": "omit", "predictor": "cmi_s", "level": "image", "n": 9, "pearson": 0.3, "ci_low": 0.1,
+            "ci_high": 0.5, "steps": 100, "solver": "heun", "omit": "placeholder"}
+    for omit, paper_value in (("placeholder", "0.34 (coco100_it, 100 steps)"), ("delete", "-")):
+        pd.DataFrame([{**made, "omit": omit}]).to_csv(iv, index=False)
+        got = headline_rows({"intervention": [str(iv)]}, {"shapes": "sd"}, sd21).iloc[0]
+        assert got["paper"] == paper_value
+    assert got["paper source"] == "differs: omit delete (the paper's: placeholder)"
 
 
 def test_summary_shows_the_sae_controls_and_says_when_a_table_has_no_masks(tmp_path):

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ..models.attention import record_cross_attention
 from .estimators import LogSNRSampler, require_unconditional, score_item
 from .inputs import encode_samples, preprocess_mask
-from .localize import word_attention
+from .localize import word_attention, word_tokens
 from .ode import SOLVERS, daam_map, ode_grid, ode_path  # noqa: F401 (SOLVERS: re-exported)
 
 #: the maps that know where the objects are and nothing about the model (module docstring)
@@ -127,15 +127,18 @@ def change_maps(model, latents_of: dict, edits: pd.DataFrame, *, steps: int, sol
         rows = list(range(len(mine))) + [at[edit_keys[i]] for i in sel]
         prompts = [c for _, c in mine] + list(edits["prompt"].iloc[sel])
         slots = torch.tensor(list(range(len(mine))) + [-1] * len(sel))
-        with record_cross_attention(model, n_slots=len(mine)) as rec:
+        # only the edited words' tokens are recorded (every slot keeps the union of the chunk's: a few, not 77)
+        idx = {i: word_tokens(model, edits["caption"].iloc[i], edits["word"].iloc[i], edits["sample_id"].iloc[i])
+               for i in sel}
+        kept = sorted({j for v in idx.values() for j in v})
+        with record_cross_attention(model, tokens_of_interest=kept, n_slots=len(mine)) as rec:
             regen = ode_path(model, noise[rows], prompts, grid.flip(0), solver, batch_size, rec, slots)
         tokens = daam_map(rec.maps, tuple(x0.shape[-2:]))
         recon, edited = regen[:len(mine)], regen[len(mine):]
         own = [at[edit_keys[i]] for i in sel]
         out[sel] = ((edited - recon[own]) ** 2).sum(1).numpy()
         for j, i in enumerate(sel):
-            att[i] = word_attention(model, tokens[own[j]], edits["caption"].iloc[i], [edits["word"].iloc[i]],
-                                    edits["sample_id"].iloc[i])[0]
+            att[i] = tokens[own[j]][[kept.index(k) for k in idx[i]]].mean(0).float().cpu().numpy()
     return out, att
 
 

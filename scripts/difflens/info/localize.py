@@ -74,17 +74,20 @@ def normalise(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
+def word_tokens(model, caption: str, word: str, item) -> list[int]:
+    """The token positions of ``word`` in ``caption`` as the model's text encoder sees it; a word with none (cut
+    off by the encoder's length) is a ValueError naming the sample."""
+    idx = word_token_indices(model.tokenizer, caption.lower() if model.kind == "shapes" else caption, word)
+    if not idx:
+        raise ValueError(f"sample {item!r}: word {word!r} has no token in caption {caption!r} within the text "
+                         f"encoder's {model.tokenizer.model_max_length} tokens")
+    return idx
+
+
 def word_attention(model, tokens: torch.Tensor, caption: str, words: list[str], item) -> np.ndarray:
     """(n_words, h, w): each word's mean over its sub-tokens of DAAM token maps ``tokens`` (n_tokens, h, w) of
     ``caption``."""
-    att = []
-    for w in words:
-        idx = word_token_indices(model.tokenizer, caption.lower() if model.kind == "shapes" else caption, w)
-        if not idx:
-            raise ValueError(f"sample {item!r}: word {w!r} has no token in caption {caption!r} within the text "
-                             f"encoder's {model.tokenizer.model_max_length} tokens")
-        att.append(tokens[idx].mean(0).float().cpu().numpy())
-    return np.stack(att)
+    return np.stack([tokens[word_tokens(model, caption, w, item)].mean(0).float().cpu().numpy() for w in words])
 
 
 def image_maps(model, x0: torch.Tensor, caption: str, words: list[str], contexts: list[str], *, n_draws: int,

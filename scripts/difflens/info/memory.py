@@ -29,6 +29,8 @@ CHUNK_ROWS = 16
 #: per chunk row and input pixel: the mi, cmi, attention_itd, attention_ddim and attention+cmi maps (float32, numpy
 #: and torch's interpolation output), the combined map's per-row parts, the mask (bool)
 CHUNK_BYTES_PER_PIXEL = 40
+#: and per smaller draw count of a list: its mi, cmi, attention_itd and attention+cmi maps (float32, twice)
+CHUNK_BYTES_PER_COUNT = 32
 #: per input pixel, for the one row being counted: its normalised map and the first guess of its bins (float32),
 #: each pixel's bin (int64), the thresholds compared with it (float32) and the comparisons (bool)
 ROW_BYTES_PER_PIXEL = 32
@@ -59,10 +61,11 @@ def row_bytes(resolution: int, n_thresholds: int, extra_counts: int = 0) -> int:
     return maps + 2 * 4 + (CURVE_METHODS + CURVE_METHODS_PER_COUNT * extra_counts) * grids * 8 + 8 + 8
 
 
-def iou_step_bytes(resolution: int, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Peak bytes of the IoU step on top of its results: ``chunk_rows`` rows on the R x R input grid, one row being
-    counted."""
-    return int(resolution) ** 2 * (chunk_rows * CHUNK_BYTES_PER_PIXEL + ROW_BYTES_PER_PIXEL)
+def iou_step_bytes(resolution: int, chunk_rows: int = CHUNK_ROWS, extra_counts: int = 0) -> int:
+    """Peak bytes of the IoU step on top of its results: ``chunk_rows`` rows on the R x R input grid (their maps at
+    every draw count: ``extra_counts`` smaller counts add ``CHUNK_BYTES_PER_COUNT`` each), one row being counted."""
+    per_pixel = CHUNK_BYTES_PER_PIXEL + CHUNK_BYTES_PER_COUNT * extra_counts
+    return int(resolution) ** 2 * (chunk_rows * per_pixel + ROW_BYTES_PER_PIXEL)
 
 
 def estimator_bytes(resolution: int, n_draws: int, words_per_caption: int) -> int:
@@ -83,7 +86,7 @@ def shard_held_mb(plan_path: str | Path, shard: int, resolution: int, n_draws: i
     planned = read_plan(plan_path)["shards"][int(shard)]
     held = 2 * int(planned["rows"]) * row_bytes(resolution, n_thresholds, extra_counts)
     held += estimator_bytes(resolution, n_draws, int(planned["max_words_per_caption"]))
-    return (held + iou_step_bytes(resolution)) / MB
+    return (held + iou_step_bytes(resolution, extra_counts=extra_counts)) / MB
 
 
 def collect_held_mb(plan_path: str | Path, resolution: int, n_thresholds: int, extra_counts: int = 0) -> float:

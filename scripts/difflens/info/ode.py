@@ -7,7 +7,7 @@ reconstructs it.
 
 ``regeneration_attention`` is the DAAM baseline of Kong et al.'s Table 3 ("Attention"): invert the real image under
 its caption, regenerate it under the caption while recording cross-attention, and aggregate the sums over the
-regeneration's steps as DAAM does (``localize.daam_map``).
+regeneration's steps as DAAM does (``daam_map``).
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..info.mmse import PROMPTS, curve_information
 from .revelio import ReportError
 from .style import BASELINE, apply_style, plt, save_figure
 
@@ -20,6 +19,14 @@ MICMI_COLUMNS = ["model", "dataset", "sample_id", "word", "word_type", "mi_nats"
 
 
 # ---- MMSE against log-SNR -----------------------------------------------------------------------------------------
+def _mmse():
+    """difflens.info.mmse, imported when an MMSE item is drawn (it brings torch: every other figure job goes
+    without)."""
+    from ..info import mmse
+
+    return mmse
+
+
 def mmse_table(curves: pd.DataFrame) -> pd.DataFrame:
     """Per (model, data set, level): the mean over images of each prompt's MMSE and of their gap (empty - caption,
     whose half-area is i^s) with standard errors over images, the Gaussian reference and the images' mean i^s inside
@@ -29,17 +36,18 @@ def mmse_table(curves: pd.DataFrame) -> pd.DataFrame:
         raise ReportError("no MMSE curve rows")
     keys = ["model", "dataset", "sample_id", "timestep", "logsnr"]
     wide = curves.pivot_table(index=keys, columns="prompt", values="mmse").reset_index()
-    missing = [p for p in PROMPTS if p not in wide]
+    prompts = _mmse().PROMPTS
+    missing = [p for p in prompts if p not in wide]
     if missing:
         raise ReportError(f"MMSE curves without the {missing} prompt rows")
     wide["gap"] = wide["empty"] - wide["caption"]
     level = wide.groupby(["model", "dataset", "timestep", "logsnr"], sort=False)
-    out = level.agg(n_images=("sample_id", "nunique"), **{c: (c, "mean") for c in (*PROMPTS, "gap")})
-    for c in (*PROMPTS, "gap"):
+    out = level.agg(n_images=("sample_id", "nunique"), **{c: (c, "mean") for c in (*prompts, "gap")})
+    for c in (*prompts, "gap"):
         out[f"{c}_se"] = level[c].std(ddof=1) / np.sqrt(out["n_images"])
     ref = curves.groupby(["model", "dataset", "timestep", "logsnr"], sort=False)["gaussian"].first()
     out = out.join(ref).reset_index()
-    info = {k: curve_information(g).mean() for k, g in curves.groupby(["model", "dataset"], sort=False)}
+    info = {k: _mmse().curve_information(g).mean() for k, g in curves.groupby(["model", "dataset"], sort=False)}
     out["i_s_nats"] = [info[(m, d)] for m, d in zip(out["model"], out["dataset"])]
     return out.sort_values(["model", "dataset", "logsnr"], kind="stable").reset_index(drop=True)
 
@@ -53,7 +61,7 @@ def plot_mmse(table: pd.DataFrame, png, pdf, title: str) -> None:
     fig, axes = plt.subplots(2, len(facets), figsize=(5.2 * len(facets), 6.4), squeeze=False, sharex="col",
                              height_ratios=[3, 2])
     for (top, bottom), ((model, ds), g) in zip(axes.T, facets):
-        for p in PROMPTS:
+        for p in _mmse().PROMPTS:
             _curve(top, g, p, PROMPT_COLOURS[p], f"{PROMPT_NAMES[p]} ({int(g['n_images'].max())} images)")
         if g["gaussian"].notna().any():
             top.plot(g["logsnr"], g["gaussian"], color=BASELINE, ls="--", lw=1,

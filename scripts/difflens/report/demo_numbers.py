@@ -262,13 +262,16 @@ def demo_block(results: str | Path, model: str = "shapes", dataset: str = "shape
     commit = str(prov.get("git_commit", "?"))
     commit = commit.split("+")[0][:12] + ("+dirty" if commit.endswith("+dirty") else "")
     draws = prov["config"]["infodecomp"]
+    counts = draws["n_draws"] if isinstance(draws["n_draws"], list) else [draws["n_draws"]]  # a list: nested counts
     head = (f"From the outputs of `make demo` under `results/` (the paths below are relative to it; `<model>` and "
             f"`<data set>` are both `{model}`): difflens "
             f"{prov.get('difflens_version', '?')}, commit {commit}, torch "
             f"{v.get('torch', '?')}, numpy {v.get('numpy', '?')}, run started {prov['started'][:16].replace('T', ' ')} "
             f"UTC. The numbers vary slightly across CPUs and library versions (float rounding in training changes "
             f"the last digits); the shapes world is not Stable Diffusion. Information numbers are in nats, "
-            f"{draws['n_draws']} {'stratified' if draws.get('stratified') else 'independent'} draws per image.")
+            f"{max(counts)} {'stratified' if draws.get('stratified') else 'independent'} draws per image"
+            + (f" (maps also after the first {', '.join(map(str, sorted(counts)[:-1]))})" if len(counts) > 1 else "")
+            + ".")
     lines = [BEGIN, "<!-- generated: edit scripts/difflens/report/demo_numbers.py, not this block -->", "",
              textwrap.fill(head, WIDTH, break_long_words=False, break_on_hyphens=False), ""]
     lines += run_lines(results, model, dataset, prov)

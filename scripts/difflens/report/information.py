@@ -59,7 +59,10 @@ def aro_table(aro: pd.DataFrame, per_group: bool) -> pd.DataFrame:
     wide = wide.merge(err.reset_index(), how="left")
     wide = wide.dropna(how="all", subset=[c for c in SCORES if c in wide])
     n = rows.groupby([c for c in wide.columns if c in ("model", "dataset", "kind", "metric", "group")])["n"].max()
-    return wide.merge(n.reset_index(), how="left").reset_index(drop=True)
+    wide = wide.merge(n.reset_index(), how="left")
+    if "draws" in rows:  # the draws per image (collect_aro writes them): the paper's Table 1 is at 100
+        wide = wide.merge(rows[["model", "dataset", "draws"]].drop_duplicates(["model", "dataset"]), how="left")
+    return wide.reset_index(drop=True)
 
 
 #: the ARO scores the paper's Table 1 reports (i^o, and DiffITM's denoising error)
@@ -76,7 +79,7 @@ def aro_paper(table: pd.DataFrame, numbers, identity: dict) -> pd.DataFrame:
         ((table["metric"] == "accuracy") & (table["kind"] == "order"))
     for score in PAPER_SCORES:
         keyed = compare_keyed(table.assign(paper_key=np.where(paper_row, "aro/" + table["kind"] + "/" + score, "")),
-                              numbers, identity, "paper_key")
+                              numbers, identity, "paper_key", "draws" if "draws" in table else None)
         table = table.assign(**{c.replace("paper_", f"paper_{score}_").replace(f"paper_{score}_value",
                                                                               f"paper_{score}"): keyed[c]
                                 for c in COLUMNS})
@@ -133,7 +136,8 @@ def localization_table(loc: pd.DataFrame) -> pd.DataFrame:
                         "method": m, "draws": n, "steps": steps if m != "whole_image" else "",
                         "threshold": "held-out" if m != "whole_image" else "none",
                         "threshold_source": r["threshold_source"], "miou": r[col],
-                        "paper_key": "localization/whole_image" if m == "whole_image" else ""})
+                        "paper_key": "localization/whole_image" if m == "whole_image" and r["word_type"] == "all"
+                        else ""})
             if pd.notna(r.get(f"{col}:oracle")):
                 out.append({**out[-1], "threshold": ORACLE, "miou": r[f"{col}:oracle"],
                             "paper_key": f"localization/{m}:oracle" if r["word_type"] == "all" else ""})

@@ -125,7 +125,8 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
                            origin=True)
         key = np.where(table["edit"] == "omit", "intervention/" + table["level"] + "/" + table["predictor"], "")
         table = paper.compare_keyed(table.assign(paper_key=key), paper.load_numbers(),
-                                    identity or paper.identities({}), "paper_key")
+                                    identity or paper.identities({}), "paper_key", "steps" if "steps" in table else None,
+                                    protocol=paper.TABLE4_PROTOCOL)
         information.plot_intervention(table, png, pdf, title)
     elif key == f"{INFO}/fig3":
         npz = [p for p in inputs["intervention"] if p.endswith(".npz")][0]

@@ -22,6 +22,9 @@ PAPER_MODELS = {
 #: a paper row's protocol that any of ours matches (the paper does not say, or there is only one)
 ANY_PROTOCOL = ("", "unstated", "paper", "official")
 COLUMNS = ("paper_value", "paper_source", "paper_verified", "paper_differs")
+#: how the public code made Kong et al.'s Table 4 edits (intervention.csv's columns; its ODE steps are the paper
+#: rows' ``steps``): a paper number stands only beside edits made the same way
+TABLE4_PROTOCOL = {"solver": "heun", "omit": "placeholder"}
 
 
 def load_numbers(path: str | Path = NUMBERS):
@@ -107,11 +110,14 @@ def compare(table, numbers, ident: dict, paper: str, items, metric: str, ours: s
     return table.assign(**out)
 
 
-def compare_keyed(table, numbers, ident: dict, key: str, steps: str | None = None, ours: str | None = None):
+def compare_keyed(table, numbers, ident: dict, key: str, steps: str | None = None, ours: str | None = None,
+                  protocol: dict | None = None):
     """``table`` (rows with model and dataset) with the ``COLUMNS`` added from the paper rows whose ``summary_key``
     is the row's ``key`` column (Kong et al.'s tables: a key names the quantity and how it was computed), where the
     model's weights, the data set's source and (with ``steps``, the row's draw or step count) the step count match;
-    elsewhere ``paper_differs`` names what differs. ``ours``: the column a paper value in % is scaled to."""
+    elsewhere ``paper_differs`` names what differs. ``ours``: the column a paper value in % is scaled to;
+    ``protocol``: {column: the paper's value}: a row whose column holds another value is not compared either (its
+    ``paper_differs`` names the column)."""
     import pandas as pd
 
     out = {c: [] for c in COLUMNS}
@@ -130,9 +136,16 @@ def compare_keyed(table, numbers, ident: dict, key: str, steps: str | None = Non
             rows = rows[rows["dataset"] == source]
             counted = rows[~rows["steps"].isin(["", "any"])]
             n = r.get(steps) if steps else None
-            if len(counted) and n is not None and pd.notna(n) and str(n) != "":
+            known = n is not None and pd.notna(n) and str(n) != ""
+            if len(counted) and not known:
+                why = "step count unknown (the paper's: " + ", ".join(sorted(set(counted["steps"]), key=int)) + ")"
+            elif len(counted):
                 rows = rows[rows["steps"] == str(int(n))]
-                why = "" if len(rows) else f"{int(n)} steps (the paper's: {', '.join(sorted(set(counted['steps'])))})"
+                why = "" if len(rows) else (f"{int(n)} steps (the paper's: "
+                                            f"{', '.join(sorted(set(counted['steps']), key=int))})")
+            for column, paper in (protocol or {}).items():
+                if not why and str(r.get(column)) != str(paper):
+                    why = f"{column} {r.get(column)} (the paper's: {paper})"
         best = rows.iloc[0] if not why else None
         scale = 0.01 if best is not None and best["unit"] == "%" and (ours is None or r.get(ours, 1) <= 1) else 1
         out["paper_value"].append(best["value"] * scale if best is not None else float("nan"))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .inputs import info_folder, read_csv, read_json
-from .paper import compare, load_numbers, summary_number
+from .paper import TABLE4_PROTOCOL, compare, load_numbers, summary_number
 from .revelio import argmax_rows, best_by_validation
 
 def _row(section, quantity, value, model, dataset, key, kinds, identity=None, paper=None, steps=None):
@@ -206,9 +206,14 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str], identity: dict
         model, ds = info_folder(path)
         t = read_csv(path, "the summary page")
         for r in t[t["edit"] == "omit"].to_dict("records"):
-            rows.append(_row("Information: intervention", intervention_quantity(r["predictor"], r["level"]),
-                             f"{r['pearson']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
-                             model, ds, ("intervention", r["level"], r["predictor"]), kinds, identity))
+            row = _row("Information: intervention", intervention_quantity(r["predictor"], r["level"]),
+                       f"{r['pearson']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", model, ds,
+                       ("intervention", r["level"], r["predictor"]), kinds, identity,
+                       steps=r.get("steps") if pd.notna(r.get("steps")) else None)
+            off = [f"{c} {r[c]} (the paper's: {v})" for c, v in TABLE4_PROTOCOL.items() if c in r and str(r[c]) != v]
+            if row["paper"] != "-" and off:  # the paper's number, but edits made another way
+                row.update({"paper": "-", "paper source": "differs: " + off[0]})
+            rows.append(row)
         if not t["predictor"].str.contains("-", regex=False).any():
             rows.append(_row("Information: intervention", "mask baselines (the word's object, all objects)",
                              "none: the data set has no object masks for every edited word", model, ds, (), kinds))
