@@ -193,10 +193,15 @@ class Dataset:
         return np.logical_or.reduce(masks)
 
 
+def replace_word(caption: str, word: str, new: str) -> str:
+    """``caption`` with every whole-word, case-insensitive occurrence of ``word`` replaced by ``new`` (never a
+    substring of another word)."""
+    return re.sub(rf"(?<![\w-]){re.escape(word)}(?![\w-])", new, caption, flags=re.IGNORECASE)
+
+
 def remove_word(caption: str, word: str) -> str:
     """The caption with every whole-word occurrence of ``word`` removed (never a substring of another word)."""
-    out = re.sub(rf"(?<![\w-]){re.escape(word)}(?![\w-])", " ", caption, flags=re.IGNORECASE)
-    return " ".join(out.split())
+    return " ".join(replace_word(caption, word, " ").split())
 
 
 def has_word(caption: str, word: str) -> bool:

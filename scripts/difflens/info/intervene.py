@@ -40,17 +40,16 @@ the map predicts the change better than the mask does.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..data.common import replace_word
 from ..models.attention import record_cross_attention
-from .estimators import LogSNRSampler, require_unconditional, score_item
+from .estimators import LogSNRSampler, require_unconditional
 from .inputs import encode_samples, preprocess_mask
-from .localize import word_attention, word_tokens
+from .localize import image_maps, word_tokens
 from .ode import SOLVERS, daam_map, ode_grid, ode_path  # noqa: F401 (SOLVERS: re-exported)
 
 #: the maps that know where the objects are and nothing about the model (module docstring)
@@ -63,11 +62,6 @@ PLACEHOLDER = "_"
 OMIT_MODES = ("placeholder", "delete")
 #: the predictor maps of each edit (module docstring), besides the mask baselines
 PREDICTORS = ("cmi", "cmi_s", "attention_regen", "attention_itd")
-
-
-def replace_word(caption: str, word: str, new: str) -> str:
-    """``caption`` with every whole-word, case-insensitive ``word`` replaced by ``new``."""
-    return re.sub(rf"(?<![\w-]){re.escape(word)}(?![\w-])", new, caption, flags=re.IGNORECASE)
 
 
 def swap_word(caption: str, word: str, swaps: dict[str, str]) -> str | None:
@@ -147,21 +141,18 @@ def word_maps(model, latents_of: dict, edits: pd.DataFrame, *, n_draws: int, sam
     """Per edit (n_edits, h, w): the pixel-wise information of its caption against its edit's prompt, ``cmi``
     (i^o) and ``cmi_s`` (i^s) (for an omit edit the word's CMI given the rest of the caption; for a swap edit the
     public code's ``cmi_pixel_swap``), and ``attention_itd`` (the word's DAAM map on the estimator's draws); one
-    estimator call per (image, caption)."""
+    estimator call per (image, caption): the localization's ``image_maps`` with the edits' prompts as the
+    contexts."""
     from tqdm import tqdm
 
     got = {m: np.zeros((len(edits), *latents_of[edits["sample_id"].iloc[0]].shape[-2:])) for m in
            ("cmi", "cmi_s", "attention_itd")}
     groups = list(edits.reset_index(drop=True).groupby(["sample_id", "caption"], sort=False))
     for (sid, caption), g in tqdm(groups, desc="CMI maps", disable=not progress):
-        pairs = [(caption, p) for p in g["prompt"]]
-        with record_cross_attention(model) as rec:
-            sc = score_item(model, latents_of[sid], pairs, n_draws=n_draws, sampler=sampler, seed=seed, item=sid,
-                            batch_size=batch_size, pixelwise=True, recorder=rec, attention_prompt=caption)
-        tokens = daam_map(rec.maps, tuple(latents_of[sid].shape[-2:]))[0]
-        got["cmi"][g.index] = sc.maps["i_o"]
-        got["cmi_s"][g.index] = sc.maps["i_s"]
-        got["attention_itd"][g.index] = word_attention(model, tokens, caption, list(g["word"]), sid)
+        maps = image_maps(model, latents_of[sid], caption, list(g["word"]), list(g["prompt"]), n_draws=n_draws,
+                          sampler=sampler, seed=seed, item=sid, batch_size=batch_size, with_mi=False)
+        for m in got:
+            got[m][g.index] = maps[m]
     return got
 
 

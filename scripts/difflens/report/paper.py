@@ -110,42 +110,42 @@ def compare(table, numbers, ident: dict, paper: str, items, metric: str, ours: s
     return table.assign(**out)
 
 
+def at_steps(rows, steps) -> tuple[object, str]:
+    """(the paper rows of one quantity at the step count ``steps``, and, when none is, what differs): rows without
+    a count (``steps`` "" or "any") match any; with counted rows, an unknown ``steps`` (None, NaN, "") matches
+    none."""
+    import pandas as pd
+
+    counted = rows[~rows["steps"].isin(["", "any"])]
+    if counted.empty:
+        return rows, ""
+    theirs = ", ".join(sorted(set(counted["steps"]), key=int))
+    if steps is None or pd.isna(steps) or str(steps) == "":
+        return rows.iloc[:0], f"step count unknown (the paper's: {theirs})"
+    rows = rows[rows["steps"] == str(int(steps))]
+    return rows, "" if len(rows) else f"{int(steps)} steps (the paper's: {theirs})"
+
+
 def compare_keyed(table, numbers, ident: dict, key: str, steps: str | None = None, ours: str | None = None,
                   protocol: dict | None = None):
     """``table`` (rows with model and dataset) with the ``COLUMNS`` added from the paper rows whose ``summary_key``
     is the row's ``key`` column (Kong et al.'s tables: a key names the quantity and how it was computed), where the
-    model's weights, the data set's source and (with ``steps``, the row's draw or step count) the step count match;
-    elsewhere ``paper_differs`` names what differs. ``ours``: the column a paper value in % is scaled to;
-    ``protocol``: {column: the paper's value}: a row whose column holds another value is not compared either (its
-    ``paper_differs`` names the column)."""
-    import pandas as pd
-
+    model's weights and the data set's source match (as ``compare`` matches them) and (``at_steps``, with
+    ``steps`` the row's column of its draw or step count) the step count; elsewhere ``paper_differs`` names what
+    differs. ``ours``: the column a paper value in % is scaled to; ``protocol``: {column: the paper's value}: a row
+    whose column holds another value is not compared either (its ``paper_differs`` names the column)."""
     out = {c: [] for c in COLUMNS}
     for r in table.to_dict("records"):
         rows = numbers[numbers["summary_key"] == r.get(key, "")] if r.get(key) else numbers.iloc[:0]
-        model = ident["models"].get(r["model"], {"source": "", "paper": ""})
-        source = ident["datasets"].get(r["dataset"], {"source": r["dataset"]})["source"]
-        why = ""
         if rows.empty:
             why = "no paper number for this row"
-        elif model["paper"] not in set(rows["model"]):
-            why = f"model {r['model']} ({model['source'] or 'no hub id'}) is not the paper's"
-        elif source not in set(rows["dataset"]):
-            why = f"data set {r['dataset']} ({source}) is not the paper's ({', '.join(sorted(set(rows['dataset'])))})"
         else:
-            rows = rows[rows["dataset"] == source]
-            counted = rows[~rows["steps"].isin(["", "any"])]
-            n = r.get(steps) if steps else None
-            known = n is not None and pd.notna(n) and str(n) != ""
-            if len(counted) and not known:
-                why = "step count unknown (the paper's: " + ", ".join(sorted(set(counted["steps"]), key=int)) + ")"
-            elif len(counted):
-                rows = rows[rows["steps"] == str(int(n))]
-                why = "" if len(rows) else (f"{int(n)} steps (the paper's: "
-                                            f"{', '.join(sorted(set(counted['steps']), key=int))})")
-            for column, paper in (protocol or {}).items():
-                if not why and str(r.get(column)) != str(paper):
-                    why = f"{column} {r.get(column)} (the paper's: {paper})"
+            rows, why = _differs(rows, r, ident, False)
+        if not why:
+            rows, why = at_steps(rows, r.get(steps) if steps else None)
+        for column, paper in (protocol or {}).items():
+            if not why and str(r.get(column)) != str(paper):
+                why = f"{column} {r.get(column)} (the paper's: {paper})"
         best = rows.iloc[0] if not why else None
         scale = 0.01 if best is not None and best["unit"] == "%" and (ours is None or r.get(ours, 1) <= 1) else 1
         out["paper_value"].append(best["value"] * scale if best is not None else float("nan"))
@@ -171,11 +171,10 @@ def summary_number(numbers, key: str, model_source: str, steps: int | None = Non
         return "-", f"differs: data set {dataset_source} (the paper's: {', '.join(sorted(set(rows['dataset'])))})"
     if dataset_source:
         rows = rows[rows["dataset"] == dataset_source]
-    counted = rows[~rows["steps"].isin(["", "any"])]
-    if steps is not None and len(counted):
-        rows = rows[rows["steps"] == str(int(steps))]
-        if rows.empty:
-            return "-", f"differs: {steps} steps (the paper's: {', '.join(sorted(set(counted['steps']), key=int))})"
+    if steps is not None:
+        rows, why = at_steps(rows, steps)
+        if why:
+            return "-", f"differs: {why}"
     text = " / ".join(f"{v:g}{u} ({d}{', ' + n + ' steps' if n not in ('', 'any') else ''})"
                       for v, u, d, n in zip(rows["value"], rows["unit"], rows["dataset"], rows["steps"]))
     return text, "; ".join(sorted(set(f"{p.capitalize()} et al. {s}" if p == "kong" else s

@@ -104,26 +104,26 @@ LOCALIZATION_METHODS = {"whole_image": "whole image", "mi": "MI", "cmi": "CMI", 
 
 
 def localization_rows(sel: pd.Series, model: str, ds: str, kinds: dict, identity: dict | None) -> list[dict]:
-    """The summary's rows of one localization.csv line (all words): per method (and smaller draw count of a list),
-    the mIoU at the held-out threshold (no paper number: the paper picks its threshold on the test set) and at the
-    paper's oracle threshold, set beside the paper's number of the same method and step count (draws; DDIM steps
-    for the attention baseline)."""
+    """The summary's rows of one localization.csv line (all words), from Table 3's long form
+    (``information.localization_table``): per method (and smaller draw count of a list), the mIoU at the held-out
+    threshold (no paper number: the paper picks its threshold on the test set) and at the paper's oracle threshold,
+    set beside the paper's number of the same method and step count (draws; DDIM steps for the attention
+    baseline)."""
+    from .information import ORACLE, localization_table
+
     out = []
-    for col in sel.index:
-        method, _, count = col.partition("@")
-        if method not in LOCALIZATION_METHODS or ":" in col or pd.isna(sel[col]):
+    for r in localization_table(pd.DataFrame([sel]).assign(model=model, dataset=ds)).itertuples():
+        col = f"{r.method}@{r.draws}" if r.draws else r.method
+        name = LOCALIZATION_METHODS[r.method] + (f", {r.draws} draws" if r.draws else "")
+        if r.threshold != ORACLE:
+            threshold = ", held-out threshold" if r.method != "whole_image" else ""
+            out.append(_row("Information: localization", f"mIoU % ({name}, all words{threshold})",
+                            f"{100 * r.miou:.1f}", model, ds, ("localization", col), kinds, identity))
             continue
-        steps = int(count) if count else (sel.get("ddim_steps") if method == "attention_ddim" else sel.get("draws"))
-        steps = None if method == "whole_image" or steps is None or pd.isna(steps) else int(steps)
-        name = LOCALIZATION_METHODS[method] + (f", {count} draws" if count else "")
-        threshold = ", held-out threshold" if method != "whole_image" else ""
-        out.append(_row("Information: localization", f"mIoU % ({name}, all words{threshold})",
-                        f"{100 * sel[col]:.1f}", model, ds, ("localization", col), kinds, identity))
-        if pd.notna(sel.get(f"{col}:oracle")):
-            out.append(_row("Information: localization", f"mIoU % ({name}, all words, best threshold of the paper's "
-                            f"grid on the test rows{f', {steps} steps' if steps else ''})",
-                            f"{100 * sel[f'{col}:oracle']:.1f}", model, ds, ("localization", f"{method}:oracle"),
-                            kinds, identity, steps=steps))
+        steps = None if r.steps is None or pd.isna(r.steps) or r.steps == "" else int(r.steps)
+        out.append(_row("Information: localization", f"mIoU % ({name}, all words, best threshold of the paper's "
+                        f"grid on the test rows{f', {steps} steps' if steps else ''})", f"{100 * r.miou:.1f}", model,
+                        ds, ("localization", f"{r.method}:oracle"), kinds, identity, steps=steps))
     return out
 
 
