@@ -16,6 +16,7 @@ dense bf16 figure (table below, or --peak-tflops); on a CPU it is a measured fp3
     python bench/extract.py                       # GPU: 512 px, 64 images; CPU: 64 px, 2 images
     python bench/extract.py --arch both --size 256 --images 32
     python bench/extract.py --arch both --smoke   # smoke-scale networks on the CPU, seconds (the tests' run)
+    python bench/extract.py --arch families --size 1024 --timesteps 1   # SDXL, PixArt, SD3.5-m, FLUX.1 at full size
 """
 from __future__ import annotations
 
@@ -209,9 +210,69 @@ def run_arch(arch: str, args, device: torch.device, peak: float, work: Path) -> 
     return rows
 
 
+FAMILIES = ("sdxl", "pixart", "sd35m", "flux")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory so far: the GPU's allocated bytes, or this process's maximum resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def run_family(arch: str, args, device: torch.device, peak: float, work: Path) -> list[dict]:
+    """A newer family's denoiser at full size (random weights, ``architectures.family_model``) through the library's
+    extraction path, 4 blocks per timestep: s/image, FLOPs, and the memory of the weights and of a batch. No
+    reference: no public interpretability code reads these models' blocks."""
+    from architectures import FAMILY_LAYERS, family_model
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    model = family_model(arch, args.size, args.scale, device, dtype)
+    denoiser = model.unet if arch == "sdxl" else model.transformer
+    weights = sum(p.numel() * p.element_size() for p in denoiser.parameters()) / 2 ** 30
+    print(f"[{arch}] built from config values ({args.scale} scale) in {time.perf_counter() - t0:.1f} s, "
+          f"denoiser weights {weights:.1f} GB", flush=True)
+    layers = FAMILY_LAYERS[arch]
+    dataset = make_dataset(work / f"{arch}-data", args.images, args.size)
+    vae_flops, den_flops = flops_per_image(model, layers, args.size)
+    warm = Dataset.load(dataset.root)
+    warm.samples = warm.samples.iloc[:1]
+    difflens_extract(model, warm, work / f"{arch}-warm", layers, [25], 1, args.workers)  # warm-up
+    rows = []
+    for n_t in args.timesteps:
+        out = work / f"{arch}-t{n_t}"
+        out.mkdir()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        t0 = time.perf_counter()
+        difflens_extract(model, dataset, out, layers, TIMESTEPS[n_t], args.batch_size, args.workers)
+        sync(device)
+        ours = (time.perf_counter() - t0) / len(dataset.samples)
+        flops = vae_flops + n_t * den_flops
+        rows.append({"arch": arch, "timesteps": n_t, "ref_s": float("nan"), "ours_s": ours, "ratio": float("nan"),
+                     "tflop_per_img": flops / 1e12, "ceiling": flops / ours / peak,
+                     "dtype": str(dtype).replace("torch.", ""), "size": args.size, "batch": args.batch_size,
+                     "weights_gb": weights, "peak_gb": peak_memory_gb(device)})
+        print(f"[{arch}] difflens, {n_t} timestep(s): {ours:.4f} s/image, peak {rows[-1]['peak_gb']:.1f} GB at "
+              f"batch {args.batch_size}", flush=True)
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", choices=["sd15", "dit", "both"], default="sd15")
+    ap.add_argument("--arch", choices=["sd15", "dit", "both", *FAMILIES, "families"], default="sd15",
+                    help="sd15 / dit (against the Revelio-style reference), both, or a newer family's denoiser at "
+                    "full size (sdxl, pixart, sd35m, flux; families = all four): difflens alone, with its memory")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, help="image side in px (default 512 on a GPU, 64 on the CPU)")
     ap.add_argument("--images", type=int, help="images per measurement (default 64 on a GPU, 2 on the CPU)")
@@ -241,14 +302,20 @@ def main(argv=None):
           f"{args.images} images, batch {args.batch_size}, 4 layers; peak {peak_text}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="difflens-bench-") as tmp:
-        for arch in (["sd15", "dit"] if args.arch == "both" else [args.arch]):
-            rows += run_arch(arch, args, device, peak, Path(tmp))
+        archs = {"both": ["sd15", "dit"], "families": list(FAMILIES)}.get(args.arch, [args.arch])
+        for arch in archs:
+            run = run_family if arch in FAMILIES else run_arch
+            rows += run(arch, args, device, peak, Path(tmp))
     print()
     print(f"{'arch':<5} {'T':>2} {'reference s/img':>15} {'img/s':>7} {'difflens s/img':>14} {'img/s':>7} "
           f"{'ratio':>6} {'TFLOP/img':>9} {'of ceiling':>10}")
     for r in rows:
         print(f"{r['arch']:<5} {r['timesteps']:>2} {r['ref_s']:>15.4f} {1 / r['ref_s']:>7.2f} {r['ours_s']:>14.4f} "
               f"{1 / r['ours_s']:>7.2f} {r['ratio']:>5.1f}x {r['tflop_per_img']:>9.4f} {r['ceiling']:>9.1%}")
+    for r in rows:
+        if "peak_gb" in r:
+            print(f"{r['arch']}: {r['size']} px, batch {r['batch']}, {r['dtype']}: weights {r['weights_gb']:.1f} GB, "
+                  f"peak {r['peak_gb']:.1f} GB ({r['timesteps']} timestep(s))")
     if gpu and ("H100" in name or "H200" in name):
         for r in rows:
             if r["arch"] == "sd15":

@@ -6,8 +6,9 @@
 #   bash bench/gpu.sh --out FILE       # the report's path (default bench/results/gpu-<date>[-dry-run].md)
 #
 # Steps, in order, each under `timeout` with its budget (seconds; all together at most STEPS_BUDGET, so the whole
-# stays under 8 minutes on one H100 / H200; the venv install before them is timed apart): `make paper-smoke` (which
-# ends with its per-rule costs), bench/extract.py (SD 1.5 and DiT-XL/2), bench/sae.py, bench/infodecomp.py,
+# stays under 9 minutes on one H100 / H200; the venv install before them is timed apart): `make paper-smoke` (which
+# ends with its per-rule costs), bench/extract.py (SD 1.5 and DiT-XL/2; then SDXL, PixArt-Sigma, SD3.5-medium and
+# FLUX.1 at full size and 1024 px, with their memory), bench/sae.py, bench/infodecomp.py,
 # bench/diffc.py (on the fly vs cached), bench/precision.py (bf16 vs fp32), and last bench/gpu_hours.py (the
 # GPU-hours of the paper grids from the rows measured here). A step that fails or runs out of time is marked in the
 # report and the others still run; the script then exits 1.
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-STEPS_BUDGET=450   # seconds for all steps together (8 minutes with margin)
+STEPS_BUDGET=510   # seconds for all steps together (9 minutes with margin)
 RESERVED=20        # kept back for the last step, the GPU-hours arithmetic
 PY=.venv/bin/python
 DATE=$(date +%Y-%m-%d)
@@ -110,6 +111,8 @@ if [ "$DRY" = 1 ]; then
   fi
   step "activation extraction (bench/extract.py)" extract 120 \
     $PY bench/extract.py --arch both --smoke --json "$WORK/extract.json"
+  step "newer families at full size (bench/extract.py --arch families)" families 60 \
+    $PY bench/extract.py --arch families --smoke --timesteps 1
   step "k-SAE (bench/sae.py)" sae 60 $PY bench/sae.py --smoke --saes difflens --sets activations
   step "information decomposition (bench/infodecomp.py)" infodecomp 60 \
     $PY bench/infodecomp.py --smoke --json "$WORK/infodecomp.json"
@@ -123,6 +126,8 @@ else
   fi
   step "activation extraction (bench/extract.py)" extract 100 \
     $PY bench/extract.py --arch both --images 32 --json "$WORK/extract.json"
+  step "newer families at full size (bench/extract.py --arch families)" families 75 \
+    $PY bench/extract.py --arch families --size 1024 --images 8 --batch-size 4 --timesteps 1
   step "k-SAE (bench/sae.py)" sae 60 $PY bench/sae.py --device cuda --steps 100  # 6 runs; rows print as they end
   step "information decomposition (bench/infodecomp.py)" infodecomp 50 \
     $PY bench/infodecomp.py --skip-shapes --items 4 --json "$WORK/infodecomp.json"

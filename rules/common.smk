@@ -15,7 +15,8 @@ from difflens.config import (ConfigError, LOCAL_SOURCES, check_config, check_ren
 from difflens.data.registry import raw_name
 from difflens.extract.layout import extraction_index_paths
 from difflens.extract.prompts import CLIP_PROMPT
-from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id
+from difflens.models.catalog import CLASS_KINDS
+from difflens.models.fetch import MARKER as FETCH_MARKER, cache_folder_name, is_hub_id, unneeded_folders
 from difflens.report.catalog import ITEMS as PAPER_ITEMS
 from difflens.report.paper import identities as paper_identities
 from difflens.sae import memory as sae_memory
@@ -156,7 +157,7 @@ def load_options(name, components):
         opts["local_files_only"] = True
     if m["geometry"] != "crop":
         opts["geometry"] = m["geometry"]
-    return {**opts, "components": list(components)}
+    return {**opts, **m["options"], "components": list(components)}
 
 
 def extraction_targets():
@@ -274,10 +275,22 @@ def info_model_params(w):
             "options": load_options(w.model, ["vae", "denoiser", "text"])}
 
 
+def skipped_folders(source):
+    """The component folders no model entry of ``source`` loads (fetch.unneeded_folders; none for a baseline)."""
+    entries = [m for m in config["models"].values() if m["source"] == source]
+    skips = [set(unneeded_folders(m["kind"], m["options"])) for m in entries] or [set()]
+    return sorted(set.intersection(*skips))
+
+
+def class_labels(w):
+    """Whether the information model localizes class labels (a class-conditional model) rather than words."""
+    return config["models"][w.model]["kind"] in CLASS_KINDS
+
+
 def info_paths(stage, *files):
     """results/info/<model>/<data set>/<file> for every text model and every data set ``infodecomp.<stage>``
     lists."""
-    return [f"{R}/info/{name}/{ds}/{f}" for name in info_models(config) for ds in INFO[stage]["datasets"]
+    return [f"{R}/info/{name}/{ds}/{f}" for name in info_models(config, stage) for ds in INFO[stage]["datasets"]
             for f in files]
 
 
@@ -377,7 +390,7 @@ def item_unavailable(key):
         return "no PCA views (pca.views, or extraction.datasets, is empty)"
     for kind, section in (("aro", "aro"), ("localization", "localize"), ("intervention", "intervene"),
                           ("mmse", "mmse")):
-        if kind in it.needs and not (INFO[section]["datasets"] and info_models(config)):
+        if kind in it.needs and not (INFO[section]["datasets"] and info_models(config, section)):
             return f"no information run (infodecomp.models and infodecomp.{section}.datasets)"
     if it.family == "shapes" and not any(config["datasets"][d]["source"] == "shapes" for d in EX["datasets"]):
         return "no shapes-world data set among extraction.datasets"
@@ -402,7 +415,8 @@ def browser_runs():
 
 def browser_info():
     """(model, data set) pairs whose localization maps and ARO scores the browser's information view shows."""
-    pairs = [(m, d) for m in info_models(config) for d in INFO["localize"]["datasets"] + INFO["aro"]["datasets"]]
+    pairs = [(m, d) for m in info_models(config, "localize") for d in INFO["localize"]["datasets"]]
+    pairs += [(m, d) for m in info_models(config, "aro") for d in INFO["aro"]["datasets"]]
     return [{"model": m, "dataset": d} for m, d in dict.fromkeys(pairs)]
 
 

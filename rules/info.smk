@@ -83,6 +83,7 @@ rule plan_localization:
         f"{R}/info/{{model}}/{{dataset}}/localize/plan.json",
     params:
         localize=pick(INFO["localize"], LOCALIZE_ROWS + ["n_shards"]),
+        class_labels=class_labels,
     resources:
         mem_mb=lambda w, attempt: resources_lib.request_mb(0, attempt),  # the data set's tables: a few MB
     log:
@@ -111,6 +112,7 @@ rule localize_words:
         options=lambda w: info_model_params(w)["options"],
         estimator=INFO_ESTIMATOR,
         localize=pick(INFO["localize"], LOCALIZE_ROWS + ["n_thresholds", "ddim_steps"]),  # n_shards: in the plan
+        class_labels=class_labels,
         counts=DRAW_COUNTS,  # the smaller draw counts of a list are kept too, from the same draws
         seed=config["seed"],
     threads: 1
@@ -144,6 +146,7 @@ rule collect_localization:
         maps=f"{R}/info/{{model}}/{{dataset}}/localization_maps.npz",
     params:
         localize=pick(INFO["localize"], LOCALIZE_ROWS + ["ddim_steps"]),
+        class_labels=class_labels,
         draws=INFO["n_draws"],  # written beside the mIoU: the paper's numbers are per step count
         seed=config["seed"],
     resources:

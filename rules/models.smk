@@ -28,6 +28,7 @@ rule download_model:
         kind=lambda w: HUB_MODELS[w.hubdir][1],
         source=lambda w: HUB_MODELS[w.hubdir][2],
         config_key=lambda w: HUB_MODELS[w.hubdir][3],
+        skip=lambda w: skipped_folders(HUB_MODELS[w.hubdir][2]),
         mirror=config["hub_mirror"],
     retries: 2
     log:

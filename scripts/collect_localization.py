@@ -16,7 +16,7 @@ p, out = snakemake.params, snakemake.output
 loc = p.localize
 ds = Dataset.load(Path(snakemake.input.data).parent)
 skipped = read_plan(snakemake.input.plan)["skipped"]
-rows = localize_rows(ds, loc, skipped)
+rows = localize_rows(ds, loc, skipped, class_labels=p.class_labels)
 for sid, why in skipped.items():
     log.warning("sample %r is not in these tables (unreadable when the plan was made): %s", sid, why)
 joined = join_shards(snakemake.input.shards, rows)

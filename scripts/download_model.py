@@ -9,6 +9,6 @@ from difflens.models.fetch import fetch_model  # noqa: E402
 
 p = snakemake.params
 marker = fetch_model(p.model, p.kind, p.source, Path(snakemake.output[0]).parent, mirror=p.mirror,
-                     config_key=p.config_key)
+                     config_key=p.config_key, skip=tuple(p.skip))
 log.info("fetched %s (%s) from %s: %d files, %.2f GB in %.0f s", p.source, p.kind, marker["from"],
          len(marker["files"]), marker["bytes"] / 1e9, marker["seconds"])

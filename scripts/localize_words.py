@@ -21,7 +21,8 @@ p, w = snakemake.params, snakemake.wildcards
 est, loc = p.estimator, p.localize
 ds = Dataset.load(Path(snakemake.input.data).parent)
 plan = read_plan(snakemake.input.plan)
-rows = planned_shard(localize_rows(ds, loc, plan["skipped"]), int(w.shard), plan, snakemake.input.plan)
+rows = planned_shard(localize_rows(ds, loc, plan["skipped"], class_labels=p.class_labels), int(w.shard), plan,
+                    snakemake.input.plan)
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
 sampler = sampler_for(est, model)
 log.info("shard %s of %d: %d word rows on %d images of %s, %d draws each (maps kept at %s draws), %s; attention "

@@ -10,7 +10,7 @@ log = start_log(snakemake.log[0])
 import torch  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
-from difflens.info.estimators import require_unconditional  # noqa: E402
+from difflens.info.estimators import require_text  # noqa: E402
 from difflens.info.inputs import drop_unreadable, encode_samples, unreadable_images  # noqa: E402
 from difflens.info.mmse import (curve_images, curve_information, curve_levels, gaussian_reference,  # noqa: E402
                                 latent_variance, mmse_curves)
@@ -24,7 +24,7 @@ pool = curve_images(ds, cfg["split"], cfg["max_images"] and max(cfg["max_images"
 pool = drop_unreadable(pool, unreadable_images(ds, pool["sample_id"]), "MMSE curves", log).reset_index(drop=True)
 images = pool.head(cfg["max_images"]) if cfg["max_images"] else pool
 model = load_model(p.kind, p.source, dtype=p.dtype, device=job_device(snakemake.resources), **p.options)
-require_unconditional(model)
+require_text(model, "the MMSE curves under a caption")
 timesteps, logsnrs = curve_levels(model, cfg["n_levels"])
 encode_batch = max(1, min(cfg["n_draws"], batch_size))  # the images of one denoiser call (the job's memory request)
 reference = None

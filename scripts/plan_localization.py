@@ -15,7 +15,7 @@ from difflens.info.localize_shards import localize_rows, shard_plan  # noqa: E40
 
 loc = snakemake.params.localize
 ds = Dataset.load(Path(snakemake.input.data).parent)
-rows = localize_rows(ds, loc)
+rows = localize_rows(ds, loc, class_labels=snakemake.params.class_labels)
 skipped = unreadable_images(ds, rows["sample_id"])  # left out of every shard and of the collected tables
 plan = shard_plan(drop_unreadable(rows, skipped, "localization plan", log).reset_index(drop=True), loc["n_shards"])
 plan["skipped"] = skipped

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
-SECTIONS = ["paper smoke", "activation extraction", "k-SAE", "information decomposition", "Diff-C on the fly",
+SECTIONS = ["paper smoke", "activation extraction", "newer families at full size", "k-SAE", "information decomposition", "Diff-C on the fly",
             "bf16 vs fp32", "GPU-hours of the paper grids"]
 NUMBER = r"[-+]?\d[\d,]*\.?\d*(?:e[-+]?\d+)?"
 

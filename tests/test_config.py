@@ -37,7 +37,7 @@ def _error(cfg, mutate) -> str:
 
 def test_unknown_model_kind(cfg):
     msg = _error(cfg, lambda c: c["models"]["shapes"].update(kind="unet3000"))
-    assert "models.shapes.kind" in msg and "'unet3000'" in msg and "['shapes', 'sd', 'dit']" in msg
+    assert "models.shapes.kind" in msg and "'unet3000'" in msg and "['shapes', 'sd', 'dit', 'sdxl', 'pixart', 'sd3', 'flux']" in msg
 
 
 def test_unknown_layer_for_that_model(cfg):
@@ -147,10 +147,12 @@ def test_job_device_follows_the_gpu_resource():
     assert job_device(SimpleNamespace(gpu=1)) is None and job_device(SimpleNamespace()) is None
 
 
-def test_infodecomp_names_text_models_and_configured_data_sets(cfg):
+def test_infodecomp_names_conditional_models_and_configured_data_sets(cfg):
     dit = {"kind": "dit", "source": "facebook/DiT-XL-2-256", "layers": ["transformer_blocks.0"]}
     msg = _error(cfg, lambda c: (c["models"].update(dit=dit), c["infodecomp"].update(models=["dit"])))
-    assert "infodecomp.models" in msg and "'dit' (kind dit) has no text-conditioned" in msg and "'sd'" in msg
+    assert "infodecomp.aro.datasets: aro reads captions" in msg and "['dit'] are class-conditional" in msg
+    msg = _error(cfg, lambda c: (c["models"].update(dit=dit), c["infodecomp"].update(models=["nope"])))
+    assert "infodecomp.models" in msg and "'nope' is not configured" in msg
     msg = _error(cfg, lambda c: c["infodecomp"]["localize"].update(datasets=["coco"]))
     assert "infodecomp.localize.datasets" in msg and "'coco'" in msg and "['shapes']" in msg
 

@@ -73,7 +73,16 @@ def tiny_backbones(tmp: Path) -> None:
     build_tiny_dinov2(tmp / "tiny-dino")
 
 
-SETUP = {"extraction_options.yaml": photos, "tiny_backbones.yaml": tiny_backbones}
+def tiny_families(tmp: Path) -> None:
+    from tiny_families import build_tiny_flux, build_tiny_pixart, build_tiny_sd3, build_tiny_sdxl
+
+    build_tiny_sdxl(tmp / "hub" / "tiny-org" / "tiny-sdxl")
+    build_tiny_pixart(tmp / "tiny-pixart")
+    build_tiny_sd3(tmp / "hub" / "tiny-org" / "tiny-sd3")
+    build_tiny_flux(tmp / "tiny-flux")
+
+
+SETUP = {"extraction_options.yaml": photos, "tiny_backbones.yaml": tiny_backbones, "families.yaml": tiny_families}
 
 
 # ---- what each run must have produced, beyond finishing -----------------------------------------------------------
@@ -232,7 +241,18 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     omits = edits[edits["edit"] == "omit"]  # omit: delete: the prompt is the words.csv context
     assert (omits["prompt"] == omits["context"]).all() and {"cmi_s_nats", "attention_regen_total"} <= set(edits)
     assert "heun 2 steps" in (results / "logs/intervene_words/sd/shapes.log").read_text()
-    assert not (results / "info" / "dit").exists()  # infodecomp.models: the SD model alone
+    # the class-conditional DiT: class-label localization only, one row per image (its class against the null
+    # class, the mask of the object its label names), MI and CMI maps and no attention (a DiT attends to no text)
+    dit = results / "info/dit/shapes"
+    assert sorted(p.name for p in dit.glob("*.csv")) == ["localization.csv", "localization_items.csv"]
+    dit_maps = np.load(dit / "localization_maps.npz")
+    samples = pd.read_csv(results / "data/shapes/samples.csv").set_index("sample_id")
+    assert list(dit_maps["word"]) == [samples.loc[s, "label_name"] for s in dit_maps["sample_id"]]
+    assert set(dit_maps["word_type"]) == {"class"} and "attention_itd" not in dit_maps.files
+    np.testing.assert_array_equal(dit_maps["mi"], dit_maps["cmi"])  # caption = the class, context = the null class
+    table = pd.read_csv(dit / "localization.csv").set_index("word_type")
+    assert table.loc["class", "n"] == (pd.read_csv(dit / "localization_items.csv")["role"] == "evaluation").sum()
+    assert 0 < table.loc["class", "whole_image"] < 1 and 0 <= table.loc["class", "cmi"] <= 1
     assert not (fetched / "safety_checker").exists()
     check_report_stage(results, expected={"revelio/table2d", "revelio/fig9", "revelio/table5", "infodecomp/table4",
                                           "infodecomp/fig3", "infodecomp/mmse", "infodecomp/micmi",
@@ -287,8 +307,54 @@ def check_downloads(results: Path, out: str) -> None:
                                                                for line in out.splitlines())
 
 
+def check_families(results: Path, out: str) -> None:
+    kinds = {"sdxl": ["up_ft1", "bottleneck"], "pixart": ["transformer_blocks.1"],
+             "sd3": ["transformer_blocks.0", "transformer_blocks.1"],
+             "flux": ["transformer_blocks.0", "single_transformer_blocks.1"]}
+    grid = {"sdxl": {"up_ft1": (32, 8, 8)}, "pixart": {"transformer_blocks.1": (16, 4, 4)},
+            "sd3": {"transformer_blocks.1": (16, 4, 4)}, "flux": {"single_transformer_blocks.1": (16, 4, 4)}}
+    rows = pd.read_csv(results / "data/shapes/samples.csv")
+    for model, layers in kinds.items():
+        log = (results / f"logs/extract_activations/{model}/shapes/shard-0.log").read_text()
+        assert f"loaded {model} model" in log
+        with h5py.File(next((results / f"activations/{model}/shapes").rglob("*.h5"))) as f:
+            assert len(f["sample_id"]) == len(rows)  # every row carries its sample id
+        acc = pd.read_csv(results / f"classify/{model}/shapes/accuracy.csv")
+        assert set(acc.loc[acc["classifier"] == "linear_probe", "layer"]) == set(layers)
+        (layer, shape), = grid[model].items()
+        diffc = json.loads(next((results / f"classify/{model}/shapes/diffc/colour/t10").glob("*.json")).read_text())
+        # classify.cache_limit_gb: the transformers' 16-channel 4 x 4 maps are cached, SDXL's 32-channel 8 x 8 not
+        assert diffc["mode"] == ("on_the_fly" if model == "sdxl" else "cached"), model
+        sae = pd.read_csv(results / f"sae/{model}/shapes/summary.csv")
+        assert (sae["layer"] == layer).all() and sae["val_fvu"].notna().all()
+        assert (sae["n_latents"] == shape[0]).all()  # expansion 1: one latent per channel of the block's maps
+    assert "flux model" in log and "guidance-distilled" in log  # the tiny FLUX has FLUX.1-dev's guidance embedding
+    for view in ("flux/shapes/pca/t10/single_transformer_blocks.1", "sdxl/shapes/pca/t10/up_ft1"):
+        assert (results / f"classify/{view}.png").is_file()
+    for model in ("sdxl", "sd3"):
+        info = results / f"info/{model}/shapes"
+        maps = np.load(info / "localization_maps.npz")
+        # attention rows on both: SDXL's cross-attention, SD3's joint attention (image queries on its CLIP tokens)
+        assert maps["attention_itd"].shape == maps["cmi"].shape == (len(maps["word"]), 8, 8)
+        assert (maps["attention_itd"] > 0).all() and (maps["mi"] >= 0).all()
+        assert set(pd.read_csv(info / "intervention.csv")["predictor"]) >= {"cmi", "attention_regen"}
+        curves = pd.read_csv(info / "mmse_curves.csv")
+        assert np.isfinite(curves["logsnr"]).all() and curves["timestep"].nunique() == 3
+    check_report_stage(results, expected={"revelio/table2a", "revelio/fig3", "infodecomp/table1", "infodecomp/fig2",
+                                          "infodecomp/table3", "infodecomp/table4", "infodecomp/mmse"}, absent=set())
+    assert (results / "browser/index.html").is_file()
+    # fetched from the mirror: SDXL with both text encoders; SD3 without its T5 (options.t5: false)
+    cache = results.parent / "model_cache"
+    assert (cache / "tiny-org--tiny-sdxl/text_encoder_2/model.safetensors").is_file()
+    assert (cache / "tiny-org--tiny-sd3/text_encoder_2").is_dir() and not (cache / "tiny-org--tiny-sd3/"
+                                                                            "text_encoder_3").exists()
+
+
 CHECKS = {"extraction_options.yaml": check_extraction_options, "tiny_backbones.yaml": check_tiny_backbones,
-          "retrain_and_check.yaml": check_retrain_and_check, "downloads.yaml": check_downloads}
+          "retrain_and_check.yaml": check_retrain_and_check, "downloads.yaml": check_downloads,
+          "families.yaml": check_families}
+#: configs whose run takes minutes beyond make test's budget: checked by make test-science
+SCIENCE_CONFIGS = ("families.yaml",)
 
 
 def test_every_config_has_its_check():
@@ -318,7 +384,8 @@ def finished_run(path: Path, tmp_path_factory) -> tuple[Path, str]:
     return RUNS[path.name]
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xdist_group(f"config-{p.stem}"))
+@pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.xdist_group(f"config-{p.stem}")] +
+                                               ([pytest.mark.science] if p.name in SCIENCE_CONFIGS else []))
                                   for p in config_files()], ids=lambda p: p.stem)
 def test_config_runs(path, tmp_path_factory):
     CHECKS[path.name](*finished_run(path, tmp_path_factory))

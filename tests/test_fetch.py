@@ -52,6 +52,27 @@ def test_select_files_takes_components_and_one_weight_format(mirror):
     assert not any(f.startswith("unet/") for f in dit)
 
 
+def test_flux_fetch_takes_both_text_encoders_sharded_weights_and_the_fast_tokenizer():
+    """FLUX.1's hub layout: T5 weights in shards with their index, the T5 tokenizer as tokenizer.json beside its
+    SentencePiece model, fp16 variants beside the plain weights; the whole-pipeline checkpoint at the top level."""
+    files = ["model_index.json", "flux1-schnell.safetensors", "scheduler/scheduler_config.json",
+             "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
+             "tokenizer/merges.txt", "tokenizer/tokenizer_config.json", "text_encoder_2/config.json",
+             "text_encoder_2/model-00001-of-00002.safetensors", "text_encoder_2/model-00002-of-00002.safetensors",
+             "text_encoder_2/model.safetensors.index.json", "text_encoder_2/model.fp16.safetensors",
+             "tokenizer_2/spiece.model", "tokenizer_2/tokenizer.json", "tokenizer_2/tokenizer_config.json",
+             "transformer/config.json", "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+             "transformer/diffusion_pytorch_model.safetensors.index.json", "vae/config.json",
+             "vae/diffusion_pytorch_model.safetensors"]
+    chosen = select_files("flux", files)
+    assert {"text_encoder_2/model-00001-of-00002.safetensors", "text_encoder_2/model.safetensors.index.json",
+            "tokenizer_2/tokenizer.json", "transformer/diffusion_pytorch_model-00001-of-00003.safetensors"} <= set(chosen)
+    assert not {"flux1-schnell.safetensors", "text_encoder_2/model.fp16.safetensors", "tokenizer_2/spiece.model"} & \
+        set(chosen)
+    with pytest.raises(ModelFetchError, match=r"text_encoder_3/ weights"):  # SD3's T5 is its third encoder
+        select_files("sd3", files)
+
+
 def test_hub_ids_and_cache_names(mirror, tmp_path):
     assert is_hub_id("stable-diffusion-v1-5/stable-diffusion-v1-5") and not is_hub_id(str(mirror / HUB_ID))
     assert not is_hub_id("no-slash") and cache_folder_name("org/name") == "org--name"

@@ -52,7 +52,7 @@ def test_nested_draw_counts_are_the_smaller_runs(shapes_model, dataset, rows):
     for name in ("cmi_s", "cmi_nats", "mi_nats"):
         assert_close_to_scale(nested[name], alone[8][name], 1e-5, name)
     # the maps file and the curves carry the smaller count: maps, then the optional ones in a fixed order
-    assert map_keys(nested) == [*MAP_KEYS, "attention_itd@4", "cmi@4", "mi@4"]
+    assert map_keys(nested) == [*MAP_KEYS, "attention_itd", "attention_itd@4", "cmi@4", "mi@4"]
     masks = np.zeros((len(rows), shapes_model.resolution, shapes_model.resolution), bool)
     masks[:, :8] = True
     curves, _ = row_curves(nested, lambda a, b: masks[a:b], shapes_model.resolution, threshold_grid(5))

@@ -19,7 +19,7 @@ from difflens.info.localize import (BASE_MAPS, PAPER_GRID, compute_maps, daam_ma
 from difflens.info.localize_shards import (MAP_KEYS, curves_of, join_shards, localize_rows, localize_shard,
                                            planned_shard, shard_plan)
 from difflens.info.records import append_record, read_records
-from difflens.info.toy import GaussianToyModel, linear_alphas_cumprod
+from difflens.info.toy import FlowGaussianToyModel, GaussianToyModel, linear_alphas_cumprod
 from difflens.models.catalog import ModelConfigError, schedule_log_snr
 
 V = torch.tensor([[[1.0, -0.5], [0.8, 0.3]]])
@@ -78,6 +78,31 @@ def test_estimators_match_quadrature_within_their_monte_carlo_error(toy):
     target = toy.information_on(sampler.interval)
     spread = np.std(est_s, ddof=1) / np.sqrt(len(est_s))
     assert abs(np.mean(est_s) - target) < 4 * spread
+
+
+def test_flow_matching_estimates_match_the_closed_form_as_the_variance_preserving_ones_do(toy):
+    """The Gaussian world denoised by a flow-matching velocity model (x_s = (1 - s) x0 + s eps, v = eps - x0,
+    eps_hat = x_s + (1 - s) v_hat, on the flow timestep table): the same epsilon as the variance-preserving form at
+    the same log-SNR, and the same mutual information within Monte-Carlo error, both at the closed form."""
+    from difflens.models.flow import flow_alphas_cumprod
+
+    flow = FlowGaussianToyModel(V, 0.5)
+    same_table = GaussianToyModel(V, 0.5, flow_alphas_cumprod(1000))
+    x, y = toy.sample(40, seed=1)
+    t = torch.tensor([1, 20, 250, 500, 750, 999] * 6 + [400, 600, 5, 990])
+    cond = toy.encode_text([f"y={v}" if i % 2 else "" for i, v in enumerate(y)])
+    noisy = flow.add_noise_logsnr(x, torch.randn_like(x), flow.log_snr[t])
+    torch.testing.assert_close(flow.denoise(noisy, t, cond), same_table.denoise(noisy, t, cond), rtol=1e-4,
+                               atol=1e-5)
+    sampler = LogSNRSampler(0.0, 2.0, 3.0)
+    target = toy.information_on(sampler.interval)
+    means, errors = [], []
+    for model in (toy, flow):
+        est = [score_item(model, x[k], [(f"y={y[k]}", "")], n_draws=100, sampler=sampler, seed=0,
+                          item=k).mean("i_s")[0] for k in range(len(x))]
+        means.append(np.mean(est)), errors.append(np.std(est, ddof=1) / np.sqrt(len(est)))
+        assert abs(means[-1] - target) < 4 * errors[-1], model
+    assert abs(means[0] - means[1]) < 4 * np.hypot(*errors)
 
 
 class CoarseGrid:
@@ -188,11 +213,15 @@ def test_log_snr_interval_outside_the_trained_range_is_rejected():
 
 
 def test_a_model_without_an_unconditional_branch_is_refused():
+    class Unconditional:
+        kind, source = "image_encoder", "facebook/dinov2-base"
+
     class ClassModel:
         kind, source = "dit", "facebook/DiT-XL-2-256"
 
-    with pytest.raises(ModelConfigError, match="dit model 'facebook/DiT-XL-2-256' has no text-conditioned"):
-        require_unconditional(ClassModel())
+    with pytest.raises(ModelConfigError, match="image_encoder model 'facebook/dinov2-base' has no conditional"):
+        require_unconditional(Unconditional())
+    require_unconditional(ClassModel())  # the null class is a DiT's unconditional branch
 
 
 # ---- ARO bookkeeping -------------------------------------------------------------------------------------------
@@ -491,7 +520,7 @@ def test_localization_shards_resume_and_match_the_one_job_run(tmp_path, word_wor
     first = rows[rows["sample_id"] == rows["sample_id"].iloc[0]]
     localize_shard(model, maskless, first, tmp_path / "m.npz", n_thresholds=12, progress=False, **kw)
     only_maps = join_shards([tmp_path / "m.npz"], first)
-    assert sorted(only_maps) == sorted(["row", "sample_id", "word", *MAP_KEYS])
+    assert sorted(only_maps) == sorted(["row", "sample_id", "word", "attention_itd", *MAP_KEYS])
     np.testing.assert_array_equal(only_maps["cmi"], maps["cmi"][:len(first)])
 
 

@@ -12,7 +12,8 @@ from difflens.config import ConfigError, validate_config
 from difflens.models import load_model
 from difflens.models.catalog import ModelConfigError, resolve_layer
 from difflens.models.fetch import fetch_model
-from tiny_pipelines import build_tiny_dit, build_tiny_sd, build_tiny_sdxl_unet
+from tiny_families import build_tiny_sdxl
+from tiny_pipelines import build_tiny_dit, build_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 SDXL_ID = "tiny-org/tiny-sdxl"
@@ -22,7 +23,7 @@ SDXL_ID = "tiny-org/tiny-sdxl"
 def hub(tmp_path_factory):
     """A hub mirror with a tiny SDXL folder, a tiny SD folder and a tiny DiT folder."""
     root = tmp_path_factory.mktemp("hub")
-    build_tiny_sdxl_unet(root / SDXL_ID)
+    build_tiny_sdxl(root / SDXL_ID)
     build_tiny_sd(root / "tiny-org/tiny-sd")
     build_tiny_dit(root / "tiny-org/tiny-dit", ["cat", "dog"])
     return root
@@ -40,7 +41,7 @@ def refusal(cfg: dict) -> str:
     return str(exc.value)
 
 
-def test_sdxl_as_kind_sd_is_refused_from_a_local_folder_the_cache_or_the_mirror(hub, tmp_path):
+def test_sdxl_as_kind_sd_is_refused_naming_kind_sdxl_from_a_local_folder_the_cache_or_the_mirror(hub, tmp_path):
     local = refusal(config_with({"kind": "sd", "source": str(hub / SDXL_ID), "layers": ["up_blocks.1"]}))
     mirrored = refusal(config_with({"kind": "sd", "source": SDXL_ID}, hub_mirror=str(hub)))
     cache = tmp_path / "cache"
@@ -48,24 +49,32 @@ def test_sdxl_as_kind_sd_is_refused_from_a_local_folder_the_cache_or_the_mirror(
     (cache / "tiny-org--tiny-sdxl/model_index.json").write_text((hub / SDXL_ID / "model_index.json").read_text())
     cached = refusal(config_with({"kind": "sd", "source": SDXL_ID}, model_cache=str(cache)))
     for msg in (local, mirrored, cached):
-        assert "config key models.other.kind" in msg and "StableDiffusionXLPipeline" in msg
-        assert "SDXL models are not supported yet" in msg and "kind 'sd' drives StableDiffusionPipeline" in msg
+        assert "config key models.other.kind" in msg and "is a StableDiffusionXLPipeline: set kind: sdxl" in msg
+    assert validate_config(config_with({"kind": "sdxl", "source": SDXL_ID, "layers": ["up_ft1"]},
+                                       hub_mirror=str(hub)))["models"]["other"]["kind"] == "sdxl"
 
 
-def test_an_sdxl_unet_without_a_model_index_is_refused_by_its_added_conditions(hub, tmp_path):
+def test_an_sdxl_unet_without_a_model_index_is_told_apart_by_its_added_conditions(hub, tmp_path):
     folder = tmp_path / "unet-only"
     (folder / "unet").mkdir(parents=True)
     (folder / "unet/config.json").write_text((hub / SDXL_ID / "unet/config.json").read_text())
     msg = refusal(config_with({"kind": "sd", "source": str(folder)}))
-    assert "'text_time' added conditions" in msg and "not supported yet" in msg
+    assert "'text_time' added conditions" in msg and "set kind: sdxl" in msg
+    sd_unet = tmp_path / "sd-unet"
+    (sd_unet / "unet").mkdir(parents=True)
+    (sd_unet / "unet/config.json").write_text((hub / "tiny-org/tiny-sd/unet/config.json").read_text())
+    msg = refusal(config_with({"kind": "sdxl", "source": str(sd_unet)}))
+    assert "takes no SDXL text-and-time conditions" in msg
 
 
 def test_well_known_hub_ids_are_refused_before_their_configs_are_on_disk():
     msg = refusal(config_with({"kind": "sd", "source": "stabilityai/stable-diffusion-xl-base-1.0"}))
     assert "config key models.other.kind" in msg and "'stabilityai/stable-diffusion-xl-base-1.0'" in msg
-    assert "SDXL models are not supported yet" in msg
+    assert "set kind: sdxl" in msg
     msg = refusal(config_with({"kind": "dit", "source": "black-forest-labs/FLUX.1-dev"}))
-    assert "FluxPipeline" in msg and "FLUX.1 models are not supported yet" in msg
+    assert "is a FluxPipeline: set kind: flux" in msg
+    msg = refusal(config_with({"kind": "sdxl", "source": "stabilityai/stable-diffusion-xl-refiner-1.0"}))
+    assert "SDXL refiner models are not supported yet" in msg and "kind 'sdxl' drives StableDiffusionXLPipeline" in msg
 
 
 def test_a_model_of_another_kind_names_the_kind_that_drives_it(hub):

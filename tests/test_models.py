@@ -91,7 +91,8 @@ def test_sd_encode_images_is_vae_mode_times_scaling(sd, sd_dir):
 
 
 def test_text_cache_is_bounded_and_keeps_pinned_conditions(sd):
-    """A least-recently-used cache of text_cache_size encodings; set_condition entries are never evicted."""
+    """A least-recently-used cache of text_cache_size encodings, and of text_cache_bytes after a call; set_condition
+    entries are never evicted."""
     before = sd.text_cache_size
     fresh = {p: sd._encode_prompts([p])[0].detach().clone() for p in ("a", "b", "c")}
     try:
@@ -104,8 +105,14 @@ def test_text_cache_is_bounded_and_keeps_pinned_conditions(sd):
         assert float(sd.encode_text(["pinned"]).abs().sum()) == 0
         with pytest.raises(ValueError, match="3 distinct prompts in one call exceed text_cache_size 2"):
             sd.encode_text(["a", "b", "c"])
+        # and a byte budget: room for one encoding keeps the last prompt alone (a call still gets all of its own)
+        sd.text_cache_size, sd.text_cache_bytes = 4, fresh["a"].numel() * 4
+        got = sd.encode_text(["b", "a"])
+        torch.testing.assert_close(got[0], fresh["b"])
+        assert list(sd._text_cache) == ["a"]
     finally:
         sd.text_cache_size = before
+        sd.__dict__.pop("text_cache_bytes", None)
         sd._pinned.pop("pinned", None)
 
 
@@ -259,11 +266,11 @@ def test_dit_warns_when_the_hub_model_index_cannot_be_read(caplog):
     and the error."""
     import logging
 
-    from difflens.models.dit import _hub_model_index
+    from difflens.models.base import model_index
 
-    with caplog.at_level(logging.WARNING, logger="difflens.models.dit"):
-        assert _hub_model_index("nobody/no-such-dit", local_files_only=True) == {}
-    [record] = [r for r in caplog.records if r.name == "difflens.models.dit"]
+    with caplog.at_level(logging.WARNING, logger="difflens.models.base"):
+        assert model_index("nobody/no-such-dit", local_files_only=True) == {}
+    [record] = [r for r in caplog.records if r.name == "difflens.models.base"]
     assert record.levelno == logging.WARNING
     assert record.getMessage().startswith("nobody/no-such-dit: cannot read model_index.json (OSError: ")
 

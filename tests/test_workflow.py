@@ -40,5 +40,5 @@ def test_bad_config_fails_before_any_job(tmp_path):
     overlay["models"]["shapes"]["kind"] = "unet3000"
     out = run_snakemake([], overlay, tmp_path, check=False)
     assert out.returncode != 0
-    assert "config key models.shapes.kind" in out.stderr and "['shapes', 'sd', 'dit']" in out.stderr
+    assert "config key models.shapes.kind" in out.stderr and "['shapes', 'sd', 'dit', 'sdxl', 'pixart', 'sd3', 'flux']" in out.stderr
     assert not (tmp_path / "results").exists()

@@ -57,28 +57,6 @@ def build_tiny_sd(out_dir: Path, prediction_type: str = "epsilon", seed: int = 0
     return Path(out_dir)
 
 
-def build_tiny_sdxl_unet(out_dir: Path, seed: int = 0) -> Path:
-    """The parts of an SDXL folder that tell it apart: model_index.json naming StableDiffusionXLPipeline (with its
-    two text encoders) and a UNet taking SDXL's added text-and-time conditions, with tiny random weights."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=32, addition_embed_type="text_time",
-                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
-    unet.save_pretrained(Path(out_dir) / "unet")
-    components = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-                  "text_encoder": ["transformers", "CLIPTextModel"],
-                  "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-                  "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
-                  "scheduler": ["diffusers", "EulerDiscreteScheduler"]}
-    index = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.30.0", **components}
-    (Path(out_dir) / "model_index.json").write_text(json.dumps(index, indent=1) + "\n")
-    return Path(out_dir)
-
-
 def build_tiny_dit(out_dir: Path, classes: list[str], seed: int = 0) -> Path:
     """A DiTPipeline (2 transformer blocks, patch 2, ``len(classes)`` classes) for 16 px images.
 

@@ -12,8 +12,9 @@ import jsonschema
 import yaml
 
 from .extract.prompts import CLIP_PROMPT, LABEL, uses_label
-from .models.catalog import (LAYER_ALIASES, ModelConfigError, check_architecture, config_folder, resolve_layer,
-                             static_layers, static_log_snr_range, static_num_timesteps)
+from .models.catalog import (CLASS_KINDS, FLOW_KINDS, KIND_OPTIONS, LAYER_ALIASES, TEXT_KINDS, ModelConfigError,
+                             check_architecture, config_folder, resolve_layer, static_layers, static_log_snr_range,
+                             static_num_timesteps)
 from .models.fetch import COMPONENT_FOLDERS, is_hub_id
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -167,11 +168,16 @@ def check_config(cfg: dict) -> None:
                 resolve_layer(m["kind"], m["source"], layer, available=static_layers(m["kind"], described))
             except ModelConfigError as exc:
                 raise ConfigError(f"config key {key}.layers: {exc}") from None
+        bad = sorted(set(m["options"]) - set(KIND_OPTIONS.get(m["kind"], ())))
+        if bad:
+            raise ConfigError(f"config key {key}.options: {bad} are not options of kind {m['kind']!r}; allowed: "
+                              f"{list(KIND_OPTIONS.get(m['kind'], ()))}")
         n_t = static_num_timesteps(described)
         for t in m["timesteps"]:
             if not 0 <= t < n_t:
+                units = " (flow matching: t = 1000 s)" if m["kind"] in FLOW_KINDS else ""
                 raise ConfigError(f"config key {key}.timesteps: timestep {t} is outside the scheduler's range; "
-                                  f"allowed: 0..{n_t - 1}")
+                                  f"allowed: 0..{n_t - 1}{units}")
         if m["kind"] == "shapes" and m["retrain"] and m["train"]["dataset"] not in cfg["datasets"]:
             raise ConfigError(f"config key {key}.train.dataset: {m['train']['dataset']!r} is not a configured data "
                               f"set; allowed: {list(cfg['datasets'])}")
@@ -196,13 +202,14 @@ def check_config(cfg: dict) -> None:
     check_infodecomp(cfg)
 
 
-#: model kinds with a text-conditioned denoiser whose empty prompt is the unconditional branch
-TEXT_KINDS = ("shapes", "sd")
-
-
-def info_models(cfg: dict) -> list[str]:
-    """The models the information stages score: ``infodecomp.models``, or every text model."""
-    return cfg["infodecomp"]["models"] or [n for n, m in cfg["models"].items() if m["kind"] in TEXT_KINDS]
+def info_models(cfg: dict, task: str | None = None) -> list[str]:
+    """The models the information stages score: ``infodecomp.models``, or every text model. For a ``task`` that
+    reads captions (every one but ``localize``), its text models only: a class-conditional model (``CLASS_KINDS``)
+    localizes its class labels and nothing else."""
+    names = cfg["infodecomp"]["models"] or [n for n, m in cfg["models"].items() if m["kind"] in TEXT_KINDS]
+    if task in (None, "localize"):
+        return names
+    return [n for n in names if cfg["models"][n]["kind"] in TEXT_KINDS]
 
 
 #: the information tasks (infodecomp.<task>) and the data-set table each reads
@@ -252,10 +259,17 @@ def check_infodecomp(cfg: dict) -> None:
             raise ConfigError(f"config key infodecomp.models: {name!r} is not configured; allowed: "
                               f"{list(cfg['models'])}")
         kind = cfg["models"][name]["kind"]
-        if kind not in TEXT_KINDS:
-            raise ConfigError(f"config key infodecomp.models: model {name!r} (kind {kind}) has no text-conditioned "
+        if kind not in TEXT_KINDS + CLASS_KINDS:
+            raise ConfigError(f"config key infodecomp.models: model {name!r} (kind {kind}) has no conditional "
                               f"denoiser with an empty-prompt (unconditional) branch; allowed kinds: "
-                              f"{list(TEXT_KINDS)}")
+                              f"{list(TEXT_KINDS + CLASS_KINDS)}")
+    classes = [n for n in info["models"] if cfg["models"][n]["kind"] in CLASS_KINDS]
+    for task in ("aro", "intervene", "maps", "mmse"):
+        if classes and info[task]["datasets"] and not info_models(cfg, task):
+            raise ConfigError(f"config key infodecomp.{task}.datasets: {task} reads captions, and the information "
+                              f"models {classes} are class-conditional (kind dit: class labels, not captions); add a "
+                              f"text model to infodecomp.models, or leave infodecomp.{task}.datasets empty (a "
+                              f"class-conditional model localizes its class labels: infodecomp.localize)")
     for stage in INFO_TASK_TABLES:
         for ds in info[stage]["datasets"]:
             if ds not in cfg["datasets"]:

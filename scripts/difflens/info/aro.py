@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .estimators import LogSNRSampler, require_unconditional, score_item
+from .estimators import LogSNRSampler, require_text, score_item
 from .inputs import encode_samples, split_names
 from .records import check_partial, remove_partial, shard_settings
 
@@ -189,7 +189,7 @@ def score_shard(model, ds, rows: pd.DataFrame, out_path: str | Path, *, n_draws:
     naming both settings when not."""
     from tqdm import tqdm
 
-    require_unconditional(model)
+    require_text(model, "ARO (caption choice)")
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     check_partial(partial, shard_settings(model, rows, n_draws=n_draws, sampler=sampler, seed=seed,

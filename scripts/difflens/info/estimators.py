@@ -35,7 +35,7 @@ import torch
 
 from ..seeding import derive_seed
 from ..models.batching import HalvingBatcher
-from ..models.catalog import ModelConfigError
+from ..models.catalog import CLASS_KINDS, TEXT_KINDS, ModelConfigError
 
 #: the configuration keys of the proposal (named by range errors)
 PROPOSAL_KEYS = ("infodecomp.loc", "infodecomp.scale", "infodecomp.clip")
@@ -134,11 +134,21 @@ class ItemScores:
 
 
 def require_unconditional(model) -> None:
-    """Information needs a text model whose empty prompt is its unconditional branch (caption dropout)."""
-    if getattr(model, "kind", "text") not in ("shapes", "sd", "text"):
-        raise ModelConfigError(f"{model.kind} model {getattr(model, 'source', '')!r} has no text-conditioned "
-                               f"denoiser with an empty-prompt (unconditional) branch; the information estimators "
-                               f"need one (kind shapes or sd)")
+    """Information needs a model whose empty prompt is its unconditional branch: a text model (caption dropout) or a
+    class-conditional one (the null class)."""
+    if getattr(model, "kind", "text") not in (*TEXT_KINDS, *CLASS_KINDS, "text"):
+        raise ModelConfigError(f"{model.kind} model {getattr(model, 'source', '')!r} has no conditional denoiser "
+                               f"with an empty-prompt (unconditional) branch; the information estimators need one "
+                               f"(kinds {list(TEXT_KINDS + CLASS_KINDS)})")
+
+
+def require_text(model, task: str) -> None:
+    """``task`` scores captions or words: a class-conditional model (conditions are class labels) is refused."""
+    require_unconditional(model)
+    if getattr(model, "kind", "text") in CLASS_KINDS:
+        raise ModelConfigError(f"{model.kind} model {getattr(model, 'source', '')!r} is class-conditional: {task} "
+                               f"needs captions (a text model: kinds {list(TEXT_KINDS)}); its information stage is "
+                               f"the class-label localization (infodecomp.localize)")
 
 
 #: batch_size -> the size an out-of-memory error backed it off to in this process, so later items start there

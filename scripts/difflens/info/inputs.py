@@ -105,3 +105,39 @@ def drop_unreadable(rows: pd.DataFrame, unreadable: dict[str, str], what: str, l
     for sid, why in unreadable.items():
         log.warning("%s: sample %r left out (%d rows): %s", what, sid, int((rows["sample_id"] == sid).sum()), why)
     return rows[~rows["sample_id"].astype(str).isin(set(unreadable))]
+
+
+def class_rows(ds, rows: pd.DataFrame) -> pd.DataFrame:
+    """Class-label localization rows (a class-conditional model): per image, one row whose "word" and "caption" are
+    the image's class name (``label_name``) and whose context is the empty prompt (the null class), so that the
+    word's CMI map is the pixel-wise MI of the class; its mask is the union of the objects of the image's word rows
+    that name a word of the class name (object words first: "yellow triangle" -> the triangle's mask). Images with
+    no such row are left out with a warning; none left is a ValueError naming the data set."""
+    import logging
+
+    import re
+
+    if "label_name" not in ds.samples.columns:
+        raise ValueError(f"data set {ds.name!r} has no label_name column in samples.csv: no class names to localize "
+                         f"for a class-conditional model")
+    labels = ds.samples.set_index("sample_id")["label_name"].astype(str)
+    out, missing = [], []
+    for sid, g in rows.groupby("sample_id", sort=False):
+        label = labels[sid]
+        named = g[g["word"].str.lower().isin(re.findall(r"\w+", label.lower()))]
+        named = named[named["word_type"] == "object"] if (named["word_type"] == "object").any() else named
+        objects = sorted({o for v in named["objects"].astype(str) for o in v.split(";") if o.strip()}, key=str)
+        if not objects:
+            missing.append(sid)
+            continue
+        out.append({**g.iloc[0].to_dict(), "word": label, "caption": label, "context": "", "word_type": "class",
+                    "objects": ";".join(objects)})
+    if missing:
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d images have no word row naming a word of their class (label_name) with a mask, and are "
+            "left out of the class-label localization (e.g. %s)", ds.name, len(missing), rows["sample_id"].nunique(),
+            missing[:3])
+    if not out:
+        raise ValueError(f"data set {ds.name!r}: no image has a words.csv row naming its class (label_name) with a "
+                         f"mask: nothing to localize for a class-conditional model")
+    return pd.DataFrame(out, columns=rows.columns)

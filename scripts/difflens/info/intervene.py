@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..data.common import replace_word
 from ..models.attention import record_cross_attention
-from .estimators import LogSNRSampler, require_unconditional
+from .estimators import LogSNRSampler, require_text
 from .inputs import encode_samples, preprocess_mask
 from .localize import image_maps, word_tokens
 from .ode import SOLVERS, daam_map, ode_grid, ode_path  # noqa: F401 (SOLVERS: re-exported)
@@ -260,7 +260,7 @@ def run_intervention(model, ds, rows: pd.DataFrame, *, swaps: dict[str, str], wo
                      n_boot: int = 1000, progress: bool = True, omit: str = "placeholder"):
     """(edits table with totals, change maps, predictor maps (``PREDICTORS`` and, where the data set has the masks,
     the mask baselines), correlation table)."""
-    require_unconditional(model)
+    require_text(model, "a prompt intervention")
     edits = edits_of(rows, swaps, words_per_image, omit)
     images = list(dict.fromkeys(edits["sample_id"]))
     latents_of = dict(zip(images, encode_samples(model, ds, images)))  # each image encoded once, for both parts

@@ -32,6 +32,7 @@ outside the mask; the thresholds are then chosen from those per-row curves alone
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..seeding import derive_seed
-from ..models.attention import record_cross_attention, word_token_indices
+from ..models.attention import has_text_attention, record_cross_attention, word_token_indices
 from .estimators import LogSNRSampler, require_unconditional, score_item
 from .inputs import encode_samples, preprocess_mask
 from .memory import CHUNK_ROWS, PAPER_THRESHOLDS
@@ -77,10 +78,11 @@ def normalise(m: np.ndarray) -> np.ndarray:
 def word_tokens(model, caption: str, word: str, item) -> list[int]:
     """The token positions of ``word`` in ``caption`` as the model's text encoder sees it; a word with none (cut
     off by the encoder's length) is a ValueError naming the sample."""
-    idx = word_token_indices(model.tokenizer, caption.lower() if model.kind == "shapes" else caption, word)
+    tokenizer, length = model.attention_tokenizer
+    idx = word_token_indices(tokenizer, caption.lower() if model.kind == "shapes" else caption, word, length)
     if not idx:
         raise ValueError(f"sample {item!r}: word {word!r} has no token in caption {caption!r} within the text "
-                         f"encoder's {model.tokenizer.model_max_length} tokens")
+                         f"encoder's {length} tokens")
     return idx
 
 
@@ -96,12 +98,14 @@ def image_maps(model, x0: torch.Tensor, caption: str, words: list[str], contexts
     """Latent-grid maps (n_words, h, w) of one image and caption: ``cmi`` (pixel-wise i^o, nats), ``cmi_s``
     (pixel-wise i^s), ``attention_itd``, with ``with_mi`` also ``mi``, with ``ddim_steps`` also
     ``attention_ddim``; totals ``cmi_nats`` (and ``mi_nats``); for each draw count of ``counts`` below ``n_draws``,
-    the ``DRAWN_MAPS`` at that count (``at_count``), from the first draws of the same run."""
+    the ``DRAWN_MAPS`` at that count (``at_count``), from the first draws of the same run. A model without text
+    attention (a class-conditional DiT) has no attention maps."""
     pairs = ([(w, "") for w in words] if with_mi else []) + [(caption, c) for c in contexts]
     n = len(words) if with_mi else 0
     size = tuple(x0.shape[-2:])
     sums, totals, out, lo = {}, 0.0, {}, 0
-    with record_cross_attention(model) as rec:
+    attend = has_text_attention(model)
+    with record_cross_attention(model) if attend else nullcontext() as rec:
         for hi in sorted({int(c) for c in counts if 0 < int(c) < n_draws} | {n_draws}):
             sc = score_item(model, x0, pairs, n_draws=hi - lo, sampler=sampler, seed=seed, item=item,
                             batch_size=batch_size, pixelwise=True, recorder=rec, attention_prompt=caption,
@@ -112,15 +116,16 @@ def image_maps(model, x0: torch.Tensor, caption: str, words: list[str], contexts
             io = sums["i_o"] / hi
             tag = None if hi == n_draws else hi
             out[at_count("cmi", tag)] = io[n:]
-            out[at_count("attention_itd", tag)] = word_attention(model, daam_map(rec.maps, size)[0], caption, words,
-                                                                 item)
+            if attend:
+                out[at_count("attention_itd", tag)] = word_attention(model, daam_map(rec.maps, size)[0], caption,
+                                                                     words, item)
             if with_mi:
                 out[at_count("mi", tag)] = io[:n]
             lo = hi
     out.update(cmi_s=sums["i_s"][n:] / n_draws, cmi_nats=(totals / n_draws)[n:])
     if with_mi:
         out["mi_nats"] = (totals / n_draws)[:n]
-    if ddim_steps:
+    if ddim_steps and attend:
         tokens = regeneration_attention(model, x0[None], [caption], steps=ddim_steps, batch_size=batch_size)[0]
         out["attention_ddim"] = word_attention(model, tokens, caption, words, item)
     return out

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .aro import shard_of
 from .estimators import LogSNRSampler, require_unconditional
-from .inputs import word_rows
+from .inputs import class_rows, word_rows
 from .localize import compute_maps, ground_truth, row_curves, split_count, threshold_grid
 from .memory import CHUNK_ROWS
 from .records import append_record, check_partial, read_records, remove_partial, shard_settings
@@ -30,14 +30,16 @@ from .records import append_record, check_partial, read_records, remove_partial,
 log = logging.getLogger(__name__)
 
 #: the latent-grid maps and totals every row has (localization_maps.npz holds them, float32); ``map_keys`` adds
-#: ``attention_ddim`` and the maps at smaller draw counts where they were computed
-MAP_KEYS = ("cmi", "cmi_s", "attention_itd", "cmi_nats", "mi", "mi_nats")
+#: ``attention_itd`` (a model with text attention: not a class-conditional DiT), ``attention_ddim`` and the maps at
+#: smaller draw counts where they were computed
+MAP_KEYS = ("cmi", "cmi_s", "cmi_nats", "mi", "mi_nats")
 
 
 def map_keys(arrays: dict) -> list[str]:
     """The map and total keys of a record, shard or joined set of arrays: ``MAP_KEYS``, then the optional maps
-    (``attention_ddim``, ``<map>@<n>``) it holds, in a fixed order."""
-    extra = sorted(k for k in arrays if k == "attention_ddim" or (":" not in k and split_count(k)[1] is not None))
+    (``attention_itd``, ``attention_ddim``, ``<map>@<n>``) it holds, in a fixed order."""
+    extra = sorted(k for k in arrays if k in ("attention_itd", "attention_ddim") or (
+        ":" not in k and split_count(k)[1] is not None))
     return list(MAP_KEYS) + extra
 
 
@@ -56,12 +58,15 @@ def rows_with_masks(ds, rows: pd.DataFrame) -> pd.DataFrame:
     return rows[masked]
 
 
-def localize_rows(ds, localize: dict, skipped=()) -> pd.DataFrame:
+def localize_rows(ds, localize: dict, skipped=(), class_labels: bool = False) -> pd.DataFrame:
     """The word rows of the ``infodecomp.localize`` section's calibration and evaluation splits that have a mask
     (``rows_with_masks``), less those of the ``skipped`` images (the plan's unreadable ones; index: the row's
-    position, the key every shard and the join use)."""
+    position, the key every shard and the join use). ``class_labels`` (a class-conditional model): one row per
+    image, its class against the null class (``inputs.class_rows``)."""
     splits = list(dict.fromkeys([localize["calibration_split"], localize["split"]]))
     rows = rows_with_masks(ds, word_rows(ds, splits, localize["max_images"], need_masks=False))
+    if class_labels:
+        rows = class_rows(ds, rows)
     return rows[~rows["sample_id"].astype(str).isin(set(skipped))].reset_index(drop=True)
 
 

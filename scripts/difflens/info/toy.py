@@ -9,6 +9,8 @@ so their Monte-Carlo estimates can be checked against quadrature.
 
 ``GaussianToyModel`` speaks the model layer's language (``log_snr``, ``timestep_for_logsnr``,
 ``add_noise_logsnr``, ``encode_text``, ``denoise``): prompt ``"y=<value>"`` conditions on y, ``""`` does not.
+``FlowGaussianToyModel`` is the same world denoised by a flow-matching velocity model (SD3's and FLUX.1's
+parameterisation), through the flow adapters' conversion to epsilon.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from ..models.base import log_snr_of, nearest_timestep
+from ..models.flow import FlowMatchingMixin, flow_alphas_cumprod
 
 
 def linear_alphas_cumprod(n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -51,18 +54,23 @@ class GaussianToyModel:
         """The optimal eps prediction for each row (its timestep's log-SNR, its y or none), batched."""
         self.calls += 1
         a = self.log_snr[t.long()]
-        y = cond.double().reshape(len(cond), -1)[:, 0]
-        uncond = torch.isnan(y)
+        S, m = self.row_moments(cond)
         d = len(self.v)
         eye = torch.eye(d, dtype=torch.float64)
-        S = torch.where(uncond[:, None, None], (self.s ** 2 * eye + torch.outer(self.v, self.v))[None],
-                        (self.s ** 2 * eye)[None])
-        m = torch.where(uncond[:, None], 0.0, torch.nan_to_num(y)[:, None] * self.v[None])
         sa, sna = torch.sigmoid(a)[:, None, None], torch.sigmoid(-a)[:, None, None]
         M = torch.linalg.inv(sa * S + sna * eye)
         r = x_t.double().reshape(len(x_t), d) - sa[:, :, 0].sqrt() * m
         out = sna[:, :, 0].sqrt() * (M @ r[:, :, None])[:, :, 0]
         return out.view(x_t.shape).float()
+
+    def row_moments(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(covariance (B, d, d), mean (B, d)) of x given each row's condition: y given, or none (NaN)."""
+        y = cond.double().reshape(len(cond), -1)[:, 0]
+        uncond = torch.isnan(y)
+        eye = torch.eye(len(self.v), dtype=torch.float64)
+        S = torch.where(uncond[:, None, None], (self.s ** 2 * eye + torch.outer(self.v, self.v))[None],
+                        (self.s ** 2 * eye)[None])
+        return S, torch.where(uncond[:, None], 0.0, torch.nan_to_num(y)[:, None] * self.v[None])
 
     # ---- closed forms -------------------------------------------------------------------------------------
     def _moments(self, y: float, a: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,3 +146,30 @@ class GaussianToyModel:
 
 def _sig(a: float) -> float:
     return 1.0 / (1.0 + np.exp(-a))
+
+
+class FlowGaussianToyModel(FlowMatchingMixin, GaussianToyModel):
+    """The same Gaussian world served by a flow-matching "network": the optimal velocity ``E[eps - x0 | x_s]`` for
+    ``x_s = (1 - s) x0 + s eps`` written in the flow parameterisation (with ``K = (1 - s)^2 S + s^2 I``,
+    ``E[eps | x_s] = s K^-1 r`` and ``E[x0 | x_s] = m + (1 - s) S K^-1 r``, ``r = x_s - (1 - s) m``), on the flow
+    models' timestep table, and turned into epsilon by the flow adapters' own conversion (``FlowMatchingMixin``).
+    Its closed forms (the variance-preserving ones it inherits) hold unchanged: the channel is the same."""
+
+    def __init__(self, v: torch.Tensor, s: float):
+        super().__init__(v, s, flow_alphas_cumprod(self.flow_steps))
+        self.dtype = torch.float64
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self._forward(x_t.double(), t.long(), cond).float()
+
+    def _velocity(self, x_s: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        s = s.double()[:, None, None]
+        S, m = self.row_moments(cond)
+        d = len(self.v)
+        eye = torch.eye(d, dtype=torch.float64)
+        K_inv_r = torch.linalg.solve((1 - s) ** 2 * S + s ** 2 * eye,
+                                     (x_s.double().reshape(len(x_s), d) - (1 - s[:, :, 0]) * m)[:, :, None])
+        eps = s * K_inv_r
+        x0 = m[:, :, None] + (1 - s) * (S @ K_inv_r)
+        return (eps - x0)[:, :, 0].view(x_s.shape)

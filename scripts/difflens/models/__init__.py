@@ -12,6 +12,10 @@ _ADAPTERS = {
     "shapes": ("difflens.models.shapes", "ShapesModel"),
     "sd": ("difflens.models.sd", "StableDiffusionModel"),
     "dit": ("difflens.models.dit", "DiTModel"),
+    "sdxl": ("difflens.models.sdxl", "StableDiffusionXLModel"),
+    "pixart": ("difflens.models.pixart", "PixArtModel"),
+    "sd3": ("difflens.models.sd3", "StableDiffusion3Model"),
+    "flux": ("difflens.models.flux", "FluxModel"),
 }
 MODEL_KINDS = tuple(_ADAPTERS)
 

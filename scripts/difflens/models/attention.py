@@ -151,29 +151,62 @@ def cross_attention_modules(unet) -> dict[str, torch.nn.Module]:
             if isinstance(m, Attention) and m.is_cross_attention and name.endswith("attn2")}
 
 
+def attention_denoiser(model):
+    """The module whose attention is recorded: an adapter's UNet or transformer, or the module itself."""
+    for name in ("unet", "transformer"):
+        if getattr(model, name, None) is not None:
+            return getattr(model, name)
+    return model
+
+
+def has_text_attention(model) -> bool:
+    """Whether the model's denoiser attends to text tokens that ``record_cross_attention`` can record: cross-attention,
+    or the joint attention of an adapter that says where its text tokens are (``attention_text``). A class-conditional
+    DiT has neither."""
+    from .joint_attention import joint_attention_modules
+
+    denoiser = attention_denoiser(model)
+    return bool(cross_attention_modules(denoiser)) or (hasattr(model, "attention_text")
+                                                       and bool(joint_attention_modules(denoiser)))
+
+
 @contextmanager
 def record_cross_attention(model, tokens_of_interest: list[int] | None = None, n_slots: int | None = None):
     """Record cross-attention maps of every forward pass inside the block; yields a ``CrossAttentionRecorder``.
 
-    ``model``: a UNet text model adapter (anything with ``.unet``) or a ``UNet2DConditionModel``.
+    ``model``: a model adapter (its ``.unet`` or ``.transformer``) or a ``UNet2DConditionModel``. Cross-attention
+    (``attn2``) where the denoiser has it (SD, SDXL, PixArt); else the image-to-text part of the joint attention of
+    SD3 and FLUX.1 (``joint_attention``), whose text tokens are the adapter's ``attention_text`` (positions of
+    ``attention_tokenizer``'s tokens).
     ``tokens_of_interest``: token positions to keep (default: all); ``n_slots``: the recorder's slot count (rows
     recorded by ``CrossAttentionRecorder.slots``). The original processors come back on exit.
     """
-    unet = getattr(model, "unet", model)
+    from .joint_attention import RecordingJointProcessor, joint_attention_modules
+
+    unet = attention_denoiser(model)
     modules = cross_attention_modules(unet)
-    if not modules:
-        raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) modules to record")
     rec = CrossAttentionRecorder(tokens_of_interest, n_slots)
+    if modules:
+        processors = {name: rec.processor(name) for name in modules}
+    else:
+        modules = joint_attention_modules(unet) if hasattr(model, "attention_text") else {}
+        first, length = model.attention_text if modules else (False, 0)
+        processors = {name: RecordingJointProcessor(m.processor, rec, name, first, length)
+                      for name, m in modules.items()}
+    if not modules:
+        raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) or joint attention modules to record")
 
     def note_size(_module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        rec.latent_size = tuple(sample.shape[-2:])
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        grid = getattr(model, "_grid", None)
+        rec.latent_size = tuple(sample.shape[-2:]) if sample.dim() == 4 or grid is None else (2 * grid[0],
+                                                                                               2 * grid[1])
 
     originals = {name: m.processor for name, m in modules.items()}
     handle = unet.register_forward_pre_hook(note_size, with_kwargs=True)
     try:
         for name, m in modules.items():
-            m.set_processor(rec.processor(name))
+            m.set_processor(processors[name])
         yield rec
     finally:
         handle.remove()

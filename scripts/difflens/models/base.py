@@ -10,8 +10,10 @@ whose log-SNR is nearest.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -20,6 +22,8 @@ from PIL import Image
 
 from . import catalog
 from .catalog import ModelConfigError
+
+log = logging.getLogger(__name__)
 
 
 #: what a job can ask ``from_pretrained`` to load: the image encoder (VAE; a fixed reshape for pixel models), the
@@ -65,6 +69,21 @@ def place(module: torch.nn.Module | None, device: torch.device, dtype: torch.dty
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype)
     return module.eval()
+
+
+def model_index(source: str, local_files_only: bool) -> dict:
+    """The pipeline's model_index.json (local folder or hub cache), {} when absent; {} with a warning naming the
+    error when the hub's cannot be read (its id2label and pipeline flags are then not used)."""
+    local = catalog.local_config(source, "model_index.json")
+    if local is not None or Path(source).is_dir():
+        return local or {}
+    try:
+        from diffusers import DiffusionPipeline
+        return dict(DiffusionPipeline.load_config(source, local_files_only=local_files_only))
+    except (OSError, ValueError) as exc:
+        log.warning("%s: cannot read model_index.json (%s: %s): no class names from its id2label", source,
+                    type(exc).__name__, exc)
+        return {}
 
 
 def default_device() -> torch.device:
@@ -179,10 +198,14 @@ class DiffusionModel(ABC):
     #: most prompt encodings kept (least recently used evicted): ARO's ~125k COCO-Order prompts, unbounded, would
     #: hold ~20 GB of SD text states on the GPU; a few thousand cover every prompt of a batch many times over
     text_cache_size: int = 4096
+    #: and at most this many bytes of them after a call: an SD3 / FLUX.1 / PixArt condition (hundreds of 4096-wide
+    #: T5 tokens) takes 5-8 MB, twenty times SD's, so 4096 of them would hold 20-34 GB of the GPU
+    text_cache_bytes: int = 2 * 2 ** 30
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Condition tensor for each prompt, batched; each distinct prompt is encoded once and kept in a
-        least-recently-used cache of ``text_cache_size`` entries (``set_condition`` entries are never evicted)."""
+        least-recently-used cache of ``text_cache_size`` entries and, after the call, ``text_cache_bytes``
+        (``set_condition`` entries are never evicted)."""
         cache = self._text_cache
         pending = [p for p in dict.fromkeys(prompts) if p not in cache and p not in self._pinned]
         if len(dict.fromkeys(prompts)) > self.text_cache_size:
@@ -201,9 +224,15 @@ class DiffusionModel(ABC):
             else:
                 cache.move_to_end(p)
                 out.append(cache[p])
-        while len(cache) > self.text_cache_size:
+        entry = out[0].numel() * out[0].element_size() if out else 1
+        while len(cache) > min(self.text_cache_size, max(1, self.text_cache_bytes // entry)):
             cache.popitem(last=False)
         return torch.stack(out)
+
+    @property
+    def attention_tokenizer(self):
+        """(tokenizer, length) of the text tokens the denoiser's attention sees, for a word's token positions."""
+        return self.tokenizer, self.tokenizer.model_max_length
 
     def set_condition(self, prompt: str, condition: torch.Tensor) -> None:
         """Use ``condition`` for ``prompt`` without the condition encoder (e.g. a stored empty-prompt encoding)."""
@@ -316,6 +345,18 @@ class VAELatentsMixin:
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **load)
             return vae, vae.config
         return None, AutoencoderKL.load_config(source, subfolder="vae", **load)
+
+    @classmethod
+    def load_denoiser(cls, loader, source: str, subfolder: str, components, dtype, local_files_only: bool):
+        """(denoiser or None, its config, VAE or None, the VAE's config) of a pipeline folder, each module loaded
+        only when ``components`` asks for it; a distilled model is warned about (``catalog.warn_if_distilled``)."""
+        load = {"local_files_only": local_files_only}
+        net = loader.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, **load) \
+            if "denoiser" in components else None
+        config = net.config if net is not None else loader.load_config(source, subfolder=subfolder, **load)
+        vae, vae_config = cls.load_vae(source, dtype, components, **load)
+        catalog.warn_if_distilled(cls.kind, source, config)
+        return net, config, vae, vae_config
 
     @staticmethod
     def config_scale_factor(vae_config) -> int:

@@ -7,22 +7,21 @@ comma-separated synonym of a label names its class (as in ``DiTPipeline``), name
 decimal string is taken as the id itself, and the empty prompt is the null class (id ``num_embeds_ada_norm``), the
 unconditional denoiser of classifier-free guidance.
 
-Blocks ``transformer_blocks.i`` output tokens (B, N, D) in row-major patch order; ``layer_output_to_map`` turns them
-into (B, D, h, w) with ``transpose(1, 2).reshape`` (a plain ``view`` would mix channels and positions).
+Blocks ``transformer_blocks.i`` output tokens (B, N, D) in row-major patch order, turned into (B, D, h, w) maps
+(``tokens.TokenMapMixin``).
 """
 from __future__ import annotations
 
 import json
-import logging
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from .base import COMPONENTS, DiffusionModel, ModelConfigError, VAELatentsMixin, check_components, place
+from .base import model_index
 from .catalog import MODEL_CARD
-
-log = logging.getLogger(__name__)
+from .tokens import TokenMapMixin
 
 
 def read_json(path: Path) -> dict | None:
@@ -50,22 +49,7 @@ def id2label_to_names(id2label: dict) -> list[str]:
     return [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in ids]
 
 
-def _hub_model_index(source: str, local_files_only: bool) -> dict:
-    """The pipeline's model_index.json (local folder or hub cache), {} when absent; {} with a warning naming the
-    error when the hub's cannot be read (its id2label is then not used)."""
-    local = read_json(Path(source) / "model_index.json")
-    if local is not None or Path(source).is_dir():
-        return local or {}
-    try:
-        from diffusers import DiffusionPipeline
-        return dict(DiffusionPipeline.load_config(source, local_files_only=local_files_only))
-    except (OSError, ValueError) as exc:
-        log.warning("%s: cannot read model_index.json (%s: %s): no class names from its id2label", source,
-                    type(exc).__name__, exc)
-        return {}
-
-
-class DiTModel(VAELatentsMixin, DiffusionModel):
+class DiTModel(TokenMapMixin, VAELatentsMixin, DiffusionModel):
     """DiT (facebook/DiT-XL-2-256 / -512); ``kind: dit``. Layers: transformer_blocks.0 .. transformer_blocks.27."""
 
     kind = "dit"
@@ -109,7 +93,7 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
         vae, vae_config = cls.load_vae(src, dtype, components, **load)
         if classes is not None:
             names = read_class_names(classes)
-        elif id2label := _hub_model_index(src, local_files_only).get("id2label"):
+        elif id2label := model_index(src, local_files_only).get("id2label"):
             names = id2label_to_names(id2label)
         else:
             names = (read_json(Path(src) / MODEL_CARD) or {}).get("classes") or []
@@ -148,12 +132,3 @@ class DiTModel(VAELatentsMixin, DiffusionModel):
     def layer_modules(self) -> "OrderedDict[str, torch.nn.Module]":
         self.require("denoiser", "listing layers")
         return OrderedDict((f"transformer_blocks.{i}", b) for i, b in enumerate(self.transformer.transformer_blocks))
-
-    def layer_output_to_map(self, name: str, output) -> torch.Tensor:
-        """Tokens (B, N, D), row-major over the patch grid -> (B, D, h, w)."""
-        tokens = output[0] if isinstance(output, tuple) else output
-        b, n, d = tokens.shape
-        h, w = self._grid if self._grid and self._grid[0] * self._grid[1] == n else (int(n ** 0.5),) * 2
-        if h * w != n:
-            raise ValueError(f"layer {name}: {n} tokens do not form a square grid")
-        return tokens.transpose(1, 2).reshape(b, d, h, w)

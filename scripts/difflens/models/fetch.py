@@ -28,9 +28,14 @@ from .catalog import ModelConfigError, check_architecture
 COMPONENT_FOLDERS = {
     "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "dit": ("transformer", "vae", "scheduler"),
+    "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+    "pixart": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "sd3": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+            "tokenizer_3", "scheduler"),
+    "flux": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
 }
 #: folders that hold weights (the others hold only configs and vocabularies)
-WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "transformer")
+WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer")
 MARKER = ".difflens-fetched.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _VARIANT = re.compile(r"\.(fp16|fp32|bf16|ema|non_ema|non-ema)\.")
@@ -72,8 +77,14 @@ def select_image_encoder_files(files: list[str]) -> list[str]:
     return sorted(chosen)
 
 
-def select_files(kind: str, files: list[str]) -> list[str]:
-    """The repository files (posix paths) that the ``kind`` adapter loads; raises when a component is missing."""
+def unneeded_folders(kind: str, options: dict) -> tuple[str, ...]:
+    """Component folders a model's loader options leave out (SD3 with ``t5: false``: its T5, about 9 GB)."""
+    return ("text_encoder_3", "tokenizer_3") if kind == "sd3" and options.get("t5") is False else ()
+
+
+def select_files(kind: str, files: list[str], skip: tuple[str, ...] = ()) -> list[str]:
+    """The repository files (posix paths) that the ``kind`` adapter loads, less the folders in ``skip``
+    (``unneeded_folders``); raises when a component is missing."""
     if kind == "image_encoder":
         return select_image_encoder_files(files)
     if kind not in COMPONENT_FOLDERS:
@@ -86,7 +97,7 @@ def select_files(kind: str, files: list[str]) -> list[str]:
             by_folder.setdefault(p.parts[0], []).append(p)
     chosen = [f for f in files if f == "model_index.json"]
     missing = []
-    for folder in COMPONENT_FOLDERS[kind]:
+    for folder in (f for f in COMPONENT_FOLDERS[kind] if f not in skip):
         here = by_folder.get(folder, [])
         chosen += [str(p) for p in here if p.suffix in (".json", ".txt")]
         if folder in WEIGHT_FOLDERS:
@@ -131,10 +142,11 @@ def _copy_files(source: str, files: list[str], dest: Path, mirror: Path | None, 
 
 
 def fetch_model(name: str, kind: str, source: str, dest: str | Path, *, mirror: str | Path | None = None,
-                token: str | None = None, config_key: str | None = None) -> dict:
+                token: str | None = None, config_key: str | None = None, skip: tuple[str, ...] = ()) -> dict:
     """Download the files of hub model ``source`` that a ``kind`` adapter loads into ``dest``; write the marker
     ``dest/.difflens-fetched.json`` last and return its content. ``name`` is the model's config name and
-    ``config_key`` the key holding ``source`` (default ``models.<name>.source``), both for errors.
+    ``config_key`` the key holding ``source`` (default ``models.<name>.source``), both for errors; ``skip``: component
+    folders left out (``unneeded_folders``).
 
     Files already in ``dest`` with the right size are kept (a rerun after an interruption resumes).
     """
@@ -149,7 +161,7 @@ def fetch_model(name: str, kind: str, source: str, dest: str | Path, *, mirror: 
         # the configs first, each checked: no weights are fetched for a model the kind's adapter cannot drive
         _copy_files(source, [f for f in listed if f == "model_index.json"], dest, mirror, token)
         check_architecture(kind, source, dest)
-        files = select_files(kind, listed)
+        files = select_files(kind, listed, tuple(skip))
         configs = [f for f in files if PurePosixPath(f).suffix in (".json", ".txt")]
         _copy_files(source, configs, dest, mirror, token)
         check_architecture(kind, source, dest)
@@ -165,7 +177,7 @@ def fetch_model(name: str, kind: str, source: str, dest: str | Path, *, mirror: 
             f"the login node), log in with `hf auth login` for gated models, or copy the model's folder there "
             f"and point {config_key or f'models.{name}.source'} at it.") from None
     sizes = {f: (dest / f).stat().st_size for f in files}
-    marker = {"model": name, "kind": kind, "source": source, "from": where, "files": sizes,
+    marker = {"model": name, "kind": kind, "source": source, "from": where, "files": sizes, "skipped": list(skip),
               "bytes": sum(sizes.values()), "seconds": round(time.time() - start, 1)}
     (dest / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     return marker

@@ -157,10 +157,11 @@ def info_images(maps: dict | None, aro: pd.DataFrame | None, dataset, bank: Imag
                 continue
             entry = out.setdefault(sid, {"id": sid, "img": bank.src(dataset, sid), "words": [], "aro": []})
             scale = float(max(maps["mi"][i].max(), maps["cmi"][i].max()))
+            attention = {"attention": b64_uint8(maps["attention_itd"][i]),
+                         "attMax": float(maps["attention_itd"][i].max())} if "attention_itd" in maps else {}
             entry["words"].append({"word": str(maps["word"][i]), "type": str(maps["word_type"][i]),
                                    "mi": b64_uint8(maps["mi"][i], scale), "cmi": b64_uint8(maps["cmi"][i], scale),
-                                   "attention": b64_uint8(maps["attention_itd"][i]), "grid": list(maps["mi"][i].shape),
-                                   "scale": scale, "attMax": float(maps["attention_itd"][i].max()),
+                                   "grid": list(maps["mi"][i].shape), "scale": scale, **attention,
                                    "miNats": float(maps["mi_nats"][i]), "cmiNats": float(maps["cmi_nats"][i])})
     if aro is not None:
         for sid, g in aro.groupby("sample_id", sort=False):

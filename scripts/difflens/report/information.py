@@ -207,30 +207,37 @@ def overlay(ax, image: np.ndarray, heat: np.ndarray, vmax: float, cmap: str = "i
 
 def plot_heat_maps(maps: dict, rows: list[int], images: dict[str, np.ndarray], png, pdf, title: str) -> pd.DataFrame:
     """Fig. 2: per (image, word) row, the image and its MI, CMI and attention maps on one colour scale (nats per
-    latent pixel; attention, a probability, rescaled so that its maximum is the row's largest MI/CMI value).
-    Returns the rows shown, with each map's total and maximum."""
+    latent pixel; attention, a probability, rescaled so that its maximum is the row's largest MI/CMI value; no
+    attention column for a class-conditional model). Returns the rows shown, with each map's total and maximum."""
     apply_style()
-    fig, axes = plt.subplots(len(rows), 4, figsize=(8.4, 2.2 * len(rows)), squeeze=False, layout="constrained")
+    attention = "attention_itd" in maps
+    cols = 4 if attention else 3
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.1 * cols, 2.2 * len(rows)), squeeze=False,
+                             layout="constrained")
     shown = []
     for r, i in enumerate(rows):
         sid, word = str(maps["sample_id"][i]), str(maps["word"][i])
         image = images[sid]
         vmax = float(max(maps["mi"][i].max(), maps["cmi"][i].max(), 1e-12))
-        att = maps["attention_itd"][i] * (vmax / max(float(maps["attention_itd"][i].max()), 1e-12))
+        panels = [("mi", maps["mi"][i]), ("cmi", maps["cmi"][i])]
+        if attention:
+            panels.append(("attention_itd", maps["attention_itd"][i] * (
+                vmax / max(float(maps["attention_itd"][i].max()), 1e-12))))
         axes[r, 0].imshow(image)
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
         axes[r, 0].set_ylabel(f"{sid}\n'{word}' ({maps['word_type'][i]})", fontsize=7)
-        for c, (kind, heat) in enumerate((("mi", maps["mi"][i]), ("cmi", maps["cmi"][i]), ("attention_itd", att)), 1):
+        for c, (kind, heat) in enumerate(panels, 1):
             im = overlay(axes[r, c], image, heat, vmax)
             if r == 0:
                 axes[r, c].set_title(SCORE_NAMES[kind])
         fig.colorbar(im, ax=axes[r, 1:].tolist(), fraction=0.03,
-                     label="MI, CMI: nats / latent pixel\n(attention: rescaled to the row's max)")
+                     label="MI, CMI: nats / latent pixel" + ("\n(attention: rescaled to the row's max)"
+                                                              if attention else ""))
         shown.append({"sample_id": sid, "word": word, "word_type": str(maps["word_type"][i]),
                       "mi_nats": float(maps["mi_nats"][i]), "cmi_nats": float(maps["cmi_nats"][i]),
                       "mi_max": float(maps["mi"][i].max()), "cmi_max": float(maps["cmi"][i].max()),
-                      "attention_max": float(maps["attention_itd"][i].max()),
+                      "attention_max": float(maps["attention_itd"][i].max()) if attention else float("nan"),
                       "grid": "x".join(map(str, maps["mi"][i].shape))})
     axes[0, 0].set_title("image")
     fig.suptitle(title)

@@ -316,7 +316,9 @@
       row.appendChild(thumb(image.img, "image"));
       row.appendChild(thumb(image.img, `MI (max ${fmt(w.scale, 3)} nats/px)`, w.mi, w.grid));
       row.appendChild(thumb(image.img, "CMI (same scale)", w.cmi, w.grid));
-      row.appendChild(thumb(image.img, `attention (max ${fmt(w.attMax, 3)})`, w.attention, w.grid));
+      if (w.attention) {  // none for a class-conditional model (no text attention)
+        row.appendChild(thumb(image.img, `attention (max ${fmt(w.attMax, 3)})`, w.attention, w.grid));
+      }
       page.appendChild(row);
     });
     if (!image.words.length) page.appendChild(el("p", { class: "hint" }, "No localization maps for this image."));
