@@ -331,12 +331,14 @@ def check_families(results: Path, out: str) -> None:
     assert "flux model" in log and "guidance-distilled" in log  # the tiny FLUX has FLUX.1-dev's guidance embedding
     for view in ("flux/shapes/pca/t10/single_transformer_blocks.1", "sdxl/shapes/pca/t10/up_ft1"):
         assert (results / f"classify/{view}.png").is_file()
-    for model in ("sdxl", "sd3"):
+    for model in kinds:
         info = results / f"info/{model}/shapes"
         maps = np.load(info / "localization_maps.npz")
-        # attention rows on both: SDXL's cross-attention, SD3's joint attention (image queries on its CLIP tokens)
+        # attention rows on all four: SDXL's and PixArt's cross-attention (CLIP, T5 tokens), SD3's and FLUX's joint
+        # attention (image queries on SD3's CLIP tokens, on FLUX's T5 tokens)
         assert maps["attention_itd"].shape == maps["cmi"].shape == (len(maps["word"]), 8, 8)
-        assert (maps["attention_itd"] > 0).all() and (maps["mi"] >= 0).all()
+        att = maps["attention_itd"].reshape(len(maps["word"]), -1)
+        assert (att >= 0).all() and (att.max(1) > 0).all() and (maps["mi"] >= 0).all(), model
         assert set(pd.read_csv(info / "intervention.csv")["predictor"]) >= {"cmi", "attention_regen"}
         curves = pd.read_csv(info / "mmse_curves.csv")
         assert np.isfinite(curves["logsnr"]).all() and curves["timestep"].nunique() == 3
