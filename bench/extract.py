@@ -100,6 +100,24 @@ def difflens_extract(model, dataset: Dataset, work: Path, layers: list[str], tim
     extract_activations(model, lat, outs, batch_size=batch_size, progress=False)
 
 
+def timed_extractions(model, dataset: Dataset, work: Path, arch: str, layers: list[str], args, device):
+    """After a one-image warm-up, (timesteps, s per image) of the library's extraction of ``dataset`` at each count
+    of ``args.timesteps``, yielded as each finishes (a GPU's peak-memory counter reset before each)."""
+    warm = Dataset.load(dataset.root)
+    warm.samples = warm.samples.iloc[:1]
+    difflens_extract(model, warm, work / f"{arch}-warm", layers, [25], 1, args.workers)  # warm-up
+    for n_t in args.timesteps:
+        out = work / f"{arch}-t{n_t}"
+        out.mkdir()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        t0 = time.perf_counter()
+        difflens_extract(model, dataset, out, layers, TIMESTEPS[n_t], args.batch_size, args.workers)
+        sync(device)
+        yield n_t, (time.perf_counter() - t0) / len(dataset.samples)
+
+
 # ---- FLOPs and peaks ----------------------------------------------------------------------------------------------
 def count_flops(fn) -> float:
     from torch.utils.flop_counter import FlopCounterMode
@@ -185,17 +203,7 @@ def run_arch(arch: str, args, device: torch.device, peak: float, work: Path) -> 
             mod.to(memory_format=torch.channels_last)
     layers = list(parts["layers"].values())
     vae_flops, den_flops = flops_per_image(model, layers, args.size)
-    warm = Dataset.load(dataset.root)
-    warm.samples = warm.samples.iloc[:1]
-    difflens_extract(model, warm, work / f"{arch}-warm", layers, [25], 1, args.workers)  # warm-up
-    for n_t in args.timesteps:
-        out = work / f"{arch}-t{n_t}"
-        out.mkdir()
-        sync(device)
-        t0 = time.perf_counter()
-        difflens_extract(model, dataset, out, layers, TIMESTEPS[n_t], args.batch_size, args.workers)
-        sync(device)
-        ours = (time.perf_counter() - t0) / len(paths)
+    for n_t, ours in timed_extractions(model, dataset, work, arch, layers, args, device):
         flops = vae_flops + n_t * den_flops
         rows.append({"arch": arch, "timesteps": n_t, "ref_s": ref_time[n_t], "ours_s": ours,
                      "ratio": ref_time[n_t] / ours, "tflop_per_img": flops / 1e12,
@@ -240,20 +248,8 @@ def run_family(arch: str, args, device: torch.device, peak: float, work: Path) -
     layers = FAMILY_LAYERS[arch]
     dataset = make_dataset(work / f"{arch}-data", args.images, args.size)
     vae_flops, den_flops = flops_per_image(model, layers, args.size)
-    warm = Dataset.load(dataset.root)
-    warm.samples = warm.samples.iloc[:1]
-    difflens_extract(model, warm, work / f"{arch}-warm", layers, [25], 1, args.workers)  # warm-up
     rows = []
-    for n_t in args.timesteps:
-        out = work / f"{arch}-t{n_t}"
-        out.mkdir()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        t0 = time.perf_counter()
-        difflens_extract(model, dataset, out, layers, TIMESTEPS[n_t], args.batch_size, args.workers)
-        sync(device)
-        ours = (time.perf_counter() - t0) / len(dataset.samples)
+    for n_t, ours in timed_extractions(model, dataset, work, arch, layers, args, device):
         flops = vae_flops + n_t * den_flops
         rows.append({"arch": arch, "timesteps": n_t, "ref_s": float("nan"), "ours_s": ours, "ratio": float("nan"),
                      "tflop_per_img": flops / 1e12, "ceiling": flops / ours / peak,

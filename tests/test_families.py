@@ -5,7 +5,6 @@ noise in variance-preserving terms, block outputs as maps, joint-attention DAAM 
 compute, T5 sub-token words, the distilled-model warning and the config checks."""
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from pathlib import Path
@@ -13,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from difflens.config import ConfigError, validate_config
 from difflens.models import load_model
 from difflens.models.catalog import static_layers, static_log_snr_range
 from difflens.models.flow import flow_sigmas
+from test_model_refusal import config_with
 from tiny_families import FAMILY_BUILDERS, build_tiny_flux
 
-ROOT = Path(__file__).resolve().parents[1]
 SEQ = 12  # T5 tokens per prompt of the tiny models
 OPTIONS = {"sdxl": {}, "pixart": {"max_sequence_length": SEQ}, "sd3": {"max_sequence_length": SEQ},
            "flux": {"max_sequence_length": SEQ, "guidance": 2.0}}
@@ -248,12 +246,6 @@ def test_distilled_models_are_warned_about(tmp_path, folders, caplog):
 def test_sdxl_vae_runs_in_float32_when_the_model_is_float16(folders):
     m = load_model("sdxl", str(folders["sdxl"]), dtype=torch.float16, device="cpu", components=["vae", "denoiser"])
     assert next(m.vae.parameters()).dtype == torch.float32 and next(m.unet.parameters()).dtype == torch.float16
-
-
-def config_with(model: dict) -> dict:
-    cfg = copy.deepcopy(yaml.safe_load((ROOT / "config.yaml").read_text()))
-    cfg["models"]["other"] = {"layers": [], "timesteps": [], **model}
-    return cfg
 
 
 def test_config_checks_name_the_key_the_units_and_the_choices(folders):

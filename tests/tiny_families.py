@@ -35,11 +35,11 @@ def tiny_t5_tokenizer():
                            extra_ids=0, model_max_length=MAX_TOKENS)
 
 
-def tiny_t5(vocab_size: int, seed: int = 0):
+def tiny_t5(vocab_size: int, seed: int = 0, width: int = T5_WIDTH):
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=T5_WIDTH, d_kv=8, d_ff=37, num_layers=2,
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=37, num_layers=2,
                                    num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
 
 
@@ -102,9 +102,7 @@ def build_tiny_sd3(out_dir: Path, seed: int = 0) -> Path:
                                         num_attention_heads=2, joint_attention_dim=2 * TEXT_WIDTH,
                                         caption_projection_dim=16, pooled_projection_dim=2 * TEXT_WIDTH,
                                         out_channels=4, pos_embed_max_size=16)
-    from transformers import T5Config, T5EncoderModel
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=2 * TEXT_WIDTH, d_kv=8, d_ff=37, num_layers=2,
-                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    t5 = tiny_t5(len(tokenizer), seed, width=2 * TEXT_WIDTH)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=tiny_vae(seed), text_encoder=tiny_clip_text(True, seed),
                                     tokenizer=tiny_clip_tokenizer(), text_encoder_2=tiny_clip_text(True, seed + 1),

@@ -159,15 +159,22 @@ def attention_denoiser(model):
     return model
 
 
-def has_text_attention(model) -> bool:
-    """Whether the model's denoiser attends to text tokens that ``record_cross_attention`` can record: cross-attention,
-    or the joint attention of an adapter that says where its text tokens are (``attention_text``). A class-conditional
-    DiT has neither."""
+def text_attention_modules(model) -> tuple[dict[str, torch.nn.Module], bool]:
+    """(the modules whose attention on text ``record_cross_attention`` records, whether they are joint attention):
+    cross-attention where the denoiser has it; else the joint attention of an adapter that says where its text
+    tokens are (``attention_text``); ({}, False) for a denoiser that attends to no text (a class-conditional DiT)."""
     from .joint_attention import joint_attention_modules
 
     denoiser = attention_denoiser(model)
-    return bool(cross_attention_modules(denoiser)) or (hasattr(model, "attention_text")
-                                                       and bool(joint_attention_modules(denoiser)))
+    modules = cross_attention_modules(denoiser)
+    if modules or not hasattr(model, "attention_text"):
+        return modules, False
+    return joint_attention_modules(denoiser), True
+
+
+def has_text_attention(model) -> bool:
+    """Whether the model's denoiser attends to text tokens that ``record_cross_attention`` can record."""
+    return bool(text_attention_modules(model)[0])
 
 
 @contextmanager
@@ -181,18 +188,17 @@ def record_cross_attention(model, tokens_of_interest: list[int] | None = None, n
     ``tokens_of_interest``: token positions to keep (default: all); ``n_slots``: the recorder's slot count (rows
     recorded by ``CrossAttentionRecorder.slots``). The original processors come back on exit.
     """
-    from .joint_attention import RecordingJointProcessor, joint_attention_modules
+    from .joint_attention import RecordingJointProcessor
 
     unet = attention_denoiser(model)
-    modules = cross_attention_modules(unet)
+    modules, joint = text_attention_modules(model)
     rec = CrossAttentionRecorder(tokens_of_interest, n_slots)
-    if modules:
-        processors = {name: rec.processor(name) for name in modules}
-    else:
-        modules = joint_attention_modules(unet) if hasattr(model, "attention_text") else {}
-        first, length = model.attention_text if modules else (False, 0)
+    if joint:
+        first, length = model.attention_text
         processors = {name: RecordingJointProcessor(m.processor, rec, name, first, length)
                       for name, m in modules.items()}
+    else:
+        processors = {name: rec.processor(name) for name in modules}
     if not modules:
         raise ValueError(f"{type(unet).__name__} has no cross-attention (attn2) or joint attention modules to record")
 

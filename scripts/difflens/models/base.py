@@ -350,9 +350,10 @@ class VAELatentsMixin:
     def load_denoiser(cls, loader, source: str, subfolder: str, components, dtype, local_files_only: bool):
         """(denoiser or None, its config, VAE or None, the VAE's config) of a pipeline folder, each module loaded
         only when ``components`` asks for it; a distilled model is warned about (``catalog.warn_if_distilled``)."""
+        from .text import load_part
+
         load = {"local_files_only": local_files_only}
-        net = loader.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, **load) \
-            if "denoiser" in components else None
+        net = load_part(loader, source, subfolder, "denoiser" in components, dtype, **load)
         config = net.config if net is not None else loader.load_config(source, subfolder=subfolder, **load)
         vae, vae_config = cls.load_vae(source, dtype, components, **load)
         catalog.warn_if_distilled(cls.kind, source, config)

@@ -12,14 +12,17 @@ half a step, s = 1 / (2 N) (log-SNR 15.2 for N = 1000), so that every table stay
 """
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from types import SimpleNamespace
 
 import torch
 
 
+@functools.cache
 def flow_sigmas(n: int) -> torch.Tensor:
-    """s = t / n for each timestep t in 0 .. n - 1 (float64); timestep 0 at half a step, 1 / (2 n)."""
+    """s = t / n for each timestep t in 0 .. n - 1 (float64); timestep 0 at half a step, 1 / (2 n). Computed once per
+    n (every denoiser call reads it): callers must not modify it."""
     return torch.arange(n, dtype=torch.float64).clamp(min=0.5) / n
 
 

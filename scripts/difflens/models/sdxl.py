@@ -17,7 +17,7 @@ import torch
 from .base import VAELatentsMixin, check_components, model_index, place
 from .conditions import ConditionLayout
 from .text import clip_states, load_part
-from .unet import TextUNetModel, epsilon_from_prediction
+from .unet import TextUNetModel
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,6 @@ class StableDiffusionXLModel(VAELatentsMixin, TextUNetModel):
     def _forward(self, x_t, t, cond):
         seq, pooled, _ = self.layout.unpack(cond)
         added = {"text_embeds": pooled.to(self.dtype), "time_ids": self.time_ids(len(x_t))}
-        out = self.unet(x_t, t, encoder_hidden_states=seq.to(self.dtype), added_cond_kwargs=added).sample
-        abar = self.alphas_cumprod.to(t.device)[t.long()]
-        return epsilon_from_prediction(out[:, : x_t.shape[1]], x_t, abar, self.prediction_type)
+        return self.to_epsilon(self.unet(x_t, t, encoder_hidden_states=seq.to(self.dtype), added_cond_kwargs=added)
+                               .sample, x_t, t)
 

@@ -59,7 +59,10 @@ class TextUNetModel(DiffusionModel):
                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
-    def _forward(self, x_t, t, cond):
-        out = self.unet(x_t, t, encoder_hidden_states=cond.to(self.dtype)).sample[:, : x_t.shape[1]]
+    def to_epsilon(self, out, x_t, t):
+        """The UNet's output (its first ``x_t`` channels) as predicted noise, whatever it was trained to predict."""
         abar = self.alphas_cumprod.to(t.device)[t.long()]
-        return epsilon_from_prediction(out, x_t, abar, self.prediction_type)
+        return epsilon_from_prediction(out[:, : x_t.shape[1]], x_t, abar, self.prediction_type)
+
+    def _forward(self, x_t, t, cond):
+        return self.to_epsilon(self.unet(x_t, t, encoder_hidden_states=cond.to(self.dtype)).sample, x_t, t)
