@@ -11,6 +11,7 @@ include: "rules/extraction.smk"
 include: "rules/classify.smk"
 include: "rules/sae.smk"
 include: "rules/info.smk"
+include: "rules/steer.smk"
 include: "rules/report.smk"
 
 

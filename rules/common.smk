@@ -321,6 +321,7 @@ def all_targets():
     targets += classify_targets()
     targets += sae_targets()
     targets += info_targets()
+    targets += steer_paths(*STEER_FILES)
     targets += report_targets()
     return targets
 
@@ -370,6 +371,8 @@ def report_inputs(key):
         "intervention": lambda: info_paths("intervene", "intervention.csv", "intervention_items.csv",
                                            "intervention_maps.npz"),
         "mmse": lambda: info_paths("mmse", "mmse_curves.csv"),
+        "steering": lambda: steer_paths("chosen.csv", "effects.csv", "correlations.csv", "images.npz",
+                                        "control_effects.csv", "control_correlations.csv"),
     }
     return {kind: kinds[kind]() for kind in PAPER_ITEMS[key].needs}
 
@@ -392,6 +395,8 @@ def item_unavailable(key):
                           ("mmse", "mmse")):
         if kind in it.needs and not (INFO[section]["datasets"] and info_models(config, section)):
             return f"no information run (infodecomp.models and infodecomp.{section}.datasets)"
+    if "steering" in it.needs and not steer_folders():
+        return "no steered SAE (steer.targets is empty)"
     if it.family == "shapes" and not any(config["datasets"][d]["source"] == "shapes" for d in EX["datasets"]):
         return "no shapes-world data set among extraction.datasets"
     return None
@@ -404,6 +409,24 @@ def report_targets():
     if browser_runs() or browser_info():
         out.append(f"{R}/browser")
     return out
+
+
+# ---- steering (rules/steer.smk) -------------------------------------------------------------------------------------
+STEER = config["steer"]
+#: what each steered SAE's folder holds (rule steer_latents)
+STEER_FILES = ("chosen.csv", "effects.csv", "correlations.csv", "items.csv", "images.npz", "grid.png",
+               "control_effects.csv", "control_correlations.csv")
+
+
+def steer_folders():
+    """The folder of every steered SAE (steer.targets): results/steer/<model>/<data set>/<run>/<input>/t<t>/<layer>."""
+    return [f"{R}/steer/{v['model']}/{v['dataset']}/{v['run']}/{v['input']}/t{v['timestep']}/{v['layer']}"
+            for v in STEER["targets"]]
+
+
+def steer_paths(*files):
+    """``files`` (of STEER_FILES) of every steered SAE."""
+    return [f"{folder}/{f}" for folder in steer_folders() for f in files]
 
 
 def browser_runs():
@@ -421,14 +444,16 @@ def browser_info():
 
 
 def browser_inputs(wildcards):
-    """Every SAE's weights and analysis, the activation indexes, the data sets, the information outputs."""
+    """Every SAE's weights and analysis, the activation indexes, the data sets, the information outputs, the steered
+    SAEs' effects and images (their latents' steering strips)."""
     sae = [f"{R}/sae/{r['model']}/{r['dataset']}/{r['run']}/{r['input']}/t{r['timestep']}/{r['layer']}/{f}"
            for r in browser_runs() for f in ("sae.safetensors", "latents.csv", "summary.json")]
     index = [f"{R}/activations/{r['model']}/{r['dataset']}/index.json" for r in browser_runs()]
     info = info_paths("localize", "localization_maps.npz") + info_paths("aro", "aro_items.csv")
     data = [dataset_json(d) for d in dict.fromkeys([r["dataset"] for r in browser_runs()]
                                                   + [p["dataset"] for p in browser_info()])]
-    return {"sae": sae, "index": list(dict.fromkeys(index)), "info": info, "data": data}
+    return {"sae": sae, "index": list(dict.fromkeys(index)), "info": info, "data": data,
+            "steer": steer_paths("effects.csv", "images.npz")}
 
 
 def summary_inputs(wildcards):
@@ -436,7 +461,8 @@ def summary_inputs(wildcards):
     return {"sae": sae_targets(), "accuracy": accuracy_tables(), "aro": info_paths("aro", "aro.csv"),
             "localization": info_paths("localize", "localization.csv"),
             "intervention": info_paths("intervene", "intervention.csv"),
-            "word_maps": info_paths("maps", "word_maps.csv"),
+            "word_maps": info_paths("maps", "word_maps.csv"), "steer": steer_paths("effects.csv", "correlations.csv",
+                                                                                 "control_effects.csv"),
             "check": [f"{R}/models/{n}/check.json" for n in shapes_models()],
             "skipped": [f"{R}/latents/{m}/{d}/skipped.csv" for m in EXTRACT_MODELS for d in EX["datasets"]]}
 

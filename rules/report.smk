@@ -1,7 +1,7 @@
 # What users read: one figure target per paper item (PNG + PDF + the CSV behind it), the summary page with the
 # papers' numbers beside this run's, and the static feature browser. Every figure and table is registered for
 # `snakemake --report`. Library: scripts/difflens/report/ (catalog.py lists the items).
-from difflens.report.catalog import ITEMS, REVELIO, INFO as INFO_FAMILY, SHAPES
+from difflens.report.catalog import ITEMS, REVELIO, INFO as INFO_FAMILY, SHAPES, STEER as STEER_FAMILY
 
 
 report: "../report/workflow.rst"
@@ -13,7 +13,8 @@ localrules:
 
 
 FAMILY_NAMES = {REVELIO: "Revelio (layers, timesteps, k-SAE, Diff-C)",
-                INFO_FAMILY: "Information decomposition (Kong et al.)", SHAPES: "Shapes world"}
+                INFO_FAMILY: "Information decomposition (Kong et al.)", SHAPES: "Shapes world",
+                STEER_FAMILY: "Steering k-SAE latents"}
 
 
 rule render_figure:
@@ -58,6 +59,7 @@ rule feature_browser:
         results=lambda w, output: str(Path(output[0]).parent),
         runs=lambda w: browser_runs(),
         info=lambda w: browser_info(),
+        steer=lambda w: STEER["targets"],  # the steered SAEs: their latents' steering strips
         seed=config["seed"],
         options=config["browser"],
     threads: 1

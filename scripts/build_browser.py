@@ -1,6 +1,6 @@
 """Rule feature_browser: the static feature browser of this run (results/browser/index.html, opens from disk):
-every SAE's latents (statistics, top images with heat maps, quantile images, histogram), a PCA view of each layer's
-pooled features, and each scored image's information maps and ARO scores."""
+every SAE's latents (statistics, top images with heat maps, quantile images, histogram; a steered latent's steering
+strip), a PCA view of each layer's pooled features, and each scored image's information maps and ARO scores."""
 import json
 from pathlib import Path
 
@@ -15,8 +15,8 @@ from tqdm import tqdm  # noqa: E402
 
 from difflens.data.common import Dataset  # noqa: E402
 from difflens.extract.store import FeatureStore  # noqa: E402
-from difflens.report.browser import (ImageBank, SiteWriter, colour_columns, heat_maps,  # noqa: E402
-                                     info_images, latent_pages, pca_view)
+from difflens.report.browser import (ImageBank, SiteWriter, add_steering, colour_columns,  # noqa: E402
+                                     heat_maps, info_images, latent_pages, pca_view)
 from difflens.sae.analysis import image_scores  # noqa: E402
 from difflens.sae.data import load_vectors  # noqa: E402
 from difflens.sae.model import KSAE  # noqa: E402
@@ -37,6 +37,15 @@ def dataset(name: str) -> Dataset:
     return datasets[name]
 
 
+SAE_KEYS = ("model", "dataset", "run", "input", "timestep", "layer")
+#: the steered SAEs (steer.targets) whose steering files are inputs: key -> (effects.csv, images.npz)
+steer_inputs = {Path(f) for f in snakemake.input.steer}
+steered = {}
+for v in p.steer:
+    folder = results / "steer" / v["model"] / v["dataset"] / v["run"] / v["input"] / f"t{v['timestep']}" / v["layer"]
+    if folder / "effects.csv" in steer_inputs and folder / "images.npz" in steer_inputs:
+        steered[tuple(str(v[k]) for k in SAE_KEYS)] = (folder / "effects.csv", folder / "images.npz")
+
 views = set()
 for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     model, ds, layer, t = r["model"], r["dataset"], r["layer"], int(r["timestep"])
@@ -45,8 +54,12 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
     summary = json.loads((folder / "summary.json").read_text())
     x, rows, per_image = load_vectors(store, model, ds, layer, t, input=r["input"], split=summary["split"])
     scores = image_scores(sae, x, positions=per_image).numpy()
+    steer_files = steered.get(tuple(str(r[k]) for k in SAE_KEYS))
+    effects = pd.read_csv(steer_files[0]) if steer_files else None
     pages = latent_pages(scores, pd.read_csv(folder / "latents.csv", dtype={"top_images": str}), top=opts["top"],
-                         quantiles=opts["quantiles"], bins=opts["bins"], max_latents=opts["max_latents"])
+                         quantiles=opts["quantiles"], bins=opts["bins"], max_latents=opts["max_latents"],
+                         keep=[] if effects is None else sorted(set(effects["latent"])))
+    steering = add_steering(pages, effects, dict(np.load(steer_files[1])), opts["thumbnail"]) if steer_files else None
     ids = rows["sample_id"].astype(str).tolist()
     has_maps = store.has_maps(model, ds, layer, t)
     heat = min(len(pages), opts["heat_latents"]) if has_maps else 0
@@ -63,10 +76,12 @@ for r in tqdm(p.runs, desc="browser: SAEs", mininterval=5):
             "null": {k: summary.get(f"null_purity_{k}") for k in ("p_value", "mean_p95", "beyond_share",
                                                                    "beyond_chance")},
             "maps": has_maps, "controls": {name: {k: c[k] for k in ("sigma_label", "purity", "best_auroc")}
-                                           for name, c in summary["controls"].items()}}
-    site.add("saes", meta, {"latents": pages, "images": images})
-    log.info("%s/%s %s t%d %s/%s: %d latents listed, %d images, heat maps %s", model, ds, layer, t, r["run"],
-             r["input"], len(pages), len(images), f"for {heat} latents" if has_maps else "none (maps not saved)")
+                                           for name, c in summary["controls"].items()},
+            "steered": [pg["id"] for pg in pages if "steer" in pg]}
+    site.add("saes", meta, {"latents": pages, "images": images, **({"steer": steering} if steering else {})})
+    log.info("%s/%s %s t%d %s/%s: %d latents listed, %d images, heat maps %s, steering strips for %s", model, ds,
+             layer, t, r["run"], r["input"], len(pages), len(images),
+             f"for {heat} latents" if has_maps else "none (maps not saved)", meta["steered"] or "none")
     if (model, ds, layer, t) in views:
         continue
     views.add((model, ds, layer, t))

@@ -198,3 +198,21 @@ def test_cosine_t_max_without_the_cosine_schedule_is_refused_before_any_job(cfg)
 def test_sae_sigma_names_its_definitions(cfg):
     msg = _error(cfg, lambda c: c["sae"].update(sigma="dense"))
     assert "sae.sigma" in msg and "public_code" in msg
+
+
+def test_steering_targets_name_an_sae_the_sae_section_trains(cfg):
+    target = lambda c: c["steer"]["targets"][0]  # noqa: E731
+    msg = _error(cfg, lambda c: target(c).update(layer="down_blocks.0"))
+    assert "steer.targets[0].layer" in msg and "'down_blocks.0'" in msg and "up_blocks.1" in msg
+    msg = _error(cfg, lambda c: target(c).update(run="paper"))
+    assert "steer.targets[0].run" in msg and "['shapes']" in msg
+    msg = _error(cfg, lambda c: target(c).update(timestep=500))
+    assert "steer.targets[0].timestep" in msg and "[25, 250, 900]" in msg
+    msg = _error(cfg, lambda c: target(c).update(model="sd"))
+    assert "steer.targets[0].model" in msg
+    msg = _error(cfg, lambda c: c["steer"].update(guidance=3.0))
+    assert "steer.guidance" in msg and "prompt: caption" in msg
+    msg = _error(cfg, lambda c: c["steer"].update(t_range=[900, 100]))
+    assert "steer.t_range" in msg
+    msg = _error(cfg, lambda c: c["steer"].update(edits=["clamp"], clamp_quantiles=[]))
+    assert "steer.clamp_quantiles" in msg

@@ -191,6 +191,31 @@ def check_report_stage(results: Path, expected: set[str], absent: set[str]) -> N
     assert (results / "browser" / "index.html").is_file()
 
 
+def check_tiny_steering(results: Path) -> None:
+    """Both backbones steered end to end: one latent, add / ablate / clamp on 2 images from each source; the CMI
+    predictor on SD's inverted images only (a real captioned image), the heat map everywhere."""
+    for model, layer in (("sd", "bottleneck"), ("dit", "transformer_blocks.1")):
+        folder = results / f"steer/{model}/shapes/tiny/pooled/t10/{layer}"
+        chosen = pd.read_csv(folder / "chosen.csv")
+        assert len(chosen) == 1 and "clamp_q0.9" in chosen.columns
+        items = pd.read_csv(folder / "items.csv")
+        assert len(items) == 2 * 3 * 2 and set(items["edit"]) == {"add=+3", "ablate", "clamp@q0.9"}
+        clamped = items[items["kind"] == "clamp"]["value"]
+        assert (clamped == chosen["clamp_q0.9"][0]).all() and (clamped > 0).all()
+        assert set(items["source"]) == {"inverted", "noise"} and (items["change_total"] >= 0).all()
+        corr = pd.read_csv(folder / "correlations.csv")
+        predictors = set(corr[corr["source"] == "inverted"]["predictor"])
+        assert predictors == ({"heat", "cmi"} if model == "sd" else {"heat"})
+        assert set(corr[corr["source"] == "noise"]["predictor"]) == {"heat"}
+        control = pd.read_csv(folder / "control_effects.csv")  # the untrained SAE, matched to the same attribute
+        assert len(control) == 2 * 3 and (control["matches"] == chosen["latent"][0]).all()
+        assert set(control["edit"]) == set(items["edit"])
+        images = np.load(folder / "images.npz")
+        assert {"inverted/unedited", "noise/unedited"} <= set(images.files) and len(images.files) == 2 + 2 * 3
+        log = (results / f"logs/steer_latents/{model}/shapes/tiny/pooled/t10/{layer}.log").read_text()
+        assert "heun 2 steps" in log and "guidance 2" in log and "uniform weighting" in log
+
+
 def check_tiny_backbones(results: Path, out: str) -> None:
     from difflens.extract.store import FeatureStore
 
@@ -254,9 +279,11 @@ def check_tiny_backbones(results: Path, out: str) -> None:
     assert table.loc["class", "n"] == (pd.read_csv(dit / "localization_items.csv")["role"] == "evaluation").sum()
     assert 0 < table.loc["class", "whole_image"] < 1 and 0 <= table.loc["class", "cmi"] <= 1
     assert not (fetched / "safety_checker").exists()
+    check_tiny_steering(results)
     check_report_stage(results, expected={"revelio/table2d", "revelio/fig9", "revelio/table5", "infodecomp/table4",
                                           "infodecomp/fig3", "infodecomp/mmse", "infodecomp/micmi",
-                                          "shapes/attributes"}, absent={"revelio/fig4"})
+                                          "shapes/attributes", "steer/grid", "steer/specificity", "steer/causal"},
+                       absent={"revelio/fig4"})
     blocks = pd.read_csv(results / "figures/revelio/table2d.csv")
     assert list(blocks["block"]) == [0, 1] and set(blocks["model"]) == {"dit"}
     # sae.sigma: public_code headlined, the sparse definition beside it; a tiny DiT is not the paper's: no number

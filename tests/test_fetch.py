@@ -113,7 +113,8 @@ def sd_overlay(results: Path, cache: Path, source: str, mirror: Path | None) -> 
             "datasets": {"shapes": {"source": "shapes", "params": {"n_images": 12}}},
             "models": {"sd15": {"kind": "sd", "source": source, "dtype": "float32", "layers": ["bottleneck", "up_ft1"],
                                 "timesteps": [25, 500]}},
-            "extraction": {"datasets": ["shapes"], "models": ["sd15"], "batch_size": 4}, "pca": {"views": []}}
+            "extraction": {"datasets": ["shapes"], "models": ["sd15"], "batch_size": 4}, "pca": {"views": []},
+            "steer": {"targets": []}}
 
 
 def test_workflow_unreachable_hub_id_fails_in_the_download_job(tmp_path):

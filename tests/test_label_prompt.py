@@ -57,6 +57,7 @@ def test_prompts_that_do_not_name_the_class_pass(cfg):
     # no extraction data set, so no classified features: a label prompt leaks into nothing that is scored
     cfg["extraction"].update(prompt="{label}", datasets=[])
     cfg["pca"]["views"] = []
+    cfg["steer"]["targets"] = []
     validate_config(copy.deepcopy(cfg))
 
 
@@ -190,7 +191,8 @@ def small_config(tmp: Path, **extraction) -> dict:
             "models": {"shapes": {"kind": "shapes", "source": "resources/shapes_model", "dtype": "float32",
                                   "layers": ["mid_block"], "timesteps": [25]}},
             "extraction": {"datasets": ["shapes"], "batch_size": 8, **extraction},
-            "classify": {"targets": []}, "pca": {"views": []}}
+            "classify": {"targets": []}, "pca": {"views": []},
+            "steer": {"targets": []}}
 
 
 def test_a_label_prompt_stops_the_workflow_before_any_job(tmp_path):

@@ -31,6 +31,7 @@ ALLOWED = {
     "info": {"data", "models", "seeding"},
     "classify": {"data", "models", "seeding"} | STORE,
     "sae": {"data", "models", "seeding"} | STORE,
+    "steer": {"data", "models", "info", "sae", "seeding", "extract.noise"},
     "report": {"data", "classify", "sae", "info", "seeding", "models.catalog"} | STORE,
     "config": {"models.catalog", "models.fetch", "data.registry", "extract.prompts"},
     "runlog": {"devices"},

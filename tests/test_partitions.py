@@ -29,7 +29,7 @@ GPU_MODEL = {"gpu_jobs_model": "a100"}
 #: list a job of each, so that none goes unchecked
 GPU_RULES = {"train_shapes_model", "check_model", "encode_latents", "extract_activations_<model>",
              "train_diffc_<model>", "baseline_probes", "pca_views", "train_sae", "score_aro", "localize_words",
-             "word_maps", "intervene_words", "mmse_curves"}
+             "word_maps", "intervene_words", "mmse_curves", "steer_latents"}
 #: the network stays off (the dry runs name hub models but fetch nothing)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

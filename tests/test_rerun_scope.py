@@ -24,6 +24,7 @@ TINY = {
     "classify": {"targets": ["label"], "probe_targets": ["label"], "mode": "cached", "group": "none", "epochs": 1,
                  "width": 4, "batch_size": 8, "augment": []},
     "pca": {"views": []},
+    "steer": {"targets": []},
     "infodecomp": {"n_draws": 2, "batch_size": 8, "models": ["shapes"],
                    "aro": {"datasets": ["shapes"], "max_items": 1},
                    "localize": {"datasets": ["shapes"], "max_images": 1, "n_thresholds": 4, "ddim_steps": 2},

@@ -191,6 +191,7 @@ TINY = {
     "extraction": {"datasets": ["shapes"], "save_maps": False},
     "classify": {"targets": []},
     "pca": {"views": []},
+    "steer": {"targets": []},
     "sae": {"runs": {"tiny": {"k": 2, "expansion": 1, "steps": 5, "batch_size": 4, "dead_steps": 4,
                               "dead_passes": 2}}},
     "infodecomp": {"n_draws": 2, "batch_size": 8, "models": ["shapes"], "aro": {"datasets": []},

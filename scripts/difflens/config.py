@@ -200,6 +200,7 @@ def check_config(cfg: dict) -> None:
     check_prompt(cfg)
     check_sae(cfg)
     check_infodecomp(cfg)
+    check_steer(cfg)
 
 
 def info_models(cfg: dict, task: str | None = None) -> list[str]:
@@ -315,6 +316,34 @@ def check_sae(cfg: dict) -> None:
             run.setdefault(key, value)
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"config key sae.runs: run name {name!r} must be letters, digits, _ or -")
+
+
+def check_steer(cfg: dict) -> None:
+    """Every steered SAE (steer.targets) is one the sae section trains: an SAE model, an extraction data set, a run,
+    an input, and a layer and timestep that the sae section selects; the edit settings are consistent."""
+    sae, st = cfg["sae"], cfg["steer"]
+    models = [m for m in sae["models"] or cfg["extraction"]["models"] or list(cfg["models"])]
+    for i, v in enumerate(st["targets"]):
+        key = f"config key steer.targets[{i}]"
+        if v["model"] not in models:
+            raise ConfigError(f"{key}.model: {v['model']!r} has no SAEs; allowed: {models}")
+        m = cfg["models"][v["model"]]
+        allowed = {"dataset": cfg["extraction"]["datasets"], "run": list(sae["runs"]), "input": sae["inputs"],
+                   "layer": [l for l in m["layers"] if not sae["layers"] or l in sae["layers"]],
+                   "timestep": [t for t in m["timesteps"] if not sae["timesteps"] or t in sae["timesteps"]]}
+        for name, values in allowed.items():
+            if v[name] not in values:
+                raise ConfigError(f"{key}.{name}: {v[name]!r} is not one the sae section trains; allowed: {values}")
+    lo, hi = st["t_range"]
+    if lo > hi:
+        raise ConfigError(f"config key steer.t_range: {st['t_range']} must be [low, high] with low <= high")
+    if st["guidance"] != 1 and st["prompt"] == "empty":
+        raise ConfigError(f"config key steer.guidance: {st['guidance']} guides towards the prompt, but steer.prompt "
+                          "is empty (set prompt: caption, or guidance: 1)")
+    if "add" in st["edits"] and not st["strengths"]:
+        raise ConfigError("config key steer.strengths: the add edit needs at least one strength")
+    if "clamp" in st["edits"] and not st["clamp_quantiles"]:
+        raise ConfigError("config key steer.clamp_quantiles: the clamp edit needs at least one quantile")
 
 
 def check_selection(cfg: dict, section: str) -> list[str]:

@@ -32,22 +32,29 @@ def ode_grid(model, steps: int) -> torch.Tensor:
 
 
 def ode_path(model, x: torch.Tensor, prompts: list[str], timesteps: torch.Tensor, solver: str = "ddim",
-             batch_size: int = 256, recorder=None, slots: torch.Tensor | None = None) -> torch.Tensor:
+             batch_size: int = 256, recorder=None, slots: torch.Tensor | None = None,
+             guidance: float = 1.0) -> torch.Tensor:
     """Carry latents ``x`` (B, C, h, w), given at ``timesteps[0]``, to ``timesteps[-1]`` along the ODE under
     ``prompts`` (one per row). Increasing timesteps invert (image -> noise), decreasing ones generate. A clean image
     enters (and leaves) at timestep 0, whose noise level (sigma about 0.01) is the path's end. With a cross-attention
     ``recorder`` (``record_cross_attention(model, n_slots=...)``), row ``i``'s attention at every denoiser call of
-    the path is summed into slot ``slots[i]`` (-1: not recorded)."""
+    the path is summed into slot ``slots[i]`` (-1: not recorded). ``guidance`` other than 1 follows classifier-free
+    guidance, ``eps(empty) + guidance * (eps(prompt) - eps(empty))`` (the recorder sees the prompt's calls only)."""
     if solver not in SOLVERS:
         raise ValueError(f"intervention solver {solver!r} is not one of {list(SOLVERS)}")
     abar = model.alphas_cumprod.to(torch.float64)
     cond = model.encode_text(prompts)
+    empty = model.encode_text([""] * len(prompts)) if guidance != 1 else None
 
     def eps(xbar, t):
         a = float(abar[int(t)])
         x_t = (xbar * a ** 0.5).float()
         tt = torch.full((len(x_t),), int(t), dtype=torch.long)
-        return denoise_rows(model, x_t, tt, cond, batch_size, recorder, slots).double()
+        out = denoise_rows(model, x_t, tt, cond, batch_size, recorder, slots).double()
+        if empty is None:
+            return out
+        free = denoise_rows(model, x_t, tt, empty, batch_size).double()
+        return free + guidance * (out - free)
 
     sigma = lambda t: float((1 / abar[int(t)] - 1) ** 0.5)  # noqa: E731
     xbar = x.double() / float(abar[int(timesteps[0])]) ** 0.5

@@ -6,10 +6,12 @@ What it holds, per SAE: every live latent (up to ``max_latents``, the most frequ
 activation, purity, best attribute and AUROC, its top images (with the latent's encoder response at each map
 position when the maps were saved), one image per activation quantile and an activation histogram; per (model,
 data set, layer, timestep): a 2-D PCA view of the pooled features of a seeded draw of images; per scored image:
-its MI / CMI / attention maps per word and its ARO scores."""
+its MI / CMI / attention maps per word and its ARO scores; per latent of a steered SAE (rule steer_latents) its
+steering strip: the images regenerated unedited and under each edit of the latent, with each edit's rates."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..sae.model import latent_response
 
 SITE = Path(__file__).with_name("site")
 
@@ -55,11 +59,14 @@ class ImageBank:
 
 
 def latent_pages(scores: np.ndarray, table: pd.DataFrame, *, top: int, quantiles, bins: int,
-                 max_latents: int) -> list[dict]:
-    """Per latent of ``table`` (latents.csv rows; the most frequent ``max_latents``): its statistics, the image
-    positions of its top images and of one image per activation quantile (over the images it fires on), and a
-    histogram of its non-zero activations. ``scores``: (images, n_latents) per-image activations."""
-    table = table.sort_values(["frequency", "mean_activation"], ascending=False).head(max_latents)
+                 max_latents: int, keep=()) -> list[dict]:
+    """Per latent of ``table`` (latents.csv rows; the most frequent ``max_latents``, and the latents ``keep`` after
+    them, such as the steered ones): its statistics, the image positions of its top images and of one image per
+    activation quantile (over the images it fires on), and a histogram of its non-zero activations. ``scores``:
+    (images, n_latents) per-image activations."""
+    ranked = table.sort_values(["frequency", "mean_activation"], ascending=False)
+    head = ranked.head(max_latents)
+    table = pd.concat([head, ranked[ranked["latent"].isin(list(keep)) & ~ranked["latent"].isin(head["latent"])]])
     out = []
     for r in table.to_dict("records"):
         col = scores[:, int(r["latent"])]
@@ -84,17 +91,6 @@ def latent_pages(scores: np.ndarray, table: pd.DataFrame, *, top: int, quantiles
                                              "edges": [float(e) for e in edges]},
                     "fired": int(len(fired))})
     return out
-
-
-def latent_response(sae, x, latent: int):
-    """One latent's encoder response ReLU(w_j . (x / scale - b_pre) + b_j) for rows ``x`` (m, d): the latent's
-    column of ``sae.pre_activations`` without computing the other latents' columns."""
-    import torch
-
-    with torch.no_grad():
-        x = x.to(sae.b_pre.device).float() / sae.input_scale - sae.b_pre.float()
-        w, b = sae.encoder.weight[latent].float(), sae.encoder.bias[latent].float()
-        return torch.relu(x @ w + b)
 
 
 def pool_to(grid: np.ndarray, max_side: int) -> np.ndarray:
@@ -174,6 +170,49 @@ def info_images(maps: dict | None, aro: pd.DataFrame | None, dataset, bank: Imag
                              "correct": bool(r["correct"]), "candidates": int(r["n_candidates"])}
                             for r in g.to_dict("records")]
     return list(out.values())
+
+
+def png_data(image: np.ndarray, size: int) -> str:
+    """An RGB uint8 image as a PNG data URL, shrunk (never enlarged) to at most ``size`` pixels a side."""
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(image, np.uint8))
+    if max(im.size) > size:
+        im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _number(row: dict, column: str):
+    """``row[column]`` as a float, None where it is missing or undefined (JSON null)."""
+    v = row.get(column)
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def add_steering(pages: list[dict], effects: pd.DataFrame, images: dict[str, np.ndarray], size: int) -> dict | None:
+    """Give each page of a steered latent its steering strip (``steer``: per edit, in the order they ran, its label,
+    images, success rate over its eligible images, off-target rate, eligible images (the shapes world's; null
+    elsewhere) and mean change), on the first source of ``images`` (images.npz of rule steer_latents, read with
+    ``effects``, its effects.csv). Returns what the strips share: the source and its unedited images (None when
+    images.npz holds none). Images are PNG data URLs of at most ``size`` pixels a side."""
+    sources = [k.removesuffix("/unedited") for k in images if k.endswith("/unedited")]
+    if not sources:
+        return None
+    source = sources[0]
+    rows = {(int(r["latent"]), str(r["edit"])): r for r in effects[effects["source"] == source].to_dict("records")}
+    by_page = {page["id"]: page for page in pages}
+    for key, stack in images.items():
+        where, _, rest = key.partition("/")
+        latent, _, label = rest.partition("/")
+        if where != source or not label or int(latent) not in by_page:
+            continue
+        r = rows.get((int(latent), label), {})
+        by_page[int(latent)].setdefault("steer", []).append(
+            {"label": label, "images": [png_data(im, size) for im in stack], "success": _number(r, "success_rate"),
+             "offTarget": _number(r, "off_target_rate"), "eligible": _number(r, "n_eligible"),
+             "change": _number(r, "mean_change")})
+    return {"source": source, "unedited": [png_data(im, size) for im in images[f"{source}/unedited"]]}
 
 
 class SiteWriter:

@@ -10,7 +10,7 @@ class UnknownItem(ValueError):
     """A paper item name that is not in the catalog."""
 
 
-REVELIO, INFO, SHAPES = "revelio", "infodecomp", "shapes"
+REVELIO, INFO, SHAPES, STEER = "revelio", "infodecomp", "shapes", "steer"
 REVELIO_CONFIG, INFO_CONFIG = "configs/revelio.yaml", "configs/infodecomp.yaml"
 
 
@@ -58,8 +58,14 @@ def _items() -> dict[str, Item]:
         ("micmi", INFO, "Kong et al. Appendix C", "image-level MI of each word against its CMI", ("localization",)),
         ("attributes", SHAPES, "shapes world", "which attribute is readable where: Diff-C, probes, SAE",
          ("accuracy", "sae_summary")),
+        ("grid", STEER, "steering", "steered k-SAE latents: the images under each edit (latents x strengths)",
+         ("steering",)),
+        ("specificity", STEER, "steering", "per steered latent and edit: success, off-target changes, presence of "
+         "the word's value before and after, mean change", ("steering",)),
+        ("causal", STEER, "steering", "the edit's change against the word's CMI and the latent's heat map: Pearson "
+         "r (95% CI), image and pixel level", ("steering",)),
     ]
-    config = {REVELIO: REVELIO_CONFIG, INFO: INFO_CONFIG, SHAPES: "config.yaml"}
+    config = {REVELIO: REVELIO_CONFIG, INFO: INFO_CONFIG, SHAPES: "config.yaml", STEER: "config.yaml"}
     return {f"{fam}/{name}": Item(name, fam, paper, title, needs, config[fam])
             for name, fam, paper, title, needs in table}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .catalog import INFO, REVELIO, SHAPES, item
+from .catalog import INFO, REVELIO, SHAPES, STEER, item
 from .inputs import concat_csv, dataset_root, info_folder, read_csv, read_npz, require
 from .revelio import ReportError
 from .style import Palette
@@ -59,7 +59,7 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
     """Draw one paper item from its inputs and write its PNG, PDF and CSV; returns the table. ``identity``
     (``paper.identities`` of the config): which models, data sets and protocols are the papers', so that a paper's
     number is drawn beside ours only like for like (the table's ``paper_*`` columns say what differs elsewhere)."""
-    from . import appendix, attributes, information, paper, revelio
+    from . import appendix, attributes, information, paper, revelio, steering
 
     it = item(key)
     what = f"{it.paper} ({it.family}/{it.name})"
@@ -148,6 +148,15 @@ def render(key: str, inputs: dict[str, list[str]], png, pdf, csv, *, palette: Pa
         table = attributes.readability_table(concat_csv(inputs["accuracy"], what),
                                              concat_csv(inputs["sae_summary"], what))
         attributes.plot_readability(table, palette, png, pdf, title)
+    elif key == f"{STEER}/grid":
+        table, panels = steering.grid_table(steering.read_saes(inputs["steering"], what), what)
+        steering.plot_grid(panels, png, pdf, title)
+    elif key == f"{STEER}/specificity":
+        table = steering.specificity_table(steering.read_saes(inputs["steering"], what))
+        steering.plot_specificity(table, png, pdf, title)
+    elif key == f"{STEER}/causal":
+        table = steering.causal_table(steering.read_saes(inputs["steering"], what))
+        steering.plot_causal(table, png, pdf, title)
     else:  # pragma: no cover - every item has a branch (tests render them all)
         raise ReportError(f"no renderer for {key!r}")
     table.to_csv(csv, index=False, lineterminator="\n")

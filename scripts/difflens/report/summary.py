@@ -222,8 +222,43 @@ def headline_rows(tables: dict[str, list], kinds: dict[str, str], identity: dict
         totals = read_csv(path, "the summary page")
         rows.append(_row("Information: word maps", "words with the highest mean i^s CMI, nats (rows, images, rows "
                          "whose word the image contradicts)", word_maps_line(totals), model, ds, (), kinds))
+    for folder in dict.fromkeys(Path(p).parent for p in tables.get("steer", [])):
+        rows += steering_rows(folder, kinds)
     return pd.DataFrame(rows, columns=["section", "quantity", "this run", "model", "dataset", "model kind", "paper",
                                        "paper source"])
+
+
+def steering_rows(folder: Path, kinds: dict) -> list[dict]:
+    """One row per steered latent of a steered SAE's folder (effects.csv, correlations.csv): its edit of highest
+    success rate (``steering.best_edits``; without the shapes world's read-back, of largest mean change) with its
+    off-target rate, and the Pearson r of that edit's change with the word's CMI at pixel level."""
+    from .steering import best_edits, steer_sae
+
+    sae = steer_sae(folder / "effects.csv")
+    from .steering import with_control
+
+    best = best_edits(with_control(read_csv(folder / "effects.csv", "the summary page"),
+                                   read_csv(folder / "control_effects.csv", "the summary page")),
+                      read_csv(folder / "correlations.csv", "the summary page"))
+    where = f"{sae['layer']}, t={sae['timestep']}, SAE {sae['run']} ({sae['input']})"
+    several = best["source"].nunique() > 1
+    out = []
+    for r in best.to_dict("records"):
+        edit = r["edit"] + (f" ({r['source']} images)" if several else "")
+        if r["measure"] == "success_rate":
+            effect = (f"success {r['success_rate']:.2f} of {int(r['n_eligible'])} eligible, off-target "
+                      f"{r['off_target_rate']:.2f} of {int(r['n_images'])}")
+            if pd.notna(r.get("control_success_rate")):
+                effect += f" (the untrained control's matched latent: success {r['control_success_rate']:.2f})"
+        else:
+            effect = f"mean change {r['mean_change']:.3g}"
+        cmi = ("not computed" if pd.isna(r["cmi_pearson"]) else
+               f"{r['cmi_pearson']:.2f} [{r['cmi_ci_low']:.2f}, {r['cmi_ci_high']:.2f}], n={int(r['cmi_n'])}")
+        best_by = "success rate" if r["measure"] == "success_rate" else "mean change (no success read)"
+        out.append(_row("Steering", f"latent #{r['latent']} '{r['word']}' ({where}): its best edit by {best_by}, "
+                        "and the Pearson r of that edit's change with the word's CMI (pixel level)",
+                        f"{edit}: {effect}; r(CMI) {cmi}", sae["model"], sae["dataset"], (), kinds))
+    return out
 
 
 def word_maps_line(totals: pd.DataFrame, top: int = 3) -> str:

@@ -248,6 +248,16 @@ class KSAE(nn.Module):
         return sae.to(device or "cpu")
 
 
+def latent_response(sae: KSAE, x: torch.Tensor, latent: int) -> torch.Tensor:
+    """One latent's encoder response ReLU(w_j . (x / scale - b_pre) + b_j) for rows ``x`` (m, d), float32: the
+    latent's column of ``sae.pre_activations`` without computing the other latents' columns (its heat map over the
+    positions of a map)."""
+    with torch.no_grad():
+        x = x.to(sae.b_pre.device).float() / sae.input_scale - sae.b_pre.float()
+        w, b = sae.encoder.weight[latent].float(), sae.encoder.bias[latent].float()
+        return torch.relu(x @ w + b)
+
+
 def geometric_median(x: torch.Tensor, iterations: int = 100, eps: float = 1e-8) -> torch.Tensor:
     """Weiszfeld's iteration for the point minimising the summed Euclidean distance to the rows of x (n, d)."""
     median = x.mean(0)

@@ -124,7 +124,9 @@
       `${fmt(meta.purity, 2)}` + (controls ? ` (controls, sigma_label / purity: ${controls})` : "") +
       (meta.null && meta.null.p_value != null ? `; random-set null of the mean purity: 95th pct ` +
         `${fmt(meta.null.mean_p95, 2)}, p = ${fmt(meta.null.p_value, 4)}; ${fmt(100 * meta.null.beyond_share, 0)}% ` +
-        `of latents above the single-set 95th pct (chance ${fmt(100 * meta.null.beyond_chance, 1)}%)` : "");
+        `of latents above the single-set 95th pct (chance ${fmt(100 * meta.null.beyond_chance, 1)}%)` : "") +
+      (meta.steered && meta.steered.length ? `; steered latents (their pages show the steering strip): ` +
+        meta.steered.map((j) => "#" + j).join(", ") : "");
     load(meta.key).then((data) => {
       if (meta.key !== $("sae-select").value) return;  // a later selection has taken over
       state.sae = { meta, data };
@@ -235,7 +237,44 @@
       quant.appendChild(thumb(src, `q${Math.round(q.q * 100)} · ${label} · ${fmt(q.act, 2)}`));
     });
     page.appendChild(quant);
+    if (l.steer && data.steer) page.appendChild(steerStrip(l.steer, data.steer));
     page.appendChild(histogram(l.hist, l.fired, meta.n_images));
+  }
+
+  // ---- steering strip: the images regenerated unedited and with this latent edited (rule steer_latents) ----------
+  const percent = (v) => `${fmt(100 * v, 0)}%`;
+
+  function steerCell(label, images, note) {
+    const cell = el("div", { class: "steer-cell" });
+    cell.appendChild(el("div", { class: "steer-label" }, label));
+    const row = el("div", { class: "steer-images" });
+    images.forEach((src, i) => row.appendChild(el("img", { src: src, alt: `${label}, image ${i + 1}` })));
+    cell.appendChild(row);
+    if (note) cell.appendChild(el("div", { class: "steer-note" }, note));
+    return cell;
+  }
+
+  function steerNote(e) {
+    const parts = [];
+    if (e.success != null) parts.push(`success ${percent(e.success)} of ${e.eligible} eligible`);
+    else if (e.eligible != null) parts.push("no eligible image");
+    if (e.offTarget != null) parts.push(`off-target ${percent(e.offTarget)}`);
+    if (e.change != null) parts.push(`mean change ${Number(e.change).toPrecision(3)}`);
+    return parts.join(" · ");
+  }
+
+  function steerStrip(edits, steer) {
+    const box = el("div", { id: "steer-strip" });
+    const read = edits.some((e) => e.success != null || e.offTarget != null);
+    box.appendChild(el("h4", {}, `Steering: the first ${steer.unedited.length} ${steer.source} images regenerated ` +
+      "unedited and with this latent edited (" + (read ? "success: the edited image shows the latent's value, of " +
+        "the images that lacked it; off-target: object count, other attribute or position changed)"
+        : "mean change: squared change of the denoiser's latents, summed per image)")));
+    const strip = el("div", { class: "steer-strip" });
+    strip.appendChild(steerCell("unedited", steer.unedited, ""));
+    edits.forEach((e) => strip.appendChild(steerCell(e.label, e.images, steerNote(e))));
+    box.appendChild(strip);
+    return box;
   }
 
   // ---- data view: a layer's pooled features on two principal components ------------------------------------------

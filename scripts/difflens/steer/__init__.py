@@ -1,0 +1,1 @@
+"""Steering k-SAE latents inside the denoiser (splice, generate, choose, effects, run, figures)."""
