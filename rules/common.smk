@@ -418,6 +418,18 @@ STEER_FILES = ("chosen.csv", "effects.csv", "correlations.csv", "items.csv", "im
                "control_effects.csv", "control_correlations.csv")
 
 
+def steer_mem(wildcards, input, attempt):
+    """mem_mb of steer_latents: the model and one denoiser batch, plus, where the job reads the SAE's vectors (clamp
+    edits, the control's matched latents), what analyse_sae holds for the same SAE (every map position of a spatial
+    one)."""
+    held = 0
+    if STEER["control"] or "clamp" in STEER["edits"]:
+        sizes = sae_job_sizes(wildcards, input.index)
+        held = sae_memory.analysis_job_bytes(sizes, sae_run(wildcards.run)["expansion"], SAE["split"]) if sizes else 0
+    return resources_lib.model_job_mb(*model_sizes(wildcards.model), STEER["batch_size"], held / resources_lib.MB,
+                                      attempt, GPU_RULES_ON_CPU)
+
+
 def steer_folders():
     """The folder of every steered SAE (steer.targets): results/steer/<model>/<data set>/<run>/<input>/t<t>/<layer>."""
     return [f"{R}/steer/{v['model']}/{v['dataset']}/{v['run']}/{v['input']}/t{v['timestep']}/{v['layer']}"

@@ -46,7 +46,7 @@ rule steer_latents:
     resources:
         **gpu_job(),
         runtime=lambda w, attempt: 240 * attempt,
-        mem_mb=denoiser_job_mem(lambda w: STEER["batch_size"]),
+        mem_mb=steer_mem,
     log:
         f"{R}/logs/steer_latents/{{model}}/{{dataset}}/{{run}}/{{input}}/t{{timestep}}/{{layer}}.log",
     benchmark:

@@ -15,10 +15,13 @@ from difflens.sae.model import KSAE, SAEConfig
 from difflens.steer.choose import caption_naming, choose_latents, edits_for, word_column, word_of
 from difflens.steer.effects import attribute_effects, rates
 from difflens.steer.generate import regenerate, segments, starting_points
-from difflens.steer.splice import Edit, SteerError, edit_delta, latent_code, position_weights, spliced
+from difflens.steer.run import require_steps
+from difflens.steer.splice import Edit, SteerError, edit_delta, latent_code, latent_codes, position_weights, spliced
 from tiny_pipelines import build_tiny_dit, build_tiny_sd
 
 LAYERS = {"shapes": "up_blocks.1", "sd": "up_blocks.0", "dit": "transformer_blocks.1"}
+#: a UNet down block returns (map, skips) and hands the map on as its last skip too: spliced in place, both change
+CASES = {**LAYERS, "shapes down block": "down_blocks.1"}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +52,11 @@ def sae_for(model, layer: str, seed: int = 0) -> KSAE:
     return sae
 
 
-@pytest.mark.parametrize("kind", ["shapes", "sd", "dit"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("input", ["pooled", "spatial"])
-def test_an_empty_edit_leaves_the_denoiser_exactly_as_it_was(models, kind, input):
-    model, layer = models[kind], LAYERS[kind]
+def test_an_empty_edit_leaves_the_denoiser_exactly_as_it_was(models, case, input):
+    kind, layer = case.split()[0], CASES[case]
+    model = models[kind]
     sae = sae_for(model, layer)
     x, t, cond = inputs(model)
     plain = model.denoise(x, t, cond)
@@ -85,6 +89,9 @@ def test_the_spliced_activation_is_the_edited_decode_plus_the_reconstruction_err
         z = dense[:, j].clone()
         dense[:, j] = edit.target(z)
         assert torch.allclose(latent_code(sae, rows, j), z)
+        other = (j + 1) % sae.config.n_latents
+        both = latent_codes(sae, rows, [j, other])
+        assert torch.equal(both[:, 0], z) and torch.equal(both[:, 1], dense[:, other])
         explicit = sae.decode_scaled(type(code)(*sparse_of(dense))) * sae.input_scale + (rows - sae.decode(code))
         new = maps + edit_delta(sae, maps, edit, input, "uniform")
         got = new.flatten(2).transpose(1, 2)
@@ -137,6 +144,8 @@ def test_edits_are_on_only_at_the_steps_in_the_timestep_range(models):
         inside = regenerate(model, start, ["", ""], grid, splice=splice, t_range=(500, 999))
         assert splice.calls == int(((grid[:-1] >= 500) & (grid[:-1] <= 999)).sum()) * 1
         assert not torch.allclose(inside, plain)
+    with pytest.raises(SteerError, match=r"steer.t_range \[0, 10\]: no step .* starts inside it"):
+        require_steps(grid, [0, 10])
     noise, _ = starting_points(model, "noise", x0, ["a", "b"], ["", ""], steps=4, seed=0)
     again, _ = starting_points(model, "noise", x0[[1, 0]], ["b", "a"], ["", ""], steps=4, seed=0)
     assert torch.equal(noise[[1, 0]], again)  # seeded per sample id, not per batch position

@@ -12,7 +12,8 @@ import pandas as pd
 
 #: file name pattern (on the path's end) -> the rule that writes it
 PRODUCERS = [
-    (r"steer/.+/(chosen\.csv|effects\.csv|correlations\.csv|items\.csv|images\.npz|grid\.png)$", "steer_latents"),
+    (r"steer/.+/(chosen\.csv|(control_)?effects\.csv|(control_)?correlations\.csv|items\.csv|images\.npz|grid\.png)$",
+     "steer_latents"),
     (r"sae/[^/]+/[^/]+/summary\.csv$", "collect_sae"),
     (r"sae/.+/(latents\.csv|summary\.json|top_images\.png)$", "analyse_sae"),
     (r"sae/.+/(sae\.safetensors|sae_config\.json|curve\.csv)$", "train_sae"),

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..data.common import replace_word
-from .splice import EDITS, Edit, SteerError, latent_code
+from .splice import EDITS, Edit, SteerError, latent_codes
 
 
 def word_of(attribute: str) -> str:
@@ -43,10 +43,9 @@ def clamp_values(sae, x: torch.Tensor, latents: list[int], quantiles: list[float
     codes = {j: [] for j in latents}
     with torch.no_grad():
         for a in range(0, len(x), batch_size):
-            chunk = x[a:a + batch_size].to(sae.b_pre.device).float()
-            for j in latents:
-                z = latent_code(sae, chunk, j)
-                codes[j].append(z[z > 0].cpu())
+            z = latent_codes(sae, x[a:a + batch_size].to(sae.b_pre.device).float(), list(latents))
+            for k, j in enumerate(latents):
+                codes[j].append(z[:, k][z[:, k] > 0].cpu())
     out = {}
     for j in latents:
         fired = torch.cat(codes[j]).numpy()

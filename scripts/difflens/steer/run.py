@@ -31,7 +31,7 @@ from ..sae.model import latent_response
 from .choose import caption_naming, word_column
 from .effects import attribute_effects, change_maps, rates, target_kind, to_uint8
 from .generate import regenerate, starting_points
-from .splice import spliced
+from .splice import SteerError, spliced
 
 PREDICTORS = ("cmi", "heat")
 PROMPTS = ("empty", "caption")
@@ -82,6 +82,15 @@ def cmi_maps(model, x0: torch.Tensor, rows: pd.DataFrame, word: str, column: str
     return out, captions
 
 
+def require_steps(grid, t_range) -> None:
+    """A SteerError when no regeneration step starts inside ``t_range``: the edit would never be on."""
+    from .generate import segments
+
+    if not any(on for _, _, on in segments(grid, tuple(t_range))):
+        raise SteerError(f"steer.t_range {list(t_range)}: no step of the regeneration starts inside it (its steps "
+                         f"start at timesteps {[int(t) for t in grid[:-1]]}), so no edit would ever be on")
+
+
 def correlation_rows(change: np.ndarray, predictor: np.ndarray, *, n_boot: int, seed: int) -> list[dict]:
     """Image- and pixel-level Pearson correlations (``level_statistics``) of the change maps with a predictor's
     maps over the images whose predictor is defined, with 95% bootstrap intervals over those images."""
@@ -96,11 +105,13 @@ def correlation_rows(change: np.ndarray, predictor: np.ndarray, *, n_boot: int, 
 
 def run_steering(model, sae, ds, rows: pd.DataFrame, chosen: pd.DataFrame, edits: list, *, layer: str, input: str,
                  timestep: int, cfg: dict, sampler, n_draws: int, seed: int, show: int = 4,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, cmi_cache: dict | None = None) -> dict:
     """Every edit of ``edits`` on the images ``rows`` (module docstring). ``chosen``: ``choose.choose_latents``;
     ``cfg``: the steer settings (sources, steps, solver, t_range, prompt, guidance, weighting, move_px, n_boot,
     batch_size). Returns {"items", "effects", "correlations": tables; "images": {name: (m, H, W, 3) uint8} of the
-    first ``show`` images (``<source>/unedited``, ``<source>/<latent>/<edit label>``)}."""
+    first ``show`` images (``<source>/unedited``, ``<source>/<latent>/<edit label>``)}. The CMI maps depend on the
+    images and words only: ``cmi_cache`` ({(source, word): (maps, captions)}) shares them between runs on the same
+    images (the trained SAE's and its control's). Every predictor is read with no edit active."""
     from tqdm import tqdm
 
     ids = [str(s) for s in rows["sample_id"]]
@@ -111,29 +122,35 @@ def run_steering(model, sae, ds, rows: pd.DataFrame, chosen: pd.DataFrame, edits
     x0 = encode_samples(model, ds, ids)
     bs, latents = cfg["batch_size"], list(dict.fromkeys(r["latent"] for r in steered))
     items, corr, images = [], [], {}
+    cmi_cache = {} if cmi_cache is None else cmi_cache
     with spliced(model, sae, layer, input, cfg["weighting"]) as splice:
         for source in cfg["sources"]:
             start, grid = starting_points(model, source, x0, ids, prompts, steps=cfg["steps"], seed=seed,
                                           solver=cfg["solver"], batch_size=bs)
+            require_steps(grid, cfg["t_range"])
             run = dict(t_range=tuple(cfg["t_range"]), solver=cfg["solver"], batch_size=bs, guidance=cfg["guidance"])
-            splice.edit = None
+            splice.edit = None  # the unedited regeneration and every predictor: no edit
             base = regenerate(model, start, prompts, grid, splice=splice, **run)
             base_img = to_uint8(model.decode_latents(base))
             images[f"{source}/unedited"] = base_img[:show]
             ref = x0 if source == "inverted" else base  # the image the predictors read
             heat = heat_maps(model, sae, layer, latents, ref, ids, prompts, timestep=timestep, seed=seed,
                              batch_size=bs)
+            for r in steered:
+                if source == "inverted" and model.kind not in CLASS_KINDS and (source, r["word"]) not in cmi_cache:
+                    cmi_cache[source, r["word"]] = cmi_maps(
+                        model, ref, rows, r["word"], word_column(rows, r["word"], r["attribute"]), n_draws=n_draws,
+                        sampler=sampler, seed=seed, batch_size=bs)
             regenerated = {}
             for edit in tqdm(unique, desc=f"steer ({source})", disable=not progress):
                 splice.edit = edit
                 out = regenerate(model, start, prompts, grid, splice=splice, **run)
-                regenerated[edit] = (to_uint8(model.decode_latents(out)), change_maps(out, base))
+                img = to_uint8(model.decode_latents(out))
+                regenerated[edit] = (img if shapes else img[:show], change_maps(out, base))  # all: to read back
+            splice.edit = None
             for r in steered:
                 j, word = r["latent"], r["word"]
-                cmi = caption = None
-                if source == "inverted" and model.kind not in CLASS_KINDS:
-                    cmi, caption = cmi_maps(model, ref, rows, word, word_column(rows, word, r["attribute"]),
-                                            n_draws=n_draws, sampler=sampler, seed=seed, batch_size=bs)
+                cmi, caption = cmi_cache.get((source, word), (None, None))
                 for edit in (e for e in unique if e.latent == j):
                     img, change = regenerated[edit]
                     name = f"{source}/{j}/{edit.label}"

@@ -69,13 +69,26 @@ class Edit:
         return z + float(self.value)
 
 
+def latent_codes(sae: KSAE, x: torch.Tensor, latents: list[int]) -> torch.Tensor:
+    """(m, len(latents)): each latent's value in the inference code of each row of ``x`` (m, d), 0 where it is not
+    active; encoded ``sae.memory.encode_batch`` rows at a time (a map's positions at paper width would otherwise
+    need a dense (positions x latents) matrix at once)."""
+    from ..sae.memory import encode_batch
+
+    wanted = torch.as_tensor(latents, device=x.device)
+    z = torch.zeros(len(x), len(latents), device=x.device)
+    step = encode_batch(sae.config.n_latents)
+    for a in range(0, len(x), step):
+        code = sae.encode(x[a:a + step])
+        hit = code.indices[:, None] == wanted  # (nnz, len(latents))
+        entry, which = hit.nonzero(as_tuple=True)
+        z[a + code.rows()[entry], which] = code.values[entry].float()
+    return z
+
+
 def latent_code(sae: KSAE, x: torch.Tensor, latent: int) -> torch.Tensor:
     """Latent ``latent``'s value in the inference code of each row of ``x`` (m, d): 0 where it is not active."""
-    code = sae.encode(x)
-    z = torch.zeros(len(x), device=x.device)
-    hit = code.indices == latent
-    z[code.rows()[hit]] = code.values[hit].float()
-    return z
+    return latent_codes(sae, x, [latent])[:, 0]
 
 
 def position_weights(sae: KSAE, vectors: torch.Tensor, latent: int, weighting: str) -> torch.Tensor:
