@@ -261,11 +261,16 @@ def sae_train_mem(wildcards, input, attempt):
     return resources_lib.request_mb(held / resources_lib.MB, attempt)
 
 
+def sae_analysis_bytes(wildcards, index):
+    """What analyse_sae holds for one SAE: sae.memory.analysis_job_bytes of the run on the split it reads
+    (sae.split)."""
+    sizes = sae_job_sizes(wildcards, index)
+    return sae_memory.analysis_job_bytes(sizes, sae_run(wildcards.run)["expansion"], SAE["split"]) if sizes else 0
+
+
 def sae_analysis_mem(wildcards, input, attempt):
-    """mem_mb of analyse_sae: sae.memory.analysis_job_bytes of the run on the split it reads (sae.split)."""
-    sizes = sae_job_sizes(wildcards, input.index)
-    held = sae_memory.analysis_job_bytes(sizes, sae_run(wildcards.run)["expansion"], SAE["split"]) if sizes else 0
-    return resources_lib.request_mb(held / resources_lib.MB, attempt)
+    """mem_mb of analyse_sae (sae_analysis_bytes)."""
+    return resources_lib.request_mb(sae_analysis_bytes(wildcards, input.index) / resources_lib.MB, attempt)
 
 
 def info_model_params(w):
@@ -422,10 +427,8 @@ def steer_mem(wildcards, input, attempt):
     """mem_mb of steer_latents: the model and one denoiser batch, plus, where the job reads the SAE's vectors (clamp
     edits, the control's matched latents), what analyse_sae holds for the same SAE (every map position of a spatial
     one)."""
-    held = 0
-    if STEER["control"] or "clamp" in STEER["edits"]:
-        sizes = sae_job_sizes(wildcards, input.index)
-        held = sae_memory.analysis_job_bytes(sizes, sae_run(wildcards.run)["expansion"], SAE["split"]) if sizes else 0
+    reads = STEER["control"] or "clamp" in STEER["edits"]
+    held = sae_analysis_bytes(wildcards, input.index) if reads else 0
     return resources_lib.model_job_mb(*model_sizes(wildcards.model), STEER["batch_size"], held / resources_lib.MB,
                                       attempt, GPU_RULES_ON_CPU)
 

@@ -66,13 +66,13 @@ log.info("steering %d latents of %s/%s %s t%d %s (%s): %s; %d edits each on %d %
 model = load_model(p.kind, p.source, dtype=p.dtype, device=device, **p.options)
 settings = dict(input=w.input, timestep=t, cfg=cfg, sampler=sampler_for(p.estimator, model),
                 n_draws=p.estimator["n_draws"], seed=p.seed)
-cmi_cache = {}  # the word's CMI maps of these images: computed once, read by the control's run too
-out = run_steering(model, sae, ds, rows, chosen, edits, layer=w.layer, cmi_cache=cmi_cache, **settings)
+shared = {}  # the image latents, each source's unedited regeneration and the words' CMI maps: the control's too
+out = run_steering(model, sae, ds, rows, chosen, edits, layer=w.layer, shared=shared, **settings)
 if cfg["control"]:
     log.info("the untrained control: %s", ", ".join(f"#{j} for {word} (AUROC {a:.3f})" for j, word, a in
                                                     zip(matched["latent"], matched["word"], matched["auroc"])))
     got = run_steering(model, control, ds, rows, matched, control_edits, layer=w.layer, show=0,
-                       cmi_cache=cmi_cache, **settings)
+                       shared=shared, **settings)
     of_word = dict(zip(matched["word"], matched["matches"]))
     control_tables = [got[k].assign(matches=got[k]["word"].map(of_word)) for k in ("effects", "correlations")]
 else:

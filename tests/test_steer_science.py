@@ -28,20 +28,17 @@ The issue's bars and what was measured (every number printed; pytest -s shows th
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from conftest import load_shipped_shapes
 from difflens.data.common import Dataset
 from difflens.data.shapes import COLOURS
 from difflens.info.estimators import sampler_for
-from difflens.sae.analysis import attribute_auroc, image_scores, indicator_columns
 from difflens.sae.data import load_vectors
 from difflens.sae.model import SAEConfig
 from difflens.sae.train import SAETrainSettings, initial_sae, train_sae
-from difflens.steer.choose import edits_for
+from difflens.steer.choose import edits_for, matched_latents
 from difflens.steer.run import run_steering
 
 pytestmark = [pytest.mark.xdist_group("science_store"), pytest.mark.science]
@@ -55,12 +52,10 @@ ESTIMATOR = dict(loc=0.0, scale=2.0, clip=3.0, stratified=True, n_draws=16, batc
 
 
 def colour_latents(sae, x, rows) -> pd.DataFrame:
-    """The latent of highest AUROC for each colour's presence on the train images (as steer.choose reads it from
-    latents.csv)."""
-    names, indicators = indicator_columns(rows, [f"has_{c}" for c in COLOURS])
-    auc = attribute_auroc(image_scores(sae, x), indicators)
-    return pd.DataFrame([{"latent": int(np.argmax(auc[:, k])), "word": name[4:].split("=")[0], "attribute": name,
-                          "auroc": float(auc[:, k].max())} for k, name in enumerate(names)])
+    """The latent of highest AUROC for each colour's presence on the train images (``steer.choose.matched_latents``,
+    which picks the control's latents in the pipeline)."""
+    wanted = pd.DataFrame({"latent": -1, "word": list(COLOURS), "attribute": [f"has_{c}=1" for c in COLOURS]})
+    return matched_latents(sae, x, rows, 1, wanted).drop(columns="matches")
 
 
 @pytest.fixture(scope="module")

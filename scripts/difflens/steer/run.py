@@ -4,7 +4,7 @@ the information the latent's word carries.
 For each source (``generate.SOURCES``) every image is regenerated unedited and under each edit (``choose.edits_for``).
 Per (latent, edit) the tables hold the change of every image (``effects.change_maps``), on the shapes world its
 attributes read back (``effects.attribute_effects``), and the Pearson correlation (95% bootstrap interval over images,
-``info.intervene``'s statistics) of the change map with two predictor maps (``PREDICTORS``) of the unedited image:
+``info.intervene``'s statistics) of the change map with two predictor maps of the unedited image:
 
 * ``cmi``: the pixel-wise CMI (i^o) of the latent's word given the rest of the caption that names it
   (``choose.caption_naming``), from the information stage's estimator; text models and images with a caption only;
@@ -33,7 +33,6 @@ from .effects import attribute_effects, change_maps, rates, target_kind, to_uint
 from .generate import regenerate, starting_points
 from .splice import SteerError, spliced
 
-PREDICTORS = ("cmi", "heat")
 PROMPTS = ("empty", "caption")
 #: the shapes world's data sets (dataset.json ``source``): their edited images are read back by the renderer
 SHAPES_SOURCE = "difflens shapes world"
@@ -105,13 +104,14 @@ def correlation_rows(change: np.ndarray, predictor: np.ndarray, *, n_boot: int, 
 
 def run_steering(model, sae, ds, rows: pd.DataFrame, chosen: pd.DataFrame, edits: list, *, layer: str, input: str,
                  timestep: int, cfg: dict, sampler, n_draws: int, seed: int, show: int = 4,
-                 progress: bool = True, cmi_cache: dict | None = None) -> dict:
+                 progress: bool = True, shared: dict | None = None) -> dict:
     """Every edit of ``edits`` on the images ``rows`` (module docstring). ``chosen``: ``choose.choose_latents``;
     ``cfg``: the steer settings (sources, steps, solver, t_range, prompt, guidance, weighting, move_px, n_boot,
     batch_size). Returns {"items", "effects", "correlations": tables; "images": {name: (m, H, W, 3) uint8} of the
-    first ``show`` images (``<source>/unedited``, ``<source>/<latent>/<edit label>``)}. The CMI maps depend on the
-    images and words only: ``cmi_cache`` ({(source, word): (maps, captions)}) shares them between runs on the same
-    images (the trained SAE's and its control's). Every predictor is read with no edit active."""
+    first ``show`` images (``<source>/unedited``, ``<source>/<latent>/<edit label>``)}. What depends on the model,
+    images and words only (the image latents, each source's start and unedited regeneration, each word's CMI maps)
+    is kept in ``shared``, so that a second run on the same images (the control's) reuses it. Every predictor is
+    read with no edit active."""
     from tqdm import tqdm
 
     ids = [str(s) for s in rows["sample_id"]]
@@ -119,26 +119,30 @@ def run_steering(model, sae, ds, rows: pd.DataFrame, chosen: pd.DataFrame, edits
     unique = list(dict.fromkeys(edits))  # two words may share a latent (a control's): each edit runs once
     shapes = ds.meta.get("source") == SHAPES_SOURCE
     prompts = prompts_for(model, rows, cfg["prompt"])
-    x0 = encode_samples(model, ds, ids)
+    shared = {} if shared is None else shared
+    if "x0" not in shared:
+        shared["x0"] = encode_samples(model, ds, ids)
+    x0 = shared["x0"]
     bs, latents = cfg["batch_size"], list(dict.fromkeys(r["latent"] for r in steered))
     items, corr, images = [], [], {}
-    cmi_cache = {} if cmi_cache is None else cmi_cache
+    run = dict(t_range=tuple(cfg["t_range"]), solver=cfg["solver"], batch_size=bs, guidance=cfg["guidance"])
     with spliced(model, sae, layer, input, cfg["weighting"]) as splice:
         for source in cfg["sources"]:
-            start, grid = starting_points(model, source, x0, ids, prompts, steps=cfg["steps"], seed=seed,
-                                          solver=cfg["solver"], batch_size=bs)
-            require_steps(grid, cfg["t_range"])
-            run = dict(t_range=tuple(cfg["t_range"]), solver=cfg["solver"], batch_size=bs, guidance=cfg["guidance"])
             splice.edit = None  # the unedited regeneration and every predictor: no edit
-            base = regenerate(model, start, prompts, grid, splice=splice, **run)
-            base_img = to_uint8(model.decode_latents(base))
+            if source not in shared:
+                start, grid = starting_points(model, source, x0, ids, prompts, steps=cfg["steps"], seed=seed,
+                                              solver=cfg["solver"], batch_size=bs)
+                require_steps(grid, cfg["t_range"])
+                base = regenerate(model, start, prompts, grid, splice=splice, **run)
+                shared[source] = start, grid, base, to_uint8(model.decode_latents(base))
+            start, grid, base, base_img = shared[source]
             images[f"{source}/unedited"] = base_img[:show]
             ref = x0 if source == "inverted" else base  # the image the predictors read
             heat = heat_maps(model, sae, layer, latents, ref, ids, prompts, timestep=timestep, seed=seed,
                              batch_size=bs)
             for r in steered:
-                if source == "inverted" and model.kind not in CLASS_KINDS and (source, r["word"]) not in cmi_cache:
-                    cmi_cache[source, r["word"]] = cmi_maps(
+                if source == "inverted" and model.kind not in CLASS_KINDS and (source, r["word"]) not in shared:
+                    shared[source, r["word"]] = cmi_maps(
                         model, ref, rows, r["word"], word_column(rows, r["word"], r["attribute"]), n_draws=n_draws,
                         sampler=sampler, seed=seed, batch_size=bs)
             regenerated = {}
@@ -150,7 +154,7 @@ def run_steering(model, sae, ds, rows: pd.DataFrame, chosen: pd.DataFrame, edits
             splice.edit = None
             for r in steered:
                 j, word = r["latent"], r["word"]
-                cmi, caption = cmi_cache.get((source, word), (None, None))
+                cmi, caption = shared.get((source, word), (None, None))
                 for edit in (e for e in unique if e.latent == j):
                     img, change = regenerated[edit]
                     name = f"{source}/{j}/{edit.label}"
